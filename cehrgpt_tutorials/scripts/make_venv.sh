@@ -17,6 +17,11 @@ venv=${1:-$root/.venv}
 constraints=$root/cehrgpt_tutorials/constraints.txt
 marker=$venv/.setup-complete
 
+if [ -n "${CEHRGPT_SKIP_SETUP:-}" ]; then
+    echo "make setup: CEHRGPT_SKIP_SETUP is set; using $venv as it is"
+    exit 0
+fi
+
 # The marker records what was installed; a changed pyproject.toml or constraints.txt redoes it.
 fingerprint=$(cat "$root/pyproject.toml" "$constraints" | cksum | cut -d' ' -f1)
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$fingerprint" ] && [ -x "$venv/bin/python" ]; then
