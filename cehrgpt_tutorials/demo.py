@@ -155,8 +155,10 @@ def run(target: str, force: bool, root: Path) -> None:
         raise SystemExit(f"error: unknown step {target!r}; steps: {', '.join(names)}")
     last = len(steps) - 1 if target == "all" else names.index(target)
     if force:
-        # Starting over: forget every marker (outputs are overwritten by the steps themselves).
-        shutil.rmtree(state_dir(), ignore_errors=True)
+        # `make demo FORCE=1` starts over; `make train FORCE=1` redoes train and what follows it.
+        # Outputs are overwritten by the steps themselves.
+        for step in steps[(0 if target == "all" else last):]:
+            marker(step).unlink(missing_ok=True)
     started = time.monotonic()
     ran_any = False
     for index, step in enumerate(steps[: last + 1]):
