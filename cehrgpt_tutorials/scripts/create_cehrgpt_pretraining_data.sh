@@ -1,0 +1,225 @@
+#!/bin/sh
+# Step 2 of the CEHR-XGPT tutorial: OMOP Parquet tables -> patient sequences for pre-training.
+#
+# Runs cehrbert_data's two Spark apps with spark-submit, as the official tutorial's script does:
+#   1. generate_included_concept_list: the concepts seen in at least --min_num_of_patients patients
+#      (written to OUTPUT_FOLDER/qualified_concept_list);
+#   2. generate_training_data: one row per patient (OUTPUT_FOLDER/patient_sequence), restricted to
+#      those concepts, with day time tokens between and inside visits.
+#
+# Reads:  INPUT_FOLDER/{person,visit_occurrence,concept,condition_occurrence,procedure_occurrence,
+#         drug_exposure}/ (one Parquet folder per table, as export_omop.py writes them) and death/
+#         when it exists.
+# Writes: OUTPUT_FOLDER/qualified_concept_list, all_patient_events, events_to_fix, patient_sequence,
+#         spark_input/ (links, see below) and logs/<app>.log. Nothing is written into INPUT_FOLDER.
+#
+# Example (after `source setup_env.sh`, which puts spark-submit on PATH and sets SPARK_SUBMIT_OPTIONS):
+#   sh cehrgpt_tutorials/scripts/create_cehrgpt_pretraining_data.sh \
+#       --input_folder "$OMOP_DIR" --output_folder "$CEHR_GPT_DATA_DIR" --start_date 1985-01-01
+#
+# POSIX sh (runs under dash). Differences from the official script: the concept list reaches the
+# second app even when the input and output folders differ, Java and the input tables are checked
+# before Spark starts, and the first failing app stops the script with the end of its log.
+
+set -u
+
+MIN_NUM_OF_PATIENTS=100
+DOMAIN_TABLES="condition_occurrence procedure_occurrence drug_exposure"
+REQUIRED_TABLES="person visit_occurrence concept $DOMAIN_TABLES"
+# Tables the apps read when they are there (drug roll-up, train/test split); linked if present.
+OPTIONAL_TABLES="concept_ancestor concept_relationship patient_splits"
+LOG_LINES_ON_FAILURE=40
+
+usage() {
+    cat <<EOF
+Usage: $0 --input_folder INPUT_FOLDER --output_folder OUTPUT_FOLDER --start_date YYYY-MM-DD
+          [--min_num_of_patients N]
+
+Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's Spark apps.
+
+  --input_folder PATH         OMOP tables, one Parquet folder per table (read only)
+  --output_folder PATH        where qualified_concept_list/ and patient_sequence/ are written
+  --start_date DATE           keep events on or after this date (YYYY-MM-DD), e.g. 1985-01-01
+  --min_num_of_patients N     keep concepts seen in at least N patients (default $MIN_NUM_OF_PATIENTS)
+  -h, --help                  show this help
+
+Run 'source setup_env.sh' first: it puts spark-submit on PATH, selects Java 11 and sets
+SPARK_SUBMIT_OPTIONS (master, driver and executor memory) for this machine.
+
+Example:
+  $0 --input_folder "\$OMOP_DIR" --output_folder "\$CEHR_GPT_DATA_DIR" --start_date 1985-01-01
+EOF
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- Command line (same options as the official script, plus --min_num_of_patients) -------------
+INPUT_FOLDER=""
+OUTPUT_FOLDER=""
+START_DATE=""
+if [ $# -eq 0 ]; then
+    usage >&2
+    exit 2
+fi
+while [ $# -gt 0 ]; do
+    option="$1"
+    case "$option" in
+        -h|--help) usage; exit 0 ;;
+        --*=*) value="${option#*=}"; option="${option%%=*}"; shift ;;
+        --*)
+            [ $# -ge 2 ] || die "$option needs a value (see --help)"
+            value="$2"
+            shift 2
+            ;;
+        *) die "unexpected argument '$option' (see --help)" ;;
+    esac
+    case "$option" in
+        --input_folder) INPUT_FOLDER="$value" ;;
+        --output_folder) OUTPUT_FOLDER="$value" ;;
+        --start_date) START_DATE="$value" ;;
+        --min_num_of_patients) MIN_NUM_OF_PATIENTS="$value" ;;
+        *) die "unknown option '$option' (see --help)" ;;
+    esac
+done
+[ -n "$INPUT_FOLDER" ] || die "--input_folder is required (see --help)"
+[ -n "$OUTPUT_FOLDER" ] || die "--output_folder is required (see --help)"
+[ -n "$START_DATE" ] || die "--start_date is required (see --help)"
+printf '%s\n' "$START_DATE" | grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' ||
+    die "--start_date must look like YYYY-MM-DD, got '$START_DATE'"
+case "$MIN_NUM_OF_PATIENTS" in
+    ''|*[!0-9]*) die "--min_num_of_patients must be a whole number, got '$MIN_NUM_OF_PATIENTS'" ;;
+esac
+
+# --- Checks before Spark starts (a Spark failure costs a minute and 200 lines of Java) ------------
+[ -d "$INPUT_FOLDER" ] || die "input folder '$INPUT_FOLDER' does not exist (run step 1, export_omop.py)"
+INPUT_FOLDER=$(cd "$INPUT_FOLDER" && pwd -P) || die "cannot enter input folder '$INPUT_FOLDER'"
+
+missing=""
+for table in $REQUIRED_TABLES; do
+    [ -d "$INPUT_FOLDER/$table" ] || missing="$missing $table"
+done
+[ -z "$missing" ] ||
+    die "input folder $INPUT_FOLDER lacks the table folder(s):$missing (one Parquet folder per OMOP table, as export_omop.py writes them)"
+
+command -v spark-submit >/dev/null 2>&1 ||
+    die "spark-submit is not on PATH: run 'source setup_env.sh' first"
+
+# Spark 3.1.2 runs on Java 8 or 11 only; Java 17 fails deep inside Spark with InaccessibleObjectException.
+if [ -n "${JAVA_HOME:-}" ]; then java_bin="$JAVA_HOME/bin/java"; else java_bin=$(command -v java || true); fi
+[ -n "$java_bin" ] && [ -x "$java_bin" ] ||
+    die "no Java found (JAVA_HOME='${JAVA_HOME:-}'): run 'source setup_env.sh', which selects Java 11"
+java_version=$("$java_bin" -version 2>&1 | sed -n '1s/[^"]*"\([^"]*\)".*/\1/p')
+case "$java_version" in
+    1.8.*|1.8|8|8.*|11|11.*) ;;
+    *) die "Spark 3.1.2 needs Java 8 or 11, but $java_bin is Java '${java_version:-unknown}': run 'source setup_env.sh'" ;;
+esac
+
+PYTHON_BIN="${PYSPARK_PYTHON:-python}"
+CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))' 2>/dev/null) ||
+    die "cannot import cehrbert_data with $PYTHON_BIN: run 'source setup_env.sh' (or 'make setup')"
+
+mkdir -p "$OUTPUT_FOLDER" || die "cannot create output folder '$OUTPUT_FOLDER'"
+OUTPUT_FOLDER=$(cd "$OUTPUT_FOLDER" && pwd -P) || die "cannot enter output folder '$OUTPUT_FOLDER'"
+LOG_DIR="$OUTPUT_FOLDER/logs"
+mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
+
+# The second app reads the concept list from its *input* folder. Rather than writing into the
+# user's (possibly read-only) OMOP folder, it reads a folder of links in the output folder: one per
+# input table plus one to the concept list the first app wrote. Same folder in and out: no links needed.
+TRAINING_INPUT="$INPUT_FOLDER"
+if [ "$INPUT_FOLDER" != "$OUTPUT_FOLDER" ]; then
+    TRAINING_INPUT="$OUTPUT_FOLDER/spark_input"
+    rm -rf "$TRAINING_INPUT" && mkdir -p "$TRAINING_INPUT" || die "cannot create $TRAINING_INPUT"
+    for table in $REQUIRED_TABLES $OPTIONAL_TABLES death; do
+        if [ -d "$INPUT_FOLDER/$table" ]; then
+            ln -s "$INPUT_FOLDER/$table" "$TRAINING_INPUT/$table" || die "cannot link $INPUT_FOLDER/$table"
+        fi
+    done
+    ln -s "$OUTPUT_FOLDER/qualified_concept_list" "$TRAINING_INPUT/qualified_concept_list" ||
+        die "cannot link the concept list into $TRAINING_INPUT"
+fi
+
+# Death is optional in OMOP; with a death table the sequences end with a death token.
+DEATH_OPTION=""
+if [ -d "$INPUT_FOLDER/death" ]; then
+    DEATH_OPTION="--include_death"
+fi
+
+# SPARK_SUBMIT_OPTIONS is split on spaces on purpose: it holds several options.
+SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
+[ -n "$SPARK_OPTIONS" ] ||
+    echo "warning: SPARK_SUBMIT_OPTIONS is empty, Spark uses its defaults (source setup_env.sh to size it)" >&2
+
+echo "Input folder:  $INPUT_FOLDER"
+echo "Output folder: $OUTPUT_FOLDER"
+echo "Start date:    $START_DATE"
+echo "Spark options: ${SPARK_OPTIONS:-(none)}"
+echo "Java:          $java_bin ($java_version)"
+
+# run_app NAME ARG...: print the command, run it with its output in logs/NAME.log, time it, and
+# stop the whole script with the end of the log when it fails.
+run_app() {
+    app_name="$1"
+    shift
+    log_file="$LOG_DIR/$app_name.log"
+    echo ""
+    echo "== $app_name"
+    echo "+ $*"
+    echo "  (Spark output: $log_file)"
+    started=$(date +%s)
+    if "$@" >"$log_file" 2>&1; then
+        status=0
+    else
+        status=$?
+    fi
+    elapsed=$(($(date +%s) - started))
+    if [ "$status" -ne 0 ]; then
+        echo "" >&2
+        echo "---- last $LOG_LINES_ON_FAILURE lines of $log_file ----" >&2
+        tail -n "$LOG_LINES_ON_FAILURE" "$log_file" >&2
+        echo "----" >&2
+        die "$app_name failed (exit $status after ${elapsed}s); full log: $log_file"
+    fi
+    echo "  $app_name took $((elapsed / 60))m $((elapsed % 60))s"
+}
+
+total_started=$(date +%s)
+
+# shellcheck disable=SC2086  # SPARK_OPTIONS and DOMAIN_TABLES are word lists
+run_app generate_included_concept_list \
+    spark-submit $SPARK_OPTIONS "$CEHRBERT_DATA_HOME/apps/generate_included_concept_list.py" \
+    --input_folder "$INPUT_FOLDER" \
+    --output_folder "$OUTPUT_FOLDER" \
+    --min_num_of_patients "$MIN_NUM_OF_PATIENTS" \
+    --ehr_table_list $DOMAIN_TABLES
+
+[ -d "$OUTPUT_FOLDER/qualified_concept_list" ] ||
+    die "generate_included_concept_list wrote no $OUTPUT_FOLDER/qualified_concept_list (log: $LOG_DIR/generate_included_concept_list.log)"
+
+# shellcheck disable=SC2086
+run_app generate_training_data \
+    spark-submit $SPARK_OPTIONS "$CEHRBERT_DATA_HOME/apps/generate_training_data.py" \
+    --input_folder "$TRAINING_INPUT" \
+    --output_folder "$OUTPUT_FOLDER" \
+    -d "$START_DATE" \
+    --att_type day \
+    --inpatient_att_type day \
+    -iv \
+    -ip \
+    --include_concept_list \
+    --gpt_patient_sequence \
+    --should_construct_artificial_visits \
+    --disconnect_problem_list_records \
+    $DEATH_OPTION \
+    --domain_table_list $DOMAIN_TABLES
+
+[ -d "$OUTPUT_FOLDER/patient_sequence" ] ||
+    die "generate_training_data wrote no $OUTPUT_FOLDER/patient_sequence (log: $LOG_DIR/generate_training_data.log)"
+
+total=$(($(date +%s) - total_started))
+echo ""
+echo "Patient sequences written to $OUTPUT_FOLDER/patient_sequence (both apps: $((total / 60))m $((total % 60))s)"
+echo "Next: python cleanup_tokens.py --patient-sequence-dir $OUTPUT_FOLDER/patient_sequence"
