@@ -1,0 +1,709 @@
+"""Step 1 of the CEHR-XGPT tutorial: export OMOP CDM tables from PostgreSQL to Spark-readable Parquet.
+
+Reads the tables of one schema (default `cdm`) and writes, for each table,
+
+    <output-dir>/<table>/part-00000.parquet, part-00001.parquet, ...
+
+the layout Spark (and cehrbert_data in step 2) reads as one table per folder.
+
+How (and why this way):
+- Streaming: `COPY (SELECT ...) TO STDOUT (FORMAT csv)` flows through a pipe into pyarrow's
+  incremental CSV reader and out through a ParquetWriter, so memory stays bounded whatever the
+  table size (a new part file every --rows-per-file rows). Reading whole tables into pandas ran
+  out of memory on tens of millions of rows.
+- Types come from the database catalog, never from the data: smallint/integer/bigint -> int16/
+  int32/int64, real/double -> float32/float64, numeric -> float64 (cehrbert_data and Spark want
+  numbers, not decimals), boolean -> bool, date -> date32, timestamp -> timestamp[us] (Spark 3.1.2
+  reads pandas' nanosecond timestamps as bigint), timestamptz -> timestamp[us, UTC], everything else
+  (varchar, text, ...) -> string. NULL and the empty string stay different.
+- One consistent snapshot: every table is read in one REPEATABLE READ, READ ONLY transaction; with
+  --jobs N the N connections share it through pg_export_snapshot(), so rows committed while the
+  export runs are either all in or all out (never a visit without its person).
+- Atomic per table: each table is written into a hidden temporary folder beside its target and
+  swapped into place when complete; a failure or Ctrl-C leaves the earlier export untouched.
+
+Connection like psql: --dsn, else the libpq environment (PGHOST, PGPORT, PGDATABASE, PGUSER,
+PGPASSWORD, PGSERVICE, ~/.pgpass), else the embedded demo server (make demo-db).
+
+    source setup_env.sh
+    python export_omop.py --schema cdm --output-dir "$OMOP_DIR"
+    python export_omop.py --dsn "postgresql://me@dbhost/synthea" --tables person,death --jobs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import queue
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cehrgpt_tutorials import common
+
+# The seed's tables, plus the optional ones cehrbert_data uses when they exist.
+DEFAULT_TABLES = [
+    "person",
+    "visit_occurrence",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "concept",
+    "concept_ancestor",
+    "concept_relationship",
+]
+OPTIONAL_DEFAULT_TABLES = ["death", "measurement"]
+
+DEFAULT_ROWS_PER_FILE = 1_000_000
+# Batches are gathered into row groups of about this many bytes (in memory) before writing: a row
+# group per 4 MB CSV block would make files that read slowly; much bigger costs memory.
+ROW_GROUP_BYTES = 32 << 20
+CSV_BLOCK_BYTES = 4 << 20
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031  # Linux fcntl: a larger pipe means fewer wake-ups between the two threads
+
+# Relation kinds we can SELECT from: table, partitioned table, view, materialized view, foreign table.
+READABLE_RELKINDS = ("r", "p", "v", "m", "f")
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalog: which tables exist, their columns and the Arrow type of each column.
+# ---------------------------------------------------------------------------------------------
+
+
+def arrow_type_for(base_type_name: str):
+    """The Arrow type a PostgreSQL base type is stored as (anything not listed travels as text)."""
+    import pyarrow as pa
+
+    return {
+        "int2": pa.int16(),
+        "int4": pa.int32(),
+        "int8": pa.int64(),
+        "float4": pa.float32(),
+        "float8": pa.float64(),
+        "numeric": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us"),
+        "timestamptz": pa.timestamp("us", tz="UTC"),
+    }.get(base_type_name, pa.string())
+
+
+@dataclass
+class Column:
+    name: str  # as in the database
+    declared_type: str  # format_type(): "character varying(50)", "numeric(10,2)", ...
+    base_type: str  # pg_type.typname after resolving domains: "varchar", "int4", ...
+
+
+@dataclass
+class TableExport:
+    name: str  # as in the database
+    folder_name: str  # lower case: Spark and cehrbert_data look for lower-case folders
+    columns: list[Column]
+    estimated_rows: int | None
+    estimated_bytes: int
+    rows: int = 0
+    seconds: float = 0.0
+    megabytes: float = 0.0
+    files: int = 0
+
+
+def readable_relations(connection, schema: str) -> dict[str, tuple[int, float, int]]:
+    """name -> (oid, reltuples, relpages) for every table and view in `schema`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.oid, c.reltuples, c.relpages FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = ANY(%s) ORDER BY c.relname",
+            (schema, list(READABLE_RELKINDS)),
+        )
+        return {name: (oid, reltuples, relpages) for name, oid, reltuples, relpages in cursor.fetchall()}
+
+
+def schema_exists(connection, schema: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        return cursor.fetchone() is not None
+
+
+def table_columns(connection, relation_oid: int) -> list[Column]:
+    """The table's columns in order, with their declared type and base type (domains resolved)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+            "       CASE WHEN t.typtype = 'd' THEN base.typname ELSE t.typname END "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_type base ON base.oid = t.typbasetype "
+            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (relation_oid,),
+        )
+        return [Column(name, declared, base) for name, declared, base in cursor.fetchall()]
+
+
+def shorten(names: list[str], limit: int = 30) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "(none)"
+
+
+def resolve_tables(connection, schema: str, requested: list[str] | None) -> list[TableExport]:
+    """Check schema and table names against the catalog; raise PipelineError naming what is missing."""
+    if not schema_exists(connection, schema):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%%' "
+                "AND nspname <> 'information_schema' ORDER BY 1"
+            )
+            schemas = [row[0] for row in cursor.fetchall()]
+        raise common.PipelineError(f"schema {schema} not found; schemas: {shorten(schemas)}")
+    relations = readable_relations(connection, schema)
+    if requested is None:
+        names = DEFAULT_TABLES + [name for name in OPTIONAL_DEFAULT_TABLES if name in relations]
+    else:
+        names = requested
+
+    tables: list[TableExport] = []
+    for requested_name in names:
+        name = requested_name
+        if name not in relations:
+            # Like psql, an unquoted PERSON means person; only fall back when it is unambiguous.
+            folded = [candidate for candidate in relations if candidate.lower() == name.lower()]
+            if len(folded) != 1:
+                raise common.PipelineError(
+                    f"table {schema}.{requested_name} not found; tables in {schema}: {shorten(list(relations))}"
+                )
+            name = folded[0]
+        folder_name = name.lower()
+        # The folder name becomes a path: refuse names that would escape the output folder or hide.
+        if "/" in folder_name or "\\" in folder_name or folder_name.startswith(".") or "\0" in folder_name:
+            raise common.PipelineError(
+                f"table {schema}.{name}: its name cannot be a folder name (it contains '/' or '\\' "
+                "or starts with '.'); rename it or export it through a view"
+            )
+        oid, reltuples, relpages = relations[name]
+        columns = table_columns(connection, oid)
+        if not columns:
+            raise common.PipelineError(f"table {schema}.{name} has no columns")
+        lower_names = [column.name.lower() for column in columns]
+        duplicated = sorted({n for n in lower_names if lower_names.count(n) > 1})
+        if duplicated:
+            raise common.PipelineError(
+                f"table {schema}.{name}: columns {', '.join(duplicated)} differ only in case and would "
+                "collide as lower-case Parquet columns"
+            )
+        tables.append(
+            TableExport(
+                name=name,
+                folder_name=folder_name,
+                columns=columns,
+                estimated_rows=int(reltuples) if reltuples and reltuples > 0 else None,
+                estimated_bytes=int(relpages) * 8192,
+            )
+        )
+    folders = [table.folder_name for table in tables]
+    repeated = sorted({f for f in folders if folders.count(f) > 1})
+    if repeated:
+        raise common.PipelineError(f"tables listed twice (or differing only in case): {', '.join(repeated)}")
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders: never overwrite something that is not a Parquet table folder, clean up what a
+# killed run left behind.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace a folder that holds anything but Parquet part files (e.g. the database)."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise common.PipelineError(f"{target} exists and is not a folder; not overwriting it")
+    foreign = [
+        entry.name
+        for entry in target.iterdir()
+        if not entry.name.startswith((".", "_")) and not (entry.is_file() and entry.name.endswith(".parquet"))
+    ]
+    if foreign:
+        raise common.PipelineError(
+            f"{target} exists and holds more than Parquet part files ({shorten(sorted(foreign), 5)}); "
+            "not overwriting it: move it away or choose another --output-dir"
+        )
+
+
+def lock_folder(folder: Path) -> int:
+    """Hold an exclusive lock on `folder` while we write it (released when the process dies)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
+
+
+def remove_abandoned_temporaries(target: Path) -> None:
+    """Delete temporary folders of `target` left by a killed export (nobody holds their lock)."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-[0-9a-f]+$")
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.iterdir():
+        if not pattern.match(entry.name) or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            descriptor = os.open(entry, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # another export is writing it right now
+        finally:
+            os.close(descriptor)
+        if time.time() - entry.stat().st_mtime > 5:  # not one that another run just created
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One table: COPY -> pipe -> pyarrow CSV reader -> ParquetWriter, into a temporary folder.
+# ---------------------------------------------------------------------------------------------
+
+
+class Cancelled(Exception):
+    """Another table failed or the user pressed Ctrl-C."""
+
+
+def copy_statement(schema: str, table: TableExport):
+    from psycopg2 import sql
+
+    # CSV with NULL as an unquoted empty field: PostgreSQL then quotes empty strings (""), which
+    # the reader keeps apart from NULL (quoted_strings_can_be_null=False).
+    return sql.SQL("COPY (SELECT {columns} FROM {schema}.{table}) TO STDOUT WITH (FORMAT csv)").format(
+        columns=sql.SQL(", ").join(sql.Identifier(column.name) for column in table.columns),
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(table.name),
+    )
+
+
+def csv_reader_options(table: TableExport):
+    import pyarrow.csv as pa_csv
+
+    names = [column.name.lower() for column in table.columns]
+    read_options = pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES)
+    # An all-NULL row of a one-column table is an empty line: it is a row, not something to skip.
+    parse_options = pa_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
+    convert_options = pa_csv.ConvertOptions(
+        column_types={name: arrow_type_for(column.base_type) for name, column in zip(names, table.columns, strict=True)},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["t"],
+        false_values=["f"],
+    )
+    return read_options, parse_options, convert_options
+
+
+def arrow_schema(table: TableExport):
+    import pyarrow as pa
+
+    return pa.schema([(column.name.lower(), arrow_type_for(column.base_type)) for column in table.columns])
+
+
+def explain_conversion_error(error: Exception, table: TableExport) -> str:
+    """Arrow says 'column #3'; name the column and its declared type instead."""
+    message = " ".join(str(error).split())
+    match = re.search(r"column #(\d+)", message)
+    if match and int(match.group(1)) < len(table.columns):
+        column = table.columns[int(match.group(1))]
+        message = message.replace(match.group(0), f"column {column.name} ({column.declared_type})")
+    return message
+
+
+class PartWriter:
+    """Writes record batches into part-00000.parquet, part-00001.parquet, ... of one folder."""
+
+    def __init__(self, folder: Path, schema, rows_per_file: int):
+        self.folder, self.schema, self.rows_per_file = folder, schema, rows_per_file
+        self.writer = None
+        self.file_index = 0
+        self.rows_in_file = 0
+        self.pending, self.pending_bytes = [], 0
+
+    def write(self, batch) -> None:
+        while batch.num_rows:
+            room = self.rows_per_file - self.rows_in_file - sum(b.num_rows for b in self.pending)
+            head, batch = batch.slice(0, room), batch.slice(room)
+            self.pending.append(head)
+            self.pending_bytes += head.nbytes
+            if self.rows_in_file + sum(b.num_rows for b in self.pending) >= self.rows_per_file:
+                self.flush()
+                self.close_file()
+            elif self.pending_bytes >= ROW_GROUP_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        if self.writer is None:
+            path = self.folder / f"part-{self.file_index:05d}.parquet"
+            self.writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+        row_group = pa.Table.from_batches(self.pending, schema=self.schema)
+        self.writer.write_table(row_group, row_group_size=row_group.num_rows)
+        self.rows_in_file += row_group.num_rows
+        self.pending, self.pending_bytes = [], 0
+
+    def close_file(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.file_index += 1
+            self.rows_in_file = 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is None and self.file_index == 0:
+            # An empty table still gets one (empty) file, so readers learn its columns and types.
+            import pyarrow.parquet as pq
+
+            pq.ParquetWriter(self.folder / "part-00000.parquet", self.schema, compression="snappy").close()
+            self.file_index = 1
+        self.close_file()
+
+
+def stream_table(connection, schema: str, table: TableExport, folder: Path, rows_per_file: int, progress) -> int:
+    """COPY one table into Parquet part files in `folder`; returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, AttributeError):
+        pass  # not Linux, or a lower pipe size limit: the default pipe works, only slower
+    copy_result: dict = {}
+
+    def copy_into_pipe():
+        # psycopg2 calls write() once per row: a C-level buffered writer keeps that cheap.
+        pipe = os.fdopen(write_end, "wb", buffering=PIPE_BYTES)
+        try:
+            with connection.cursor() as cursor:
+                cursor.copy_expert(copy_statement(schema, table), pipe)
+                copy_result["rows"] = cursor.rowcount
+        except BaseException as error:  # the reading side reports it
+            copy_result["error"] = error
+        finally:
+            # Recorded before closing, so the reader's end-of-data comes after the outcome is known.
+            try:
+                pipe.close()
+            except OSError:
+                pass  # the reader stopped early and closed its end
+
+    copier = threading.Thread(target=copy_into_pipe, name=f"copy-{table.name}", daemon=True)
+    copier.start()
+    read_options, parse_options, convert_options = csv_reader_options(table)
+    parts = PartWriter(folder, arrow_schema(table), rows_per_file)
+    rows = 0
+    read_error = None
+    copy_failed_first = False
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            try:
+                for batch in pa_csv.open_csv(pipe, read_options, parse_options, convert_options):
+                    parts.write(batch)
+                    rows += batch.num_rows
+                    progress.update(batch.num_rows)
+            except pa.ArrowInvalid as error:
+                read_error = error
+                copy_failed_first = "error" in copy_result
+                if not copy_result:
+                    connection.cancel()  # bad data mid-table: stop the server sending the rest
+    except BaseException:
+        if not copy_result:
+            connection.cancel()
+        copier.join(timeout=10)
+        raise
+    copier.join()
+    if read_error is not None and not copy_failed_first:
+        if not (copy_result.get("rows") == 0 and "Empty CSV" in str(read_error)):
+            raise common.PipelineError(explain_conversion_error(read_error, table))
+    if "error" in copy_result:
+        raise copy_result["error"]
+    parts.close()
+    table.files = parts.file_index
+    if copy_result["rows"] != rows:
+        raise common.PipelineError(f"PostgreSQL sent {copy_result['rows']:,} rows but {rows:,} were read")
+    return rows
+
+
+def export_table(connection, schema: str, table: TableExport, output_dir: Path, rows_per_file: int, position: int):
+    from tqdm import tqdm
+
+    target = output_dir / table.folder_name
+    check_replaceable(target)
+    remove_abandoned_temporaries(target)
+    started = time.monotonic()
+    with tqdm(
+        total=table.estimated_rows,
+        desc=table.folder_name,
+        unit=" rows",
+        unit_scale=True,
+        position=position,
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,  # no bars when stderr is not a terminal (logs, tests)
+    ) as progress:
+        with common.atomic_directory(target) as temporary:
+            lock = lock_folder(temporary)
+            try:
+                table.rows = stream_table(connection, schema, table, temporary, rows_per_file, progress)
+            finally:
+                os.close(lock)
+            table.megabytes = sum(path.stat().st_size for path in temporary.iterdir()) / 1e6
+    table.seconds = time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections sharing one snapshot, and the workers that drain the table queue.
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_session(connection) -> None:
+    """Output formats the CSV reader expects, whatever the server's or the user's settings."""
+    connection.set_client_encoding("UTF8")
+    with connection.cursor() as cursor:
+        cursor.execute("SET DateStyle = 'ISO, YMD'")
+        cursor.execute("SET TimeZone = 'UTC'")  # timestamptz as +00, no historical local offsets
+        cursor.execute("SET extra_float_digits = 3")  # floats round-trip exactly
+        cursor.execute("SET statement_timeout = 0")
+
+
+def begin_snapshot(coordinator) -> None:
+    """Start the one REPEATABLE READ, READ ONLY transaction every table is read in."""
+    coordinator.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    prepare_session(coordinator)
+
+
+def open_workers(dsn: str | None, coordinator, count: int):
+    """`count` more connections that read the coordinator's snapshot (pg_export_snapshot)."""
+    if count <= 0:
+        return []
+    with coordinator.cursor() as cursor:
+        cursor.execute("SELECT pg_export_snapshot()")
+        snapshot = cursor.fetchone()[0]
+    workers = []
+    try:
+        for _ in range(count):
+            worker = common.connect(dsn, application_name="cehrgpt-export_omop", quiet=True)
+            workers.append(worker)
+            worker.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            with worker.cursor() as cursor:
+                # Must be the transaction's first statement (psycopg2 has just sent BEGIN).
+                cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+            prepare_session(worker)
+    except BaseException:
+        close_all(workers)
+        raise
+    return workers
+
+
+def close_all(connections) -> None:
+    for connection in connections:
+        try:
+            connection.rollback()  # read only: nothing to commit
+            connection.close()
+        except Exception:
+            pass
+
+
+@dataclass
+class Failure:
+    table: str
+    message: str
+    interrupted: bool = False
+
+
+def describe_error(error: BaseException) -> str:
+    import psycopg2
+
+    if isinstance(error, common.PipelineError):
+        return str(error)
+    if isinstance(error, psycopg2.Error):
+        text = (error.pgerror or str(error) or type(error).__name__).strip()
+        lines = [line for line in text.splitlines() if line.strip()]
+        return " ".join((lines[0] if lines else type(error).__name__).split())
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename})" if error.filename else str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def run_exports(connections, schema: str, tables: list[TableExport], output_dir: Path, rows_per_file: int):
+    """Export the tables over the connections (largest first); return the first failure or None."""
+    from tqdm import tqdm
+
+    work: queue.Queue = queue.Queue()
+    for table in sorted(tables, key=lambda t: -t.estimated_bytes):
+        work.put(table)
+    stop = threading.Event()
+    failures: list[Failure] = []
+    failures_lock = threading.Lock()
+
+    def worker(connection, position):
+        while not stop.is_set():
+            try:
+                table = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                export_table(connection, schema, table, output_dir, rows_per_file, position)
+                tqdm.write(
+                    f"  {table.folder_name}: {table.rows:,} rows, {table.megabytes:.1f} MB in {table.seconds:.1f} s"
+                )
+            except BaseException as error:
+                with failures_lock:
+                    cancelled = stop.is_set()
+                    failures.append(Failure(table.name, describe_error(error), interrupted=cancelled))
+                    stop.set()
+                for other in connections:
+                    if other is not connection:
+                        try:
+                            other.cancel()  # abort the COPY running there
+                        except Exception:
+                            pass
+                return
+
+    threads = [
+        threading.Thread(target=worker, args=(connection, position), name=f"export-{position}", daemon=True)
+        for position, connection in enumerate(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.2)
+    except KeyboardInterrupt:
+        with failures_lock:
+            failures.insert(0, Failure("", "interrupted", interrupted=True))
+            stop.set()
+        for connection in connections:
+            try:
+                connection.cancel()
+            except Exception:
+                pass
+        for thread in threads:
+            thread.join(timeout=30)  # let each remove its temporary folder
+    first_real = [failure for failure in failures if not failure.interrupted]
+    return first_real[0] if first_real else (failures[0] if failures else None)
+
+
+def print_summary(tables: list[TableExport], output_dir: Path, seconds: float) -> None:
+    width = max([len("table")] + [len(table.folder_name) for table in tables])
+    print(f"\n{'table':<{width}}  {'rows':>13}  {'seconds':>8}  {'MB':>9}  files")
+    for table in tables:
+        print(
+            f"{table.folder_name:<{width}}  {table.rows:>13,}  {table.seconds:>8.1f}  {table.megabytes:>9.1f}  {table.files:>5}"
+        )
+    total_rows = sum(table.rows for table in tables)
+    total_megabytes = sum(table.megabytes for table in tables)
+    print(f"{'total':<{width}}  {total_rows:>13,}  {seconds:>8.1f}  {total_megabytes:>9.1f}")
+    print(f"exported {len(tables)} tables to {output_dir} in {seconds:.1f} s", flush=True)
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description=(
+            "Step 1: export OMOP CDM tables from PostgreSQL to <output-dir>/<table>/part-*.parquet "
+            "(one consistent snapshot, streamed, typed from the database catalog). Types: smallint/"
+            "integer/bigint -> int16/int32/int64; numeric -> float64 (double: fine for OMOP's "
+            "value_as_number, but exact decimals beyond ~15 digits are rounded); real/double -> "
+            "float32/float64; date -> date32; timestamp -> timestamp[us]; timestamptz -> "
+            "timestamp[us, UTC]; boolean -> bool; everything else (varchar, text, ...) -> string."
+        ),
+        epilog=(
+            "Connection like psql: --dsn, else PGHOST/PGPORT/PGDATABASE/PGUSER/PGPASSWORD/PGSERVICE "
+            "and ~/.pgpass, else the embedded demo server under $OMOP_DIR/pgdata. "
+            "Example: python export_omop.py --schema cdm --output-dir \"$OMOP_DIR\""
+        ),
+    )
+    parser.add_argument("--dsn", help="libpq connection string or URI (default: libpq environment, else the demo server)")
+    parser.add_argument("--schema", default="cdm", help="schema holding the OMOP tables (default: cdm)")
+    parser.add_argument(
+        "--tables",
+        help=(
+            "comma-separated tables (default: " + ", ".join(DEFAULT_TABLES)
+            + ", plus " + " and ".join(OPTIONAL_DEFAULT_TABLES) + " when they exist)"
+        ),
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the <table>/ folders go (default: $OMOP_DIR, else omop_synthea)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="tables exported in parallel, one connection each (default: 2)")
+    parser.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=DEFAULT_ROWS_PER_FILE,
+        help=f"start a new part file after this many rows (default: {DEFAULT_ROWS_PER_FILE:,})",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if arguments.rows_per_file < 1:
+        parser.error("--rows-per-file must be at least 1")
+    if arguments.tables is not None:
+        arguments.tables = [name.strip() for name in arguments.tables.split(",") if name.strip()]
+        if not arguments.tables:
+            parser.error("--tables is empty")
+    arguments.output_dir = arguments.output_dir or common.omop_dir()
+    return arguments
+
+
+def interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    # SIGTERM (a scheduler, `kill`) cleans up like Ctrl-C: no half-written folder is left.
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    started = time.monotonic()
+    connections = []
+    try:
+        # Resolved once, so the demo server is started (or found) once for all the connections.
+        dsn = common.resolve_connection(arguments.dsn).dsn or None
+        coordinator = common.connect(dsn, application_name="cehrgpt-export_omop")
+        connections.append(coordinator)
+        begin_snapshot(coordinator)
+        # Checked inside the snapshot, so a table dropped meanwhile cannot slip through.
+        tables = resolve_tables(coordinator, arguments.schema, arguments.tables)
+        jobs = min(arguments.jobs, len(tables))
+        connections += open_workers(dsn, coordinator, jobs - 1)
+        output_dir = arguments.output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"exporting {len(tables)} tables from schema {arguments.schema} to {output_dir} "
+            f"({jobs} connection{'s' if jobs > 1 else ''}, one snapshot)",
+            flush=True,
+        )
+        failure = run_exports(connections, arguments.schema, tables, output_dir, arguments.rows_per_file)
+    except common.PipelineError as error:
+        common.fail(str(error))
+    except KeyboardInterrupt:
+        common.fail("interrupted; no table folder was left half-written (earlier exports are intact)", 130)
+    finally:
+        close_all(connections)
+    if failure is not None:
+        if failure.table and not failure.interrupted:
+            common.fail(f"table {arguments.schema}.{failure.table}: {failure.message}")
+        common.fail("interrupted; no table folder was left half-written (earlier exports are intact)", 130)
+    print_summary(tables, output_dir, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
