@@ -21,6 +21,7 @@ import io
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,23 +45,32 @@ def environment_without_pg(pgdata: Path) -> dict[str, str]:
     return environment
 
 
-def time_load_omop_demo(workdir: Path) -> tuple[float, dict[str, float], str]:
-    """Wall time of `python load_omop.py --demo` with no server running, and its per-table seconds."""
-    pgdata = workdir / "load_omop" / "pgdata"
+def time_load_omop_demo(workdir: Path) -> tuple[float, float, dict[str, float]]:
+    """`python load_omop.py --demo` with no server running: wall time, the time at which it printed
+    its connection URI (python start + initdb + server start + connect), and per-table seconds."""
+    pgdata = workdir / "pgdata"
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "load_omop.py"), "--demo"],
-        env=environment_without_pg(pgdata), cwd=REPO_ROOT, capture_output=True, text=True,
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "load_omop.py"), "--demo"], env=environment_without_pg(pgdata),
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    connected = float("nan")
+    lines = []
+    for line in process.stdout:
+        if line.startswith("PostgreSQL: "):
+            connected = time.perf_counter() - started
+        lines.append(line)
+    stderr = process.stderr.read()
+    process.wait()
     seconds = time.perf_counter() - started
     stop_embedded_server(pgdata)
-    if result.returncode != 0:
-        sys.exit(f"load_omop.py --demo failed:\n{result.stderr}")
+    if process.returncode != 0:
+        sys.exit(f"load_omop.py --demo failed:\n{stderr}")
     per_table = {
         match.group(1): float(match.group(2))
-        for match in re.finditer(r"^\s+(\w+)\s+[\d,]+ rows\s+([\d.]+) s", result.stdout, re.MULTILINE)
+        for match in re.finditer(r"^\s+(\w+)\s+[\d,]+ rows\s+([\d.]+) s", "".join(lines), re.MULTILINE)
     }
-    return seconds, per_table, result.stdout
+    return seconds, connected, per_table
 
 
 def cleaned_csv_bytes(csv_folder: Path) -> dict[str, tuple[list[str], bytes]]:
@@ -79,7 +89,7 @@ def cleaned_csv_bytes(csv_folder: Path) -> dict[str, tuple[list[str], bytes]]:
     return tables
 
 
-def time_copy_floor(uri: str, tables: dict[str, tuple[list[str], bytes]]) -> float:
+def time_copy_floor(uri: str, tables: dict[str, tuple[list[str], bytes]], schema: str) -> float:
     import psycopg2
     from psycopg2 import sql
 
@@ -87,13 +97,13 @@ def time_copy_floor(uri: str, tables: dict[str, tuple[list[str], bytes]]) -> flo
 
     connection = psycopg2.connect(uri)
     with connection, connection.cursor() as cursor:
-        cursor.execute("CREATE SCHEMA floor")
+        cursor.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     started = time.perf_counter()
     for table, (columns, payload) in tables.items():
         with connection, connection.cursor() as cursor:
-            cursor.execute(load_omop.create_table_statement("floor", table))
+            cursor.execute(load_omop.create_table_statement(schema, table))
             copy = sql.SQL("COPY {}.{} ({}) FROM STDIN WITH (FORMAT csv)").format(
-                sql.Identifier("floor"), sql.Identifier(table),
+                sql.Identifier(schema), sql.Identifier(table),
                 sql.SQL(", ").join(sql.Identifier(name) for name in columns),
             )
             cursor.copy_expert(copy.as_string(connection), io.BytesIO(payload), size=1 << 20)
@@ -117,14 +127,18 @@ def time_pandas_to_sql(uri: str, csv_folder: Path, table: str) -> tuple[float, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--skip-pandas", action="store_true", help="leave out the pandas.to_sql baseline")
     arguments = parser.parse_args()
 
     csv_folder = demo_csv_dir()  # downloaded and cached before any timing
     workdir = Path(tempfile.mkdtemp(prefix="load_bench-"))
+    runs, floors = [], []
     try:
-        print(f"machine: {os.cpu_count()} CPUs; demo CSVs: {csv_folder}", flush=True)
-        load_seconds, per_table, _ = time_load_omop_demo(workdir)
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; demo CSVs: {csv_folder}")
+        for repetition in range(arguments.repeat):
+            runs.append(time_load_omop_demo(workdir / f"run{repetition}"))
+            print(f"  run {repetition + 1}: load_omop.py --demo {runs[-1][0]:.2f} s", flush=True)
 
         tables = cleaned_csv_bytes(csv_folder)
         pgdata = workdir / "baseline" / "pgdata"
@@ -132,28 +146,33 @@ def main() -> None:
         uri = start_embedded_server(pgdata)
         server_start_seconds = time.perf_counter() - started
         try:
-            floor_seconds = time_copy_floor(uri, tables)
+            for repetition in range(arguments.repeat):
+                floors.append(time_copy_floor(uri, tables, f"floor{repetition}"))
             pandas = None if arguments.skip_pandas else time_pandas_to_sql(uri, csv_folder, "visit_occurrence")
         finally:
             stop_embedded_server(pgdata)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    load_seconds = statistics.median(run[0] for run in runs)
+    connect_seconds = statistics.median(run[1] for run in runs)
+    loading_seconds = statistics.median(run[0] - run[1] for run in runs)
+    floor_seconds = statistics.median(floors)
     rows = sum(payload.count(b"\n") for _, payload in tables.values())
-    loader_part = load_seconds - server_start_seconds
-    print()
-    print(f"load_omop.py --demo, fresh server, wall time       {load_seconds:7.2f} s   (goal <= {GOAL_SECONDS:.0f} s: "
-          f"{'met' if load_seconds <= GOAL_SECONDS else 'NOT met'})")
-    print(f"  server start alone (initdb + start)              {server_start_seconds:7.2f} s")
-    print(f"  the rest (python start, read, check, COPY, keys)  {loader_part:7.2f} s")
-    print(f"COPY floor, {len(tables)} tables, {rows:,} rows (no checks, no keys)  {floor_seconds:7.2f} s")
-    print(f"ratio: load_omop.py without server start / COPY floor  {loader_part / floor_seconds:5.2f}x")
+    print(f"\nmedians of {arguments.repeat} runs, load average now {os.getloadavg()[0]:.1f}")
+    print(f"load_omop.py --demo, fresh server, wall time          {load_seconds:6.2f} s  "
+          f"(goal <= {GOAL_SECONDS:.0f} s: {'met' if load_seconds <= GOAL_SECONDS else 'NOT met'})")
+    print(f"  until connected (python, initdb, server start)      {connect_seconds:6.2f} s  "
+          f"(server start alone, in-process: {server_start_seconds:.2f} s)")
+    print(f"  loading 15 tables + deriving 2 (after connect)      {loading_seconds:6.2f} s")
+    print(f"COPY floor: {rows:,} clean rows, no checks, no keys    {floor_seconds:6.2f} s")
+    print(f"ratio: load_omop.py loading / COPY floor                {loading_seconds / floor_seconds:6.2f}x")
     if pandas is not None:
         pandas_seconds, pandas_rows = pandas
-        ours = per_table.get("visit_occurrence", float("nan"))
-        print(f"pandas.to_sql visit_occurrence ({pandas_rows:,} rows)      {pandas_seconds:7.2f} s")
-        print(f"load_omop.py visit_occurrence (same rows)          {ours:7.2f} s")
-        print(f"ratio: pandas.to_sql / load_omop.py on visit_occurrence  {pandas_seconds / ours:5.1f}x")
+        ours = statistics.median(run[2].get("visit_occurrence", float("nan")) for run in runs)
+        print(f"pandas.to_sql, visit_occurrence ({pandas_rows:,} rows)       {pandas_seconds:6.2f} s")
+        print(f"load_omop.py, visit_occurrence (same rows, with key)  {ours:6.2f} s")
+        print(f"ratio: pandas.to_sql / load_omop.py                     {pandas_seconds / ours:6.1f}x")
 
 
 if __name__ == "__main__":
