@@ -39,6 +39,7 @@ import queue
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -259,10 +260,10 @@ def remove_abandoned_temporaries(target: Path) -> None:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             continue  # another export is writing it right now
+        else:
+            shutil.rmtree(entry, ignore_errors=True)  # deleted while we hold its lock
         finally:
             os.close(descriptor)
-        if time.time() - entry.stat().st_mtime > 5:  # not one that another run just created
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +552,19 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
     failures: list[Failure] = []
     failures_lock = threading.Lock()
 
+    unfinished = [len(connections)]
+    all_finished = threading.Event()
+
     def worker(connection, position):
+        try:
+            export_tables_from_queue(connection, position)
+        finally:
+            with failures_lock:
+                unfinished[0] -= 1
+                if unfinished[0] == 0:
+                    all_finished.set()
+
+    def export_tables_from_queue(connection, position):
         while not stop.is_set():
             try:
                 table = work.get_nowait()
@@ -575,16 +588,13 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
                             pass
                 return
 
-    threads = [
-        threading.Thread(target=worker, args=(connection, position), name=f"export-{position}", daemon=True)
-        for position, connection in enumerate(connections)
-    ]
-    for thread in threads:
-        thread.start()
+    for position, connection in enumerate(connections):
+        threading.Thread(target=worker, args=(connection, position), name=f"export-{position}", daemon=True).start()
+    # Waiting on an Event, not Thread.join(): in Python 3.10 a Ctrl-C that lands inside join() marks
+    # the still-running thread as finished (bpo-45274), and we would exit before it cleaned up.
     try:
-        while any(thread.is_alive() for thread in threads):
-            for thread in threads:
-                thread.join(timeout=0.2)
+        while not all_finished.wait(timeout=0.5):
+            pass
     except KeyboardInterrupt:
         with failures_lock:
             failures.insert(0, Failure("", "interrupted", interrupted=True))
@@ -594,8 +604,10 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
                 connection.cancel()
             except Exception:
                 pass
-        for thread in threads:
-            thread.join(timeout=30)  # let each remove its temporary folder
+        if not all_finished.wait(timeout=60):  # let each remove its temporary folder
+            print("error: interrupted; a table did not stop within 60 s (the next export removes its "
+                  "hidden temporary folder)", file=sys.stderr, flush=True)
+            os._exit(130)  # a thread stuck in a COPY would block a normal exit
     first_real = [failure for failure in failures if not failure.interrupted]
     return first_real[0] if first_real else (failures[0] if failures else None)
 
