@@ -307,8 +307,8 @@ def conform_parquet_column(array, pg_type: str, where: str):
             if types.is_string(source_type) or types.is_large_string(source_type):
                 return array
             if types.is_integer(source_type) or types.is_floating(source_type) or types.is_decimal(source_type) \
-                    or types.is_date(source_type) or types.is_timestamp(source_type) or types.is_boolean(source_type) \
-                    or types.is_binary(source_type) or types.is_large_binary(source_type):
+                    or types.is_date(source_type) or types.is_timestamp(source_type) or types.is_time(source_type) \
+                    or types.is_boolean(source_type) or types.is_binary(source_type) or types.is_large_binary(source_type):
                 return array.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise PipelineError(f"{where}: cannot convert {source_type} to {pg_type}: {error}") from None
@@ -322,6 +322,7 @@ def file_label(source: TableSource, path: Path) -> str:
 
 def parquet_batches(source: TableSource, persons: set[int] | None):
     """Yield (file, row numbers in the file (0-based), Arrow table in CDM column order) per batch."""
+    import numpy
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -342,7 +343,7 @@ def parquet_batches(source: TableSource, persons: set[int] | None):
                 else:
                     columns.append(pa.nulls(batch.num_rows))  # a CDM column this file lacks
             table = pa.table(columns, names=source.columns)
-            rows = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
+            rows = pa.array(numpy.arange(first_row, first_row + batch.num_rows))
             if person_ids is not None and "person_id" in source.columns:
                 keep = pc.fill_null(pc.is_in(table.column("person_id").cast(pa.int64()), value_set=person_ids), False)
                 table, rows = table.filter(keep), rows.filter(keep)
@@ -680,7 +681,9 @@ def load(arguments) -> None:
             if current == demo_marker(arguments.max_persons, complete=True) and not arguments.replace:
                 print(f"demo CDM already loaded in schema {schema} ({current}); nothing to do")
                 return
-            replace = replace or bool(current and current.startswith(DEMO_MARKER_PREFIX))  # our own schema
+            if current and current.startswith(DEMO_MARKER_PREFIX):  # our own schema: safe to replace
+                print(f"replacing the demo CDM in schema {schema} (it was: {current})")
+                replace = True
         targets = tables + [name for name in DEMO_DERIVED_TABLES if arguments.demo and name not in tables]
         if not replace:
             occupied = non_empty_tables(connection, schema, targets)
