@@ -95,11 +95,24 @@ def arrow_type_for(base_type_name: str):
     }.get(base_type_name, pa.string())
 
 
+# Spark 3.1 refuses to read Parquet columns whose names contain any of these characters.
+SPARK_INVALID_NAME_CHARACTERS = re.compile(r"[ ,;{}()\n\t=]")
+
+
+def parquet_column_name(name: str) -> str:
+    """Lower case (what cehrbert_data expects), with the characters Spark cannot read as '_'."""
+    return SPARK_INVALID_NAME_CHARACTERS.sub("_", name.lower())
+
+
 @dataclass
 class Column:
     name: str  # as in the database
     declared_type: str  # format_type(): "character varying(50)", "numeric(10,2)", ...
     base_type: str  # pg_type.typname after resolving domains: "varchar", "int4", ...
+
+    @property
+    def parquet_name(self) -> str:
+        return parquet_column_name(self.name)
 
 
 @dataclass
@@ -190,12 +203,12 @@ def resolve_tables(connection, schema: str, requested: list[str] | None) -> list
         columns = table_columns(connection, oid)
         if not columns:
             raise common.PipelineError(f"table {schema}.{name} has no columns")
-        lower_names = [column.name.lower() for column in columns]
-        duplicated = sorted({n for n in lower_names if lower_names.count(n) > 1})
+        parquet_names = [column.parquet_name for column in columns]
+        duplicated = sorted({n for n in parquet_names if parquet_names.count(n) > 1})
         if duplicated:
             raise common.PipelineError(
-                f"table {schema}.{name}: columns {', '.join(duplicated)} differ only in case and would "
-                "collide as lower-case Parquet columns"
+                f"table {schema}.{name}: several columns would all be written as {', '.join(duplicated)} "
+                "(Parquet names are lower case, with ' ,;{}()=' and tabs/newlines replaced by '_')"
             )
         tables.append(
             TableExport(
@@ -290,7 +303,7 @@ def copy_statement(schema: str, table: TableExport):
 def csv_reader_options(table: TableExport):
     import pyarrow.csv as pa_csv
 
-    names = [column.name.lower() for column in table.columns]
+    names = [column.parquet_name for column in table.columns]
     read_options = pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES)
     # An all-NULL row of a one-column table is an empty line: it is a row, not something to skip.
     parse_options = pa_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
@@ -308,7 +321,7 @@ def csv_reader_options(table: TableExport):
 def arrow_schema(table: TableExport):
     import pyarrow as pa
 
-    return pa.schema([(column.name.lower(), arrow_type_for(column.base_type)) for column in table.columns])
+    return pa.schema([(column.parquet_name, arrow_type_for(column.base_type)) for column in table.columns])
 
 
 def explain_conversion_error(error: Exception, table: TableExport) -> str:
@@ -698,6 +711,11 @@ def main(argv=None) -> None:
         connections += open_workers(dsn, coordinator, jobs - 1)
         output_dir = arguments.output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
+        for table in tables:
+            renamed = [f"{column.name!r} -> {column.parquet_name}" for column in table.columns
+                       if column.parquet_name != column.name.lower()]
+            if renamed:
+                print(f"note: {table.name}: columns renamed so Spark can read them: {', '.join(renamed)}")
         print(
             f"exporting {len(tables)} tables from schema {arguments.schema} to {output_dir} "
             f"({jobs} connection{'s' if jobs > 1 else ''}, one snapshot)",
