@@ -292,6 +292,77 @@ def malformed_time_tokens(tokens) -> dict[str, str]:
     return problems
 
 
+# >>> patient_sequence Parquet helpers (added for cleanup_tokens.py; usable by inspect_synthetic.py) >>>
+SEQUENCE_TOKEN_COLUMN = "concept_ids"
+
+
+def patient_sequence_files(folder: Path) -> list[Path]:
+    """The Parquet files of a patient_sequence folder (part files, train/ and test/ included), sorted.
+
+    Skips what Spark and our atomic writes leave beside them: names starting with '.' or '_'
+    (_SUCCESS, .crc files, temporary files), at any depth. A file path is returned as itself.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    files = []
+    for path in folder.rglob("*.parquet"):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith((".", "_")) for part in parts):
+            continue
+        if path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
+def is_list_type(data_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(data_type) or pa.types.is_large_list(data_type)
+
+
+def check_patient_sequence_schema(schema, path) -> None:
+    """Raise PipelineError unless `schema` has the concept_ids list<string> column of a patient sequence."""
+    import pyarrow as pa
+
+    if SEQUENCE_TOKEN_COLUMN not in schema.names:
+        raise PipelineError(
+            f"{path} is not a patient sequence file: it has no {SEQUENCE_TOKEN_COLUMN} column "
+            f"(columns: {', '.join(schema.names[:8])}{', ...' if len(schema.names) > 8 else ''})"
+        )
+    token_type = schema.field(SEQUENCE_TOKEN_COLUMN).type
+    if not (is_list_type(token_type) and pa.types.is_string(token_type.value_type)):
+        raise PipelineError(
+            f"{path} is not a patient sequence file: {SEQUENCE_TOKEN_COLUMN} is {token_type}, not a list of strings"
+        )
+
+
+def aligned_rows(table, column: str, reference: str = SEQUENCE_TOKEN_COLUMN):
+    """Per row, whether list column `column` has as many items as `reference` (a BooleanArray; null lists: False).
+
+    Every list column that cehrbert_data writes beside concept_ids (dates, ages, visit_segments, ...)
+    is a parallel array: item i describes token i. This tells, row by row, whether that still holds.
+    """
+    import pyarrow.compute as pc
+
+    same_length = pc.fill_null(
+        pc.equal(pc.list_value_length(table[column]), pc.list_value_length(table[reference])), False
+    )
+    return same_length.combine_chunks() if hasattr(same_length, "combine_chunks") else same_length
+
+
+def parallel_list_columns(table, reference: str = SEQUENCE_TOKEN_COLUMN) -> dict[str, int]:
+    """Every list column other than `reference`, mapped to the number of rows where it is aligned with it."""
+    import pyarrow.compute as pc
+
+    return {
+        field.name: int(pc.sum(aligned_rows(table, field.name, reference)).as_py() or 0)
+        for field in table.schema
+        if field.name != reference and is_list_type(field.type)
+    }
+# <<< patient_sequence Parquet helpers <<<
+
+
 if __name__ == "__main__":
     # `python -m cehrgpt_tutorials.common start|stop|uri`: used by make demo-db / stop-db.
     import argparse

@@ -1,0 +1,270 @@
+"""Step 3 of the CEHR-XGPT tutorial: remove the time tokens cehrgpt cannot parse from the patient sequences.
+
+cehrbert_data (step 2) sometimes writes inpatient day tokens with a negative gap, like `i-D-3`: inside
+an inpatient visit the gap is `datediff(date, previous date)` over events ordered by datetime, so a
+record whose date and datetime disagree, or a visit that ends before it starts, yields a negative
+number. cehrgpt raises "Invalid time token" on them (tokenizer training, age sequences) and its OMOP
+converter drops every sequence holding one.
+
+A token is malformed when cehrgpt's own parser (cehrgpt.gpt_utils.is_att_token says it is a time
+token, extract_time_interval_in_days rejects it or returns a negative number) says so; see
+cehrgpt_tutorials.common.time_token_problem. Each one is removed from concept_ids *and* from the same
+position of every list column aligned with concept_ids (dates, ages, visit_segments, orders, ...: a
+column is aligned in a row when it has as many items as concept_ids there), and num_of_concepts is
+updated. A column that is aligned in some rows only is cut in those rows and left as it is in the
+others (the script says how many); every other column, the schema and its metadata are kept.
+
+Reads and rewrites: PATIENT_SEQUENCE_DIR/**/*.parquet (Spark part files, train/ and test/ included).
+Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
+files without malformed tokens are not touched, so a second run changes nothing.
+
+Example:
+    python cleanup_tokens.py                                   # $CEHR_GPT_DATA_DIR/patient_sequence
+    python cleanup_tokens.py --patient-sequence-dir omop_synthea/patient_sequence --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cehrgpt_tutorials.common import (
+    SEQUENCE_TOKEN_COLUMN,
+    PipelineError,
+    atomic_file,
+    cehr_gpt_data_dir,
+    check_patient_sequence_schema,
+    fail,
+    is_list_type,
+    patient_sequence_files,
+    time_token_problem,
+)
+
+NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
+PERSON_COLUMN = "person_id"
+
+
+@dataclass
+class CleanupReport:
+    """What was (or, with --dry-run, would be) removed, summed over files."""
+
+    tokens_by_kind: collections.Counter = field(default_factory=collections.Counter)
+    tokens_by_value: collections.Counter = field(default_factory=collections.Counter)
+    kind_of_token: dict = field(default_factory=dict)
+    rows_touched: int = 0
+    patients_touched: set = field(default_factory=set)
+    files_changed: list = field(default_factory=list)
+    # column name -> rows where it had a malformed token to drop but was not aligned with concept_ids
+    unaligned_rows: collections.Counter = field(default_factory=collections.Counter)
+    realigned_columns: set = field(default_factory=set)
+
+    @property
+    def tokens_removed(self) -> int:
+        return sum(self.tokens_by_kind.values())
+
+
+class TokenOracle:
+    """cehrgpt's verdict on each distinct token, asked once per token for the whole run."""
+
+    def __init__(self):
+        self.verdicts: dict[str, str | None] = {}
+
+    def malformed(self, distinct_tokens: list) -> dict[str, str]:
+        """{token: kind} for the malformed ones among `distinct_tokens` (kind: 'negative i-D', ...)."""
+        found = {}
+        for token in distinct_tokens:
+            if token is None:
+                continue
+            if token not in self.verdicts:
+                problem = time_token_problem(token)
+                if problem is not None and token.startswith("i-D-"):
+                    problem = "negative i-D"
+                self.verdicts[token] = problem
+            if self.verdicts[token] is not None:
+                found[token] = self.verdicts[token]
+        return found
+
+
+def _exclusive_cumsum(lengths: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
+def _list_lengths(array) -> np.ndarray:
+    """Items per row, null lists counting 0 (matching what .flatten() returns for them)."""
+    return pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _rebuild_list(original, kept_values, new_lengths: np.ndarray):
+    """A list array of the same type and nulls as `original`, holding `kept_values` cut by `new_lengths`."""
+    offsets = np.zeros(len(new_lengths) + 1, dtype=np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    mask = original.is_null() if original.null_count else None
+    if pa.types.is_large_list(original.type):
+        return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), kept_values, type=original.type, mask=mask)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), kept_values, type=original.type, mask=mask)
+
+
+def clean_batch(batch: pa.RecordBatch, malformed: pa.Array, report: CleanupReport, token_kinds: dict[str, str]):
+    """Drop the `malformed` tokens of one record batch from concept_ids and its aligned list columns."""
+    tokens = batch.column(SEQUENCE_TOKEN_COLUMN)
+    flat_tokens = tokens.flatten()
+    drop = pc.fill_null(pc.is_in(flat_tokens, value_set=malformed), False)
+    dropped_count = pc.sum(drop).as_py() or 0
+    if dropped_count == 0:
+        return batch
+    keep = pc.invert(drop)
+    keep_numpy = keep.to_numpy(zero_copy_only=False)
+
+    # Where each dropped token sat: its row, and how many each row loses.
+    token_rows = pc.list_parent_indices(tokens).to_numpy()
+    removed_per_row = np.bincount(token_rows[~keep_numpy], minlength=batch.num_rows).astype(np.int64)
+    token_lengths = _list_lengths(tokens)
+    token_starts = _exclusive_cumsum(token_lengths)
+
+    counts = pc.value_counts(flat_tokens.filter(drop))
+    for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+        report.tokens_by_value[value] += count
+        report.tokens_by_kind[token_kinds[value]] += count
+        report.kind_of_token[value] = token_kinds[value]
+    touched = removed_per_row > 0
+    report.rows_touched += int(touched.sum())
+    if PERSON_COLUMN in batch.schema.names:
+        report.patients_touched.update(batch.column(PERSON_COLUMN).filter(pa.array(touched)).to_pylist())
+
+    columns = []
+    for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if column_name == SEQUENCE_TOKEN_COLUMN:
+            columns.append(_rebuild_list(column, flat_tokens.filter(keep), token_lengths - removed_per_row))
+        elif column_name == NUM_OF_CONCEPTS_COLUMN:
+            recount = np.where(touched, token_lengths - removed_per_row,
+                               column.to_numpy(zero_copy_only=False))
+            columns.append(pa.array(recount, mask=column.is_null().to_numpy(zero_copy_only=False)).cast(column.type))
+        elif is_list_type(column.type):
+            columns.append(_clean_parallel_column(column_name, column, keep, keep_numpy, removed_per_row,
+                                                  token_lengths, token_starts, report))
+        else:
+            columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+def _clean_parallel_column(name, column, keep, keep_numpy, removed_per_row, token_lengths, token_starts,
+                           report: CleanupReport):
+    """Drop from `column` the positions dropped from concept_ids, in the rows where it is aligned."""
+    lengths = _list_lengths(column)
+    aligned = (lengths == token_lengths) & ~column.is_null().to_numpy(zero_copy_only=False)
+    if aligned.all():
+        # The usual case: flattened, the column lines up item for item with concept_ids.
+        report.realigned_columns.add(name)
+        return _rebuild_list(column, column.flatten().filter(keep), lengths - removed_per_row)
+    report.unaligned_rows[name] += int(((removed_per_row > 0) & ~aligned).sum())
+    if not aligned.any():
+        return column
+    # Mixed rows: map each item of an aligned row to the same position in concept_ids, keep the rest.
+    report.realigned_columns.add(name)
+    item_rows = pc.list_parent_indices(column).to_numpy()
+    item_positions = np.arange(len(item_rows), dtype=np.int64) - _exclusive_cumsum(lengths)[item_rows]
+    item_keep = np.ones(len(item_rows), dtype=bool)
+    in_aligned_row = aligned[item_rows]
+    item_keep[in_aligned_row] = keep_numpy[token_starts[item_rows[in_aligned_row]] + item_positions[in_aligned_row]]
+    new_lengths = lengths - np.where(aligned, removed_per_row, 0)
+    return _rebuild_list(column, column.flatten().filter(pa.array(item_keep)), new_lengths)
+
+
+def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool) -> bool:
+    """Clean one Parquet file in place (atomically); returns whether it had malformed tokens."""
+    parquet_file = pq.ParquetFile(path)
+    check_patient_sequence_schema(parquet_file.schema_arrow, path)
+    if parquet_file.metadata.num_rows == 0:
+        return False
+    compression = parquet_file.metadata.row_group(0).column(0).compression.lower()
+    table = parquet_file.read()
+
+    distinct_tokens = pc.unique(pc.list_flatten(table[SEQUENCE_TOKEN_COLUMN])).to_pylist()
+    token_kinds = oracle.malformed(distinct_tokens)
+    if not token_kinds:
+        return False
+    malformed = pa.array(sorted(token_kinds), pa.string())
+    cleaned_batches = [clean_batch(batch, malformed, report, token_kinds) for batch in table.to_batches()]
+    report.files_changed.append(path)
+    if dry_run:
+        return True
+
+    cleaned = pa.Table.from_batches(cleaned_batches, schema=table.schema)
+    with atomic_file(path, suffix=".parquet") as temporary:
+        pq.write_table(cleaned, temporary, compression=None if compression == "uncompressed" else compression)
+        shutil.copymode(path, temporary)  # keep the original's permissions (mkstemp makes 0600)
+    return True
+
+
+def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run: bool) -> None:
+    verb = "to remove (dry run)" if dry_run else "removed"
+    if report.tokens_removed == 0:
+        print(f"No malformed time tokens in {len(files)} file(s) under {folder}: nothing to change.")
+    else:
+        print(f"Malformed time tokens {verb}, by kind:")
+        for kind, count in report.tokens_by_kind.most_common():
+            examples = [token for token, _ in report.tokens_by_value.most_common()
+                        if report.kind_of_token[token] == kind][:5]
+            print(f"  {kind:<14} {count:>8}   e.g. {', '.join(examples)}")
+        print(f"Rows touched: {report.rows_touched}, patients touched: {len(report.patients_touched)}")
+        print(f"Columns kept aligned with concept_ids: {', '.join(sorted(report.realigned_columns)) or 'none'}")
+        for column, rows in sorted(report.unaligned_rows.items()):
+            if rows:
+                print(f"warning: {column} is not aligned with concept_ids in {rows} touched row(s); "
+                      "those rows were left as they were")
+        action = "would rewrite" if dry_run else "rewrote"
+        print(f"Files: {action} {len(report.files_changed)} of {len(files)}")
+    if dry_run:
+        print(f"Dry run: would remove {report.tokens_removed} malformed tokens (no file changed)")
+    else:
+        print(f"Removed {report.tokens_removed} malformed tokens")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Example:")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patient-sequence-dir", type=Path, default=cehr_gpt_data_dir() / "patient_sequence",
+                        help="folder of patient_sequence Parquet files (default: $CEHR_GPT_DATA_DIR/patient_sequence, "
+                             "else omop_synthea/patient_sequence)")
+    parser.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
+    arguments = parser.parse_args(argv)
+    folder: Path = arguments.patient_sequence_dir
+
+    try:
+        if not folder.exists():
+            raise PipelineError(f"patient sequence folder {folder} does not exist (run step 2, "
+                                "create_cehrgpt_pretraining_data.sh, or pass --patient-sequence-dir)")
+        files = patient_sequence_files(folder)
+        if not files:
+            raise PipelineError(f"no Parquet files under {folder}")
+        # Check every file first: a stray non-sequence file stops the run before anything changes.
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowException) as error:
+                raise PipelineError(f"{path} is not a readable Parquet file: {error}") from None
+            check_patient_sequence_schema(schema, path)
+
+        oracle = TokenOracle()
+        report = CleanupReport()
+        for path in tqdm(files, desc="cleaning" if not arguments.dry_run else "checking", unit="file",
+                         disable=len(files) < 2):
+            clean_file(path, oracle, report, arguments.dry_run)
+    except PipelineError as error:
+        fail(str(error))
+    print_report(report, files, folder, arguments.dry_run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""cleanup_tokens.py on crafted patient_sequence files in both column layouts cehrbert_data has written.
+
+Each crafted row carries, in every parallel column, values derived from the token's position, so
+after the cleanup we can check item by item that the surviving values are the ones that stood beside
+the surviving tokens. The scripts run as a learner runs them (subprocess, real files); the failure
+injection runs clean_file in-process with the final rename made to fail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_script
+
+import cleanup_tokens  # the repository root is on sys.path (conftest.py)
+
+MALFORMED = {"i-D-3", "i-D-12", "VS-D-2-VE", "D5x", "i-W-1"}
+VALID_TIME_TOKENS = ["D5", "i-D3", "W2", "M1", "LT", "VS-D7-VE", "i-H5", "D-5"]
+
+# cehrbert_data 0.1.1's columns (what step 2 writes today) and the older layout of the sample data in
+# the cehrgpt repository (concept_values and event_group_ids, no units or epoch_times).
+LAYOUT_0_1_1 = {
+    "visit_segments": pa.int32(), "orders": pa.int32(), "dates": pa.int32(), "ages": pa.int64(),
+    "visit_concept_orders": pa.int32(), "concept_value_masks": pa.int32(), "number_as_values": pa.float32(),
+    "concept_as_values": pa.string(), "is_numeric_types": pa.int32(), "mlm_skip_values": pa.int32(),
+    "priorities": pa.float64(), "visit_concept_ids": pa.int64(), "visit_rank_orders": pa.int32(),
+    "concept_orders": pa.int32(), "record_ranks": pa.int32(), "units": pa.string(), "epoch_times": pa.int64(),
+}
+LAYOUT_OLDER = {
+    "visit_segments": pa.int32(), "orders": pa.int32(), "dates": pa.int32(), "ages": pa.int32(),
+    "visit_concept_orders": pa.int32(), "concept_value_masks": pa.int32(), "concept_values": pa.float64(),
+    "mlm_skip_values": pa.int32(), "visit_concept_ids": pa.string(), "visit_rank_orders": pa.int32(),
+    "concept_orders": pa.int32(), "record_ranks": pa.int32(), "event_group_ids": pa.string(),
+}
+
+
+def value_for(value_type: pa.DataType, row: int, position: int):
+    """A value that says which row and position it stood at, in the column's type."""
+    number = row * 1000 + position
+    if pa.types.is_string(value_type):
+        return f"r{row}p{position}"
+    if pa.types.is_floating(value_type):
+        return number + 0.5
+    return number
+
+
+def crafted_tokens(row: int) -> list[str]:
+    """A patient with outpatient and inpatient visits, valid time tokens and some malformed ones."""
+    malformed = sorted(MALFORMED)
+    tokens = ["year:2011", f"age:{30 + row}", "8507", "8527", "[VS]", "9202", "40213154", "[VE]",
+              VALID_TIME_TOKENS[row % len(VALID_TIME_TOKENS)], "[VS]", "9201", "201826"]
+    if row % 3 != 2:  # every third patient is clean
+        tokens += [malformed[row % len(malformed)], "4329847", malformed[(row + 1) % len(malformed)]]
+    tokens += ["i-D3", "320128", "8536", "[VE]", "D-5", "[VS]", "9202", "1127433", "[VE]"]
+    if row % 4 == 0:
+        tokens.insert(0, malformed[row % len(malformed)])  # at the very start, too
+    return tokens
+
+
+def crafted_table(layout: dict[str, pa.DataType], rows: int = 12) -> pa.Table:
+    token_lists = [crafted_tokens(row) for row in range(rows)]
+    token_lists.append([])  # a patient with no tokens at all
+    columns = {
+        "cohort_member_id": pa.array(range(len(token_lists)), pa.int64()),
+        "person_id": pa.array(range(100, 100 + len(token_lists)), pa.int64()),
+        "concept_ids": pa.array(token_lists, pa.list_(pa.string())),
+    }
+    for name, value_type in layout.items():
+        columns[name] = pa.array(
+            [[value_for(value_type, row, position) for position in range(len(tokens))]
+             for row, tokens in enumerate(token_lists)],
+            pa.list_(value_type),
+        )
+    columns["num_of_visits"] = pa.array([tokens.count("[VS]") for tokens in token_lists], pa.int32())
+    columns["num_of_concepts"] = pa.array([len(tokens) for tokens in token_lists], pa.int64())
+    schema = pa.schema([pa.field(name, array.type, nullable=name not in ("concept_ids", "num_of_concepts"))
+                        for name, array in columns.items()],
+                       metadata={b"org.apache.spark.version": b"3.1.2", b"made.by": b"test_cleanup_tokens"})
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+def write_sequence_folder(folder: Path, table: pa.Table, parts: int = 2, row_group_size: int = 4) -> list[Path]:
+    """Spark-like output: part files (several row groups each) in train/ and test/, plus _SUCCESS and a .crc."""
+    paths = []
+    per_part = -(-table.num_rows // (parts * 2))
+    for index, split in enumerate(["train", "test"] * parts):
+        part = table.slice(index * per_part, per_part)
+        path = folder / split / f"part-{index:05d}-0000.snappy.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, path, compression="snappy", row_group_size=row_group_size)
+        (path.parent / "_SUCCESS").write_text("")
+        (path.parent / f".{path.name}.crc").write_bytes(b"not parquet")
+        paths.append(path)
+    return paths
+
+
+def read_folder(folder: Path) -> pa.Table:
+    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    return pa.concat_tables(pq.read_table(path) for path in files).sort_by("person_id")
+
+
+def expected_after_cleanup(table: pa.Table) -> dict[str, list]:
+    """Pure-Python reference: drop malformed positions from every parallel list column."""
+    rows = table.to_pylist()
+    list_columns = [f.name for f in table.schema if pa.types.is_list(f.type)]
+    for row in rows:
+        keep = [token not in MALFORMED for token in row["concept_ids"]]
+        for name in list_columns:
+            row[name] = [value for value, kept in zip(row[name], keep, strict=True) if kept]
+        row["num_of_concepts"] = len(row["concept_ids"])
+    return pa.Table.from_pylist(rows, schema=table.schema).sort_by("person_id").to_pydict()
+
+
+@pytest.mark.parametrize("layout", [LAYOUT_0_1_1, LAYOUT_OLDER], ids=["cehrbert_data-0.1.1", "older"])
+def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, layout):
+    original = crafted_table(layout)
+    folder = tmp_path / "patient_sequence"
+    paths = write_sequence_folder(folder, original)
+    schemas_before = {path: pq.read_schema(path) for path in paths}
+    assert 0 < len(dirty_files_of(paths)) < len(paths)  # the last part holds only the patient without tokens
+    total_malformed = sum(token in MALFORMED for tokens in original["concept_ids"].to_pylist() for token in tokens)
+    assert total_malformed > 10
+
+    clean_file_before = [path for path in paths if path not in dirty_files_of(paths)]
+    untouched_bytes = {path: path.read_bytes() for path in clean_file_before}
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"Removed {total_malformed} malformed tokens"
+    assert {path: path.read_bytes() for path in clean_file_before} == untouched_bytes
+    assert "negative i-D" in result.stdout and "unparseable" in result.stdout
+    touched_rows = sum(any(t in MALFORMED for t in tokens) for tokens in original["concept_ids"].to_pylist())
+    assert f"patients touched: {touched_rows}" in result.stdout
+    assert f"Files: rewrote {len(paths) - len(clean_file_before)} of {len(paths)}" in result.stdout
+
+    cleaned = read_folder(folder)
+    assert cleaned.to_pydict() == expected_after_cleanup(original)
+    for row in cleaned.to_pylist():
+        assert not MALFORMED & set(row["concept_ids"])
+        assert row["num_of_concepts"] == len(row["concept_ids"])
+        for name in layout:
+            assert len(row[name]) == len(row["concept_ids"]), name
+    # Valid time tokens (and D-5, which cehrgpt does not treat as a time token) survive.
+    surviving = {token for tokens in cleaned["concept_ids"].to_pylist() for token in tokens}
+    assert set(VALID_TIME_TOKENS) <= surviving
+    for path in paths:
+        assert pq.read_schema(path).equals(schemas_before[path], check_metadata=True)
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
+        assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
+
+    # A second run finds nothing and leaves the files byte for byte as they are.
+    contents = {path: path.read_bytes() for path in paths}
+    again = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to change" in again.stdout
+    assert again.stdout.strip().splitlines()[-1] == "Removed 0 malformed tokens"
+    assert {path: path.read_bytes() for path in paths} == contents
+
+
+def dirty_files_of(paths: list[Path]) -> list[Path]:
+    return [path for path in paths
+            if MALFORMED & {token for tokens in pq.read_table(path)["concept_ids"].to_pylist() for token in tokens}]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_dry_run_reports_and_changes_nothing(tmp_path, pipeline_env):
+    original = crafted_table(LAYOUT_0_1_1)
+    folder = tmp_path / "patient_sequence"
+    paths = write_sequence_folder(folder, original)
+    contents = {path: path.read_bytes() for path in paths}
+    total_malformed = sum(token in MALFORMED for tokens in original["concept_ids"].to_pylist() for token in tokens)
+
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder), "--dry-run"], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert f"would remove {total_malformed} malformed tokens" in result.stdout
+    assert {path: path.read_bytes() for path in paths} == contents
+
+
+def test_default_folder_comes_from_cehr_gpt_data_dir(tmp_path, pipeline_env):
+    data_dir = tmp_path / "data"
+    write_sequence_folder(data_dir / "patient_sequence", crafted_table(LAYOUT_OLDER, rows=3), parts=1)
+    environment = dict(pipeline_env, CEHR_GPT_DATA_DIR=str(data_dir))
+    result = run_script(["cleanup_tokens.py"], environment)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("Removed ")
+    assert not result.stdout.strip().endswith("Removed 0 malformed tokens")
+
+
+def test_column_aligned_in_some_rows_only_is_cut_where_aligned(tmp_path, pipeline_env):
+    """A row whose `units` list was already out of step (and a null `dates` list) is left as it was."""
+    table = crafted_table(LAYOUT_0_1_1, rows=4)
+    units = table["units"].to_pylist()
+    units[0] = units[0][:-1]  # row 0 has malformed tokens and a short units list
+    dates = table["dates"].to_pylist()
+    dates[1] = None
+    table = table.set_column(table.schema.get_field_index("units"), table.schema.field("units"),
+                             pa.array(units, table.schema.field("units").type))
+    table = table.set_column(table.schema.get_field_index("dates"), table.schema.field("dates"),
+                             pa.array(dates, table.schema.field("dates").type))
+    path = tmp_path / "patient_sequence" / "part-00000.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path)
+
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(path.parent)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: units is not aligned with concept_ids in 1 touched row(s)" in result.stdout
+    assert "warning: dates is not aligned with concept_ids in 1 touched row(s)" in result.stdout
+
+    cleaned = pq.read_table(path).to_pylist()
+    assert cleaned[0]["units"] == units[0]  # unaligned row: untouched
+    assert cleaned[1]["dates"] is None
+    for before, after in zip(table.to_pylist()[1:], cleaned[1:], strict=True):
+        keep = [token not in MALFORMED for token in before["concept_ids"]]
+        assert after["units"] == [u for u, k in zip(before["units"], keep, strict=True) if k]
+    for before, after in zip(table.to_pylist(), cleaned, strict=True):
+        keep = [token not in MALFORMED for token in before["concept_ids"]]
+        assert after["ages"] == [a for a, k in zip(before["ages"], keep, strict=True) if k]
+
+
+def test_failed_write_leaves_original_byte_identical(tmp_path, monkeypatch):
+    """Fault injection: the rename onto the original fails after the new file was written."""
+    folder = tmp_path / "patient_sequence"
+    paths = write_sequence_folder(folder, crafted_table(LAYOUT_0_1_1), parts=1)
+    contents = {path: path.read_bytes() for path in paths}
+
+    def failing_replace(source, target):
+        raise OSError(28, "No space left on device (injected)")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="injected"):
+        cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
+                                  dry_run=False)
+    assert paths[0].read_bytes() == contents[paths[0]]
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(
+        [paths[0].name, "_SUCCESS", f".{paths[0].name}.crc"])
+
+
+def test_failure_while_writing_parquet_leaves_original(tmp_path, monkeypatch):
+    """Fault injection: the Parquet writer dies half way (after writing some bytes)."""
+    folder = tmp_path / "patient_sequence"
+    paths = write_sequence_folder(folder, crafted_table(LAYOUT_OLDER), parts=1)
+    contents = paths[0].read_bytes()
+    original_close = pq.ParquetWriter.close
+
+    def failing_close(self):
+        original_close(self)
+        raise OSError(5, "I/O error (injected)")
+
+    monkeypatch.setattr(pq.ParquetWriter, "close", failing_close)
+    with pytest.raises(OSError, match="injected"):
+        cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
+                                  dry_run=False)
+    assert paths[0].read_bytes() == contents
+    assert not [p for p in paths[0].parent.iterdir() if ".tmp" in p.name]
+
+
+def test_empty_files_and_folders(tmp_path, pipeline_env):
+    folder = tmp_path / "patient_sequence"
+    folder.mkdir()
+    empty_table = crafted_table(LAYOUT_0_1_1).slice(0, 0)
+    pq.write_table(empty_table, folder / "part-00000.parquet")
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "Removed 0 malformed tokens"
+
+    no_files = tmp_path / "nothing_here"
+    no_files.mkdir()
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(no_files)], pipeline_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no Parquet files under {no_files}"
+
+    missing = tmp_path / "missing"
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(missing)], pipeline_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: patient sequence folder {missing} does not exist")
+    assert "Traceback" not in result.stderr and "Removed" not in result.stdout
+
+
+def test_non_sequence_parquet_is_refused_and_nothing_changes(tmp_path, pipeline_env):
+    folder = tmp_path / "patient_sequence"
+    paths = write_sequence_folder(folder, crafted_table(LAYOUT_0_1_1), parts=1)
+    stray = folder / "train" / "part-99999-person.parquet"
+    pq.write_table(pa.table({"person_id": [1, 2], "year_of_birth": [1970, 1980]}), stray)
+    wrong_type = folder / "test" / "part-99998.parquet"
+    pq.write_table(pa.table({"concept_ids": ["8507", "8527"]}), wrong_type)
+    contents = {path: path.read_bytes() for path in [*paths, stray, wrong_type]}
+
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "is not a patient sequence file" in lines[0]
+    assert "Removed" not in result.stdout
+    assert {path: path.read_bytes() for path in contents} == contents
+
+    stray.unlink()
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 1
+    assert f"{wrong_type} is not a patient sequence file: concept_ids is string" in result.stderr
+
+
+def test_parallel_list_columns_counts_aligned_rows():
+    from cehrgpt_tutorials.common import aligned_rows, parallel_list_columns
+
+    table = crafted_table(LAYOUT_OLDER, rows=3)
+    assert parallel_list_columns(table) == {name: table.num_rows for name in LAYOUT_OLDER}
+    ages = table["ages"].to_pylist()
+    ages[1] = ages[1][:-2]
+    table = table.set_column(table.schema.get_field_index("ages"), "ages", pa.array(ages, pa.list_(pa.int32())))
+    assert aligned_rows(table, "ages").to_pylist() == [True, False, True, True]
+    assert parallel_list_columns(table)["ages"] == table.num_rows - 1
