@@ -74,6 +74,7 @@ class TableSource:
     label: str  # what we call it in messages: the file or folder name as the user sees it
     columns: list[str] = field(default_factory=list)  # CDM columns present in the input, input order
     unknown_columns: list[str] = field(default_factory=list)
+    delimiter: str = ","  # CSV only
 
 
 def parquet_files_in(folder: Path) -> list[Path]:
@@ -157,7 +158,7 @@ def read_parquet_columns(source: TableSource) -> list[str]:
 def inspect_columns(source: TableSource) -> None:
     """Fill source.columns / unknown_columns from the input's header or Parquet schema."""
     if source.kind == "csv":
-        names, _ = read_csv_header(source)
+        names, source.delimiter = read_csv_header(source)
     else:
         names = read_parquet_columns(source)
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -263,6 +264,15 @@ def csv_chunks(source: TableSource, persons: set[int] | None, progress):
         progress.update(progress.total - progress.n)
 
 
+def raw_csv_chunks(source: TableSource, progress):
+    """The CSV file's bytes as they are, for COPY to parse itself (the fast path, see load_table)."""
+    with open(source.paths[0], "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            if progress is not None:
+                progress.update(len(chunk))
+            yield chunk
+
+
 def conform_parquet_column(array, pg_type: str, where: str):
     """Cast one Arrow column to what PostgreSQL will accept for pg_type; PipelineError if impossible."""
     import pyarrow as pa
@@ -363,21 +373,46 @@ def parquet_chunks(source: TableSource, persons: set[int] | None, progress):
         yield buffer.getvalue()
 
 
-def locate_record(source: TableSource, persons: set[int] | None, record_number: int) -> str:
-    """Where the record_number-th row sent to COPY (1-based) came from: 'FILE line N' or 'FILE row N'.
+def locate_record(source: TableSource, persons: set[int] | None, copy_line: int, raw: bool = False) -> str:
+    """Which input row COPY meant by "line copy_line": 'FILE line N' (first line of the CSV record)
+    or 'FILE row N' (Parquet). Recomputed only after an error, by reading the input again, so
+    loading keeps no per-row index.
 
-    Recomputed only after an error, by reading the input again, so loading keeps no per-row index.
+    COPY counts the line ends inside quoted values too, but by one character: '\n' once it has
+    seen a '\n' line end, '\r' before its first line end and in '\r\n' files (PostgreSQL's
+    CopyReadLineText); its number is the line where the record ends. raw: the file itself was sent,
+    header included.
     """
     if source.kind == "csv":
-        for count, (line, _) in enumerate(csv_records(source, persons), start=1):
-            if count == record_number:
+        end_of_line = "\n"
+        if raw:
+            with open(source.paths[0], "rb") as handle:
+                end_of_line = "\r" if handle.readline().endswith(b"\r\n") else "\n"
+        last_line = 1 if raw else 0  # the COPY line where the previous record ended
+        for index, (line, row) in enumerate(csv_records(source, persons)):
+            counted = end_of_line if raw or index > 0 else "\r"  # our own text ends lines with '\n'
+            last_line += 1 + sum(value.count(counted) for value in row)
+            if last_line >= copy_line:
                 return f"{source.label} line {line}"
         return source.label
-    seen = 0
+    import numpy
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    last_line = 0
     for path, rows, table in parquet_batches(source, persons):
-        if seen + table.num_rows >= record_number:
-            return f"{file_label(source, path)} row {rows[record_number - seen - 1].as_py() + 1}"
-        seen += table.num_rows
+        spans = numpy.ones(table.num_rows, dtype=numpy.int64)
+        text_columns = [column for column in table.columns
+                        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)]
+        for column in text_columns:
+            spans += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy().astype(numpy.int64)
+        if last_line == 0 and table.num_rows:  # the stream's first record: '\r' counts, not '\n'
+            spans[0] = 1 + sum(str(column[0].as_py() or "").count("\r") for column in text_columns)
+        last_lines = last_line + numpy.cumsum(spans)
+        if table.num_rows and last_lines[-1] >= copy_line:
+            index = int(numpy.searchsorted(last_lines, copy_line))
+            return f"{file_label(source, path)} row {rows[index].as_py() + 1}"
+        last_line += int(spans.sum())
     return source.label
 
 
@@ -466,68 +501,111 @@ def set_schema_comment(connection, schema: str, comment: str) -> None:
 COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column ([^:]+))?")
 
 
-def describe_database_error(error, source: TableSource, schema: str, persons) -> str:
-    """One line: the table, where in the input (file and line, column) and PostgreSQL's reason."""
+def describe_database_error(error, source: TableSource, schema: str, persons, raw: bool = False) -> str:
+    """One line: the table, where in the input (file and line, column) and PostgreSQL's reason.
+
+    COPY reports a line of the text it received (the file itself when raw); locate_record finds
+    the input row it came from.
+    """
     diagnostics = error.diag
     reason = " ".join((diagnostics.message_primary or str(error)).split())
     context = diagnostics.context or ""
     match = COPY_CONTEXT.search(context)
     if match:
-        where = locate_record(source, persons, int(match.group(1)))
+        where = locate_record(source, persons, int(match.group(1)), raw)
         column = f", column {match.group(2)}" if match.group(2) else ""
         return f"table {schema}.{source.table}: {where}{column}: {reason}; table left unchanged"
     detail = " ".join((diagnostics.message_detail or "").split())
     return f"table {schema}.{source.table} ({source.label}): {reason}{' (' + detail + ')' if detail else ''}; table left unchanged"
 
 
+BAD_COPY_FILE_FORMAT = "22P04"  # SQLSTATE: extra or missing fields, stray quotes or carriage returns
+
+
 def load_table(connection, schema: str, source: TableSource, persons: set[int] | None) -> int:
-    """Replace schema.table by the rows of source in one transaction; returns the rows loaded."""
+    """Replace schema.table by the rows of source in one transaction; returns the rows loaded.
+
+    A clean comma-separated CSV file (only CDM columns, no person filter) goes to COPY as it is:
+    PostgreSQL parses it, with no Python work per row. If COPY finds the file's shape irregular
+    (extra trailing fields, as in the demo's DEVICE_EXPOSURE.csv, blank lines, mixed line ends),
+    that attempt is rolled back to a savepoint and the rows go through Python's csv module, which
+    tolerates what can be tolerated and names the line of what cannot. Parquet always goes through
+    pyarrow. FORCE_NULL makes both paths read a quoted empty value as NULL.
+    """
     import psycopg2
     from psycopg2 import sql
     from tqdm import tqdm
 
     if source.kind == "csv":
         size = source.paths[0].stat().st_size
-        show = size >= PROGRESS_BAR_MIN_BYTES
         progress = tqdm(total=size, unit="B", unit_scale=True, desc=source.table, leave=False,
-                        disable=None if show else True)
-        chunks = csv_chunks(source, persons, progress)
+                        disable=None if size >= PROGRESS_BAR_MIN_BYTES else True)
     else:
         import pyarrow.parquet as pq
 
         total = sum(pq.ParquetFile(path).metadata.num_rows for path in source.paths)
         progress = tqdm(total=total, unit="rows", desc=source.table, leave=False,
                         disable=None if total >= PROGRESS_BAR_MIN_ROWS else True)
-        chunks = parquet_chunks(source, persons, progress)
-    stream = ChunkStream(chunks, source.label)
+    raw = source.kind == "csv" and source.delimiter == "," and not source.unknown_columns and persons is None
     target = qualified(schema, source.table)
-    column_list = sql.SQL(", ").join(sql.Identifier(name) for name in source.columns)
-    # FREEZE: the table is new in this transaction, so rows can be written already frozen, which
-    # spares the first reader (the export) from rewriting every page to set hint bits.
-    copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(target, column_list)
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in source.columns)
+    # FREEZE: the table is new in this (sub)transaction, so rows can be written already frozen,
+    # which spares the first reader (the export) from rewriting every page to set hint bits.
+    copy_parsed = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(target, columns)
+    copy_raw = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FREEZE, FORCE_NULL ({}))").format(
+        target, columns, columns
+    )
+    stream = None
     try:
         with connection, connection.cursor() as cursor:
             cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
-            cursor.execute(create_table_statement(schema, source.table))
-            cursor.copy_expert(copy.as_string(connection), stream, size=1 << 20)
-            rows = cursor.rowcount
+            rows = None
+            if raw:
+                cursor.execute("SAVEPOINT raw_copy")
+                cursor.execute(create_table_statement(schema, source.table))
+                stream = ChunkStream(raw_csv_chunks(source, progress), source.label)
+                try:
+                    cursor.copy_expert(copy_raw.as_string(connection), stream, size=1 << 20)
+                    rows = cursor.rowcount
+                except psycopg2.Error as error:
+                    if error.pgcode != BAD_COPY_FILE_FORMAT or stream.error is not None:
+                        raise RawCopyError(error) from None
+                    cursor.execute("ROLLBACK TO SAVEPOINT raw_copy")
+                    progress.reset()
+            if rows is None:
+                chunks = csv_chunks(source, persons, progress) if source.kind == "csv" else \
+                    parquet_chunks(source, persons, progress)
+                stream = ChunkStream(chunks, source.label)
+                cursor.execute(create_table_statement(schema, source.table))
+                cursor.copy_expert(copy_parsed.as_string(connection), stream, size=1 << 20)
+                rows = cursor.rowcount
             key = PRIMARY_KEYS.get(source.table)
             if key:
                 cursor.execute(
                     sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(key))
                 )
             analyze_row_count(cursor, schema, source.table)
-    except psycopg2.Error as error:
-        if isinstance(stream.error, PipelineError):
+    except (psycopg2.Error, RawCopyError) as error:
+        raw_error = isinstance(error, RawCopyError)
+        error = error.error if raw_error else error
+        if stream is not None and isinstance(stream.error, PipelineError):
             raise PipelineError(f"table {schema}.{source.table}: {stream.error}; table left unchanged") from None
-        if stream.error is not None:
+        if stream is not None and stream.error is not None:
             raise stream.error from None
-        raise PipelineError(describe_database_error(error, source, schema, persons)) from None
+        raise PipelineError(describe_database_error(error, source, schema, persons, raw_error)) from None
     except PipelineError as error:  # raised while reading the input, before or after COPY
         raise PipelineError(f"table {schema}.{source.table}: {error}; table left unchanged") from None
     finally:
         progress.close()
     return rows
+
+
+class RawCopyError(Exception):
+    """A database error from the fast path's COPY (its line numbers count the file's header)."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
 
 
 def analyze_row_count(cursor, schema: str, table: str) -> None:
@@ -674,6 +752,7 @@ def load(arguments) -> None:
         persons = allowed_person_ids(sources["person"], arguments.max_persons)
 
     connection = connect(arguments.dsn)
+    connection.set_client_encoding("UTF8")  # the files are UTF-8 whatever the database's encoding
     try:
         replace = arguments.replace
         if arguments.demo:
