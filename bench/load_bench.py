@@ -1,11 +1,12 @@
 """Benchmark for load_omop.py (issue 3): the whole Synthea 1001 demo into a fresh embedded PostgreSQL.
 
-Goal: `python load_omop.py --demo` on a machine with no server yet — initdb, server start and the
-load of 15 tables (324k rows, measurement's 199,514 included) plus the derived concept tables —
-in <= 15 s on 2 cores. Baselines measured in the same run, on a second fresh server:
-- server start alone (initdb + start), the part no loader can avoid;
-- the COPY floor: the same rows, already cleaned into CSV in memory, sent by psycopg2 COPY into
-  the same CDM tables (no primary keys, no parsing, no checks) — what PostgreSQL itself needs;
+Goal: `python load_omop.py --demo` on a machine with no server yet (python start, initdb, server
+start, then 15 tables with 322,647 rows, measurement's 199,514 included, and the two derived
+concept tables) in <= 15 s on 2 cores. The split between "until connected" (python, initdb, server
+start: what no loader can avoid) and "loading" comes from the same run. Baselines measured in the same run, on a second fresh server:
+- the COPY floor: the same rows, already cleaned into CSV in memory, sent by psycopg2 COPY (FREEZE,
+  as load_omop.py does) into the same CDM tables, without primary keys, row counts, file reading or
+  checks — what PostgreSQL itself needs;
 - pandas.DataFrame.to_sql (SQLAlchemy, the seed's style) on visit_occurrence (32k rows), against
   load_omop.py's time for that table (the full demo by to_sql would take minutes).
 
@@ -102,7 +103,7 @@ def time_copy_floor(uri: str, tables: dict[str, tuple[list[str], bytes]], schema
     for table, (columns, payload) in tables.items():
         with connection, connection.cursor() as cursor:
             cursor.execute(load_omop.create_table_statement(schema, table))
-            copy = sql.SQL("COPY {}.{} ({}) FROM STDIN WITH (FORMAT csv)").format(
+            copy = sql.SQL("COPY {}.{} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(
                 sql.Identifier(schema), sql.Identifier(table),
                 sql.SQL(", ").join(sql.Identifier(name) for name in columns),
             )
@@ -142,9 +143,7 @@ def main() -> None:
 
         tables = cleaned_csv_bytes(csv_folder)
         pgdata = workdir / "baseline" / "pgdata"
-        started = time.perf_counter()
         uri = start_embedded_server(pgdata)
-        server_start_seconds = time.perf_counter() - started
         try:
             for repetition in range(arguments.repeat):
                 floors.append(time_copy_floor(uri, tables, f"floor{repetition}"))
@@ -162,8 +161,7 @@ def main() -> None:
     print(f"\nmedians of {arguments.repeat} runs, load average now {os.getloadavg()[0]:.1f}")
     print(f"load_omop.py --demo, fresh server, wall time          {load_seconds:6.2f} s  "
           f"(goal <= {GOAL_SECONDS:.0f} s: {'met' if load_seconds <= GOAL_SECONDS else 'NOT met'})")
-    print(f"  until connected (python, initdb, server start)      {connect_seconds:6.2f} s  "
-          f"(server start alone, in-process: {server_start_seconds:.2f} s)")
+    print(f"  until connected (python, initdb, server start)      {connect_seconds:6.2f} s")
     print(f"  loading 15 tables + deriving 2 (after connect)      {loading_seconds:6.2f} s")
     print(f"COPY floor: {rows:,} clean rows, no checks, no keys    {floor_seconds:6.2f} s")
     print(f"ratio: load_omop.py loading / COPY floor                {loading_seconds / floor_seconds:6.2f}x")
