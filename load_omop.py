@@ -230,7 +230,10 @@ def csv_records(source: TableSource, persons: set[int] | None):
                 if not row:
                     continue  # a blank line
                 if len(row) < width:
-                    raise PipelineError(f"{source.label} line {line}: {len(row)} fields, but the header has {width}")
+                    raise PipelineError(
+                        f"{source.label} line {line}: {len(row)} field{'s' if len(row) > 1 else ''}, "
+                        f"but the header has {width}"
+                    )
                 if any(value.strip() for value in row[width:]):
                     raise PipelineError(
                         f"{source.label} line {line}: {len(row)} fields, the header has {width}, "
