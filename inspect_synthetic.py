@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from cehrgpt.models.special_tokens import VISIT_CONCEPT_IDS
 from tqdm import tqdm
 
 from cehrgpt_tutorials.common import (
@@ -94,17 +95,15 @@ NN_SAMPLE_SIZE = 2_000  # query sequences per side for the nearest-neighbour dis
 TOP_CONCEPTS_FOR_PAIRS = 50
 TOP_PAIRS = 250
 TOP_TABLE_SIZE = 20
-# Concept ids cehrgpt's converter takes as "discharged to" (besides any Visit-domain concept).
+# Concept ids cehrgpt's converter takes as "discharged to", besides any Visit-domain concept
+# (cehrgpt.generation.omop_converter_batch.DISCHARGE_CONCEPT_LIST; importing it would load torch).
 DISCHARGE_CONCEPT_IDS = frozenset({"4216643", "4021968", "4146681", "4161979"})
-# Visit concept ids cehrgpt knows (cehrgpt.models.special_tokens.VISIT_CONCEPT_IDS), for when the
-# concept table is not at hand; "0" is written as Visit/0 by cehrbert_data.
-KNOWN_VISIT_CONCEPT_IDS = frozenset(
-    "9202 9203 581477 9201 5083 262 38004250 8883 38004238 38004251 38004222 38004268 38004228 "
-    "32693 8971 38004269 38004193 32036 8782 8920".split()
-)
+# Visit concept ids cehrgpt knows, for when the concept table is not at hand ("0" is written Visit/0).
+KNOWN_VISIT_CONCEPT_IDS = frozenset(VISIT_CONCEPT_IDS) - {"0"}
 
 # Token kinds (one small integer per distinct token, so every check is a numpy comparison).
-OTHER, VISIT_START, VISIT_END, DEATH, START, YEAR, AGE, TIME, INPATIENT_TIME, MALFORMED_TIME, CONCEPT = range(11)
+OTHER, VISIT_START, VISIT_END, DEATH, START, YEAR, AGE, CONCEPT = range(8)
+TIME, INPATIENT_TIME, MALFORMED_TIME = range(8, 11)
 VISIT_PLACEHOLDER, DISCHARGE_PLACEHOLDER, GENDER_PLACEHOLDER, RACE_PLACEHOLDER = range(11, 15)
 YEAR_PATTERN = re.compile(r"year:(\d{4})")
 AGE_PATTERN = re.compile(r"age:(\d{1,3})")
@@ -235,15 +234,6 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def take(self, rows: np.ndarray) -> Sequences:
-        """The sequences at `rows`, in that order."""
-        lengths = self.lengths[rows]
-        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-        starts = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths)
-        codes = self.codes[np.arange(offsets[-1], dtype=np.int64) + starts]
-        persons = None if self.person_ids is None else self.person_ids[rows]
-        return Sequences(codes, offsets, persons)
-
     def tokens(self, index: int, vocabulary: Vocabulary) -> list[str]:
         return [vocabulary.tokens[code] for code in self.codes[self.offsets[index] : self.offsets[index + 1]]]
 
@@ -252,7 +242,9 @@ def sequences_from_lists(token_lists: list[list[str]], vocabulary: Vocabulary) -
     """Sequences from Python lists of tokens (tests, small data)."""
     lengths = np.array([len(tokens) for tokens in token_lists], dtype=np.int64)
     codes = vocabulary.codes([token for tokens in token_lists for token in tokens])
-    return _without_start_tokens(Sequences(codes, np.concatenate(([0], np.cumsum(lengths))), None), vocabulary)
+    return _without_start_tokens(
+        Sequences(codes, np.concatenate(([0], np.cumsum(lengths))), None), vocabulary
+    )
 
 
 def _token_leaf_path(parquet_file: pq.ParquetFile) -> str | None:
@@ -373,7 +365,11 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
     non_empty = lengths > 0
     kind_of, number_of = vocabulary.fact("kind"), vocabulary.fact("number")
     visit_type_of, inpatient_of = vocabulary.fact("visit_type"), vocabulary.fact("inpatient_visit")
-    discharge_of, gender_of, race_of = vocabulary.fact("discharge"), vocabulary.fact("gender"), vocabulary.fact("race")
+    discharge_of, gender_of, race_of = (
+        vocabulary.fact("discharge"),
+        vocabulary.fact("gender"),
+        vocabulary.fact("race"),
+    )
 
     def sequence_of(positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(offsets, positions, side="right") - 1
@@ -411,6 +407,8 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
 
     def visit_of(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For tokens at `positions`: whether they are inside a visit, and whether it is inpatient."""
+        if not len(starts_at):
+            return np.zeros(len(positions), dtype=bool), np.zeros(len(positions), dtype=bool)
         latest = np.searchsorted(starts_at, positions, side="right") - 1
         start = np.where(latest >= 0, starts_at[np.maximum(latest, 0)], -1)
         sequence = sequence_of(positions)
@@ -430,7 +428,9 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
     after_start = np.minimum(starts_at + 1, total - 1)
     typed = ~is_last[starts_at] & (visit_type_of[codes[after_start]] | (kind[after_start] == DEATH))
     problems["missing_visit_type"] = sequences_with(starts_at[~typed])
-    ends_before_time = np.searchsorted(ends_at, time_at) - np.searchsorted(ends_at, starts[sequence_of(time_at)])
+    ends_before_time = np.searchsorted(ends_at, time_at) - np.searchsorted(
+        ends_at, starts[sequence_of(time_at)]
+    )
     problems["time_token_not_between_visits"] = sequences_with(
         time_at[(depth_before[time_at] != 0) | (ends_before_time == 0)]
     )
@@ -534,13 +534,17 @@ def category_shares(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
     return counts / counts.sum() if counts.sum() else counts
 
 
-def js_distance(real: np.ndarray, synthetic: np.ndarray) -> tuple[float | None, np.ndarray, np.ndarray, np.ndarray]:
+def js_distance(
+    real: np.ndarray, synthetic: np.ndarray
+) -> tuple[float | None, np.ndarray, np.ndarray, np.ndarray]:
     """Jensen-Shannon distance (base 2, in [0, 1]) between two categorical samples of codes.
 
     Returns the distance, the categories (most frequent in the real data first) and both share vectors.
     """
     real, synthetic = np.asarray(real), np.asarray(synthetic)
-    categories, counts = np.unique(np.concatenate((real[real >= 0], synthetic[synthetic >= 0])), return_counts=True)
+    categories, counts = np.unique(
+        np.concatenate((real[real >= 0], synthetic[synthetic >= 0])), return_counts=True
+    )
     real_shares = category_shares(real, categories)
     synthetic_shares = category_shares(synthetic, categories)
     order = np.lexsort((-counts, -real_shares))
@@ -583,8 +587,14 @@ def most_common(shares: np.ndarray, limit: int) -> np.ndarray:
 
 def cooccurrence_r(real: Facts, synthetic: Facts, vocabulary_size: int) -> tuple[float | None, int]:
     """Pearson r of pair prevalence over the most frequent pairs of either set; also the number of pairs."""
-    real_prevalence, synthetic_prevalence = prevalence(real, vocabulary_size), prevalence(synthetic, vocabulary_size)
-    top = np.union1d(most_common(real_prevalence, TOP_CONCEPTS_FOR_PAIRS), most_common(synthetic_prevalence, TOP_CONCEPTS_FOR_PAIRS))
+    real_prevalence, synthetic_prevalence = (
+        prevalence(real, vocabulary_size),
+        prevalence(synthetic, vocabulary_size),
+    )
+    top = np.union1d(
+        most_common(real_prevalence, TOP_CONCEPTS_FOR_PAIRS),
+        most_common(synthetic_prevalence, TOP_CONCEPTS_FOR_PAIRS),
+    )
     if len(top) < 2:
         return None, 0
 
@@ -629,9 +639,13 @@ def sample_rows(count: int, size: int, seed: int, eligible: np.ndarray | None = 
 
 
 def copied_rows(synthetic_hashes: np.ndarray, real_hashes: np.ndarray) -> np.ndarray:
-    """Per synthetic row, whether its (hash, hash, length) triple is among the real ones."""
+    """Per synthetic row, whether its (hash, length, code sum) triple is among the real ones."""
     real_keys = set(map(tuple, real_hashes.tolist()))
-    return np.fromiter((key in real_keys for key in map(tuple, synthetic_hashes.tolist())), dtype=bool, count=len(synthetic_hashes))
+    return np.fromiter(
+        (key in real_keys for key in map(tuple, synthetic_hashes.tolist())),
+        dtype=bool,
+        count=len(synthetic_hashes),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +653,9 @@ def copied_rows(synthetic_hashes: np.ndarray, real_hashes: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------------------------
 
 
-def read_concepts(concept_dir: Path | None, concept_ids: list[int] | None = None, domain: str | None = None) -> dict[str, tuple[str, str]]:
+def read_concepts(
+    concept_dir: Path | None, concept_ids: list[int] | None = None, domain: str | None = None
+) -> dict[str, tuple[str, str]]:
     """concept id (as a token string) -> (name, domain) from a concept table folder, for some ids or a domain."""
     if concept_dir is None or not concept_dir.exists():
         return {}
@@ -664,7 +680,11 @@ def read_concepts(concept_dir: Path | None, concept_ids: list[int] | None = None
     ids = table.column("concept_id").to_pylist()
     names_column = table.column("concept_name").to_pylist() if "concept_name" in columns else [""] * len(ids)
     domains = table.column("domain_id").to_pylist() if "domain_id" in columns else [""] * len(ids)
-    return {str(i): (n or "", d or "") for i, n, d in zip(ids, names_column, domains, strict=True) if i is not None}
+    return {
+        str(i): (n or "", d or "")
+        for i, n, d in zip(ids, names_column, domains, strict=True)
+        if i is not None
+    }
 
 
 CONVERTED_TABLES = (
@@ -689,7 +709,9 @@ def restored_omop_counts(folder: Path) -> dict[str, int | None]:
             counts[table] = None
             continue
         try:
-            counts[table] = sum(pq.ParquetFile(path).metadata.num_rows for path in patient_sequence_files(table_dir))
+            counts[table] = sum(
+                pq.ParquetFile(path).metadata.num_rows for path in patient_sequence_files(table_dir)
+            )
         except (OSError, pa.ArrowException) as error:
             raise PipelineError(f"cannot read {table_dir}: {error}") from None
     return counts
@@ -701,7 +723,9 @@ def converted_share(folder: Path, person_ids: np.ndarray | None, count: int, per
     files = patient_sequence_files(folder / "person")
     if person_ids is not None and files and len(np.unique(person_ids)) == count:
         try:
-            restored = ds.dataset([str(path) for path in files], format="parquet").to_table(columns=["person_id"])
+            restored = ds.dataset([str(path) for path in files], format="parquet").to_table(
+                columns=["person_id"]
+            )
         except (OSError, pa.ArrowException, KeyError) as error:
             raise PipelineError(f"cannot read {folder / 'person'}: {error}") from None
         restored_ids = pc.drop_null(restored.column("person_id")).to_numpy()
@@ -732,7 +756,11 @@ def find_runs(folder: Path) -> list[Run]:
     if folder.name == "generated_sequences":
         return [Run(folder.parent.name, folder.parent, folder)]
     runs = [
-        Run(child.name, child, child / "generated_sequences" if (child / "generated_sequences").is_dir() else child)
+        Run(
+            child.name,
+            child,
+            child / "generated_sequences" if (child / "generated_sequences").is_dir() else child,
+        )
         for child in folder.iterdir()
         if child.is_dir() and child.name.startswith("top_")
     ]
@@ -765,9 +793,7 @@ class RealData:
 def load_real(real_dir: Path, vocabulary: Vocabulary, sample_size: int, seed: int) -> RealData:
     """The training sequences, and held-out ones: test/ when the folder has a split, else a sample set aside."""
     if not real_dir.is_dir():
-        raise PipelineError(
-            f"real patient sequences not found: {real_dir} (run step 2, or pass --real-dir)"
-        )
+        raise PipelineError(f"real patient sequences not found: {real_dir} (run step 2, or pass --real-dir)")
     train_dir, test_dir = real_dir / "train", real_dir / "test"
     has_split = train_dir.is_dir() and test_dir.is_dir() and patient_sequence_files(test_dir)
     train_files = patient_sequence_files(train_dir if has_split else real_dir)
@@ -827,7 +853,9 @@ def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
             "test": "KS",
             "distance": ks_statistic(real_values, synthetic_values),
             "real_mean": float(np.nanmean(real_values)) if np.isfinite(real_values).any() else None,
-            "synthetic_mean": float(np.nanmean(synthetic_values)) if np.isfinite(synthetic_values).any() else None,
+            "synthetic_mean": float(np.nanmean(synthetic_values))
+            if np.isfinite(synthetic_values).any()
+            else None,
         }
     for name, (real_values, synthetic_values) in {
         "visit_types": (real.visit_types, synthetic.visit_types),
@@ -845,7 +873,9 @@ def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
     return result
 
 
-def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, report_dir: Path, restored_dir: Path | None) -> dict:
+def inspect_run(
+    run: Run, real: RealData, vocabulary: Vocabulary, arguments, report_dir: Path, restored_dir: Path | None
+) -> dict:
     """Print the summary and the metrics of one run, write its report; returns report.json's content."""
     files = patient_sequence_files(run.sequence_dir)
     if not files:
@@ -867,8 +897,14 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
     print(f"Number of sequences: {synthetic.count:,}")
     print(f"Sequence length: min {lengths.min()}, max {lengths.max()}, mean {lengths.mean():.1f}")
     after_start, after_counts = np.unique(facts.visit_types, return_counts=True)
-    common = [(tokens[code], int(n)) for code, n in sorted(zip(after_start, after_counts, strict=True), key=lambda item: -item[1])[:5]]
-    print("Most common tokens after [VS]: " + (", ".join(f"{token_label(t, names)} ({n:,})" for t, n in common) or "none"))
+    common = [
+        (tokens[code], int(n))
+        for code, n in sorted(zip(after_start, after_counts, strict=True), key=lambda item: -item[1])[:5]
+    ]
+    print(
+        "Most common tokens after [VS]: "
+        + (", ".join(f"{token_label(t, names)} ({n:,})" for t, n in common) or "none")
+    )
     print("First 50 tokens of sequence 0: " + " ".join(synthetic.tokens(0, vocabulary)[:50]))
 
     # 1. Validity.
@@ -880,7 +916,11 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
     real_prevalence, synthetic_prevalence = prevalence(real.train_facts, size), prevalence(facts, size)
     seen = (real_prevalence > 0) | (synthetic_prevalence > 0)
     prevalence_r = pearson_r(real_prevalence[seen], synthetic_prevalence[seen])
-    top = [code for code in np.argsort(-real_prevalence, kind="stable")[:TOP_TABLE_SIZE] if real_prevalence[code] > 0]
+    top = [
+        code
+        for code in np.argsort(-real_prevalence, kind="stable")[:TOP_TABLE_SIZE]
+        if real_prevalence[code] > 0
+    ]
     top_concepts = [
         {
             "concept_id": tokens[code],
@@ -898,11 +938,20 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
     # 5. Memorization: exact copies over everything, nearest neighbours on samples.
     copies = copied_rows(facts.whole_hashes, real.train_facts.whole_hashes)
     has_clinical = facts.clinical_lengths > 0
-    clinical_copies = copied_rows(facts.clinical_hashes, real.train_facts.clinical_hashes[real.train_facts.clinical_lengths > 0]) & has_clinical
+    clinical_copies = (
+        copied_rows(
+            facts.clinical_hashes, real.train_facts.clinical_hashes[real.train_facts.clinical_lengths > 0]
+        )
+        & has_clinical
+    )
     reference = concept_matrix(real.train_facts, size, real.reference_rows)
-    synthetic_rows = sample_rows(synthetic.count, arguments.nn_sample, arguments.seed, facts.concepts_per_patient > 0)
+    synthetic_rows = sample_rows(
+        synthetic.count, arguments.nn_sample, arguments.seed, facts.concepts_per_patient > 0
+    )
     synthetic_distances = nearest_neighbour_distances(concept_matrix(facts, size, synthetic_rows), reference)
-    heldout_distances = nearest_neighbour_distances(concept_matrix(real.heldout_facts, size, real.heldout_rows), reference)
+    heldout_distances = nearest_neighbour_distances(
+        concept_matrix(real.heldout_facts, size, real.heldout_rows), reference
+    )
     nn_ratio = None
     if len(synthetic_distances) and len(heldout_distances) and heldout_distances.mean() > 0:
         nn_ratio = float(synthetic_distances.mean() / heldout_distances.mean())
@@ -911,7 +960,9 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
     restored = restored_omop_counts(restored_dir) if restored_dir else None
     converted_fraction = None
     if restored is not None:
-        converted_fraction = converted_share(restored_dir, synthetic.person_ids, synthetic.count, restored["person"] or 0)
+        converted_fraction = converted_share(
+            restored_dir, synthetic.person_ids, synthetic.count, restored["person"] or 0
+        )
 
     report = {
         "run": run.name,
@@ -928,7 +979,11 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
         "length_ks": distributions["sequence_length"]["distance"],
         "visit_type_js": distributions["visit_types"]["distance"],
         "distributions": {
-            name: {key: value for key, value in metric.items() if key in ("test", "distance", "real_mean", "synthetic_mean")}
+            name: {
+                key: value
+                for key, value in metric.items()
+                if key in ("test", "distance", "real_mean", "synthetic_mean")
+            }
             for name, metric in distributions.items()
         },
         "exact_copy_fraction": float(copies.mean()),
@@ -940,12 +995,22 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
             "synthetic_queries": len(synthetic_distances),
             "heldout_queries": len(heldout_distances),
             "reference_sequences": int(reference.shape[0]),
-            "synthetic_mean_distance": float(synthetic_distances.mean()) if len(synthetic_distances) else None,
+            "synthetic_mean_distance": float(synthetic_distances.mean())
+            if len(synthetic_distances)
+            else None,
             "heldout_mean_distance": float(heldout_distances.mean()) if len(heldout_distances) else None,
-            "synthetic_median_distance": float(np.median(synthetic_distances)) if len(synthetic_distances) else None,
-            "heldout_median_distance": float(np.median(heldout_distances)) if len(heldout_distances) else None,
-            "synthetic_zero_distance_fraction": float((synthetic_distances == 0).mean()) if len(synthetic_distances) else None,
-            "heldout_zero_distance_fraction": float((heldout_distances == 0).mean()) if len(heldout_distances) else None,
+            "synthetic_median_distance": float(np.median(synthetic_distances))
+            if len(synthetic_distances)
+            else None,
+            "heldout_median_distance": float(np.median(heldout_distances))
+            if len(heldout_distances)
+            else None,
+            "synthetic_zero_distance_fraction": float((synthetic_distances == 0).mean())
+            if len(synthetic_distances)
+            else None,
+            "heldout_zero_distance_fraction": float((heldout_distances == 0).mean())
+            if len(heldout_distances)
+            else None,
             "split": real.split_note,
         },
         "converted_fraction": converted_fraction,
@@ -962,7 +1027,19 @@ def inspect_run(run: Run, real: RealData, vocabulary: Vocabulary, arguments, rep
 
     print_metrics(report, distributions)
     with atomic_directory(report_dir) as staging:
-        plots = write_plots(staging, real_prevalence, synthetic_prevalence, seen, prevalence_r, real.train_facts, facts, distributions, report, tokens, names)
+        plots = write_plots(
+            staging,
+            real_prevalence,
+            synthetic_prevalence,
+            seen,
+            prevalence_r,
+            real.train_facts,
+            facts,
+            distributions,
+            report,
+            tokens,
+            names,
+        )
         (staging / "report.json").write_text(json.dumps(json_ready(report), indent=2) + "\n")
         (staging / "report.md").write_text(markdown_report(report, distributions, plots, tokens, names))
     print(f"Report: {report_dir / 'report.md'}")
@@ -991,17 +1068,25 @@ def number(value: float | None, digits: int = 3) -> str:
 
 
 def print_metrics(report: dict, distributions: dict) -> None:
-    problems = ", ".join(f"{rule} {n:,}" for rule, n in sorted(report["invalid_reasons"].items(), key=lambda item: -item[1]) if n)
+    problems = ", ".join(
+        f"{rule} {n:,}"
+        for rule, n in sorted(report["invalid_reasons"].items(), key=lambda item: -item[1])
+        if n
+    )
     print(
         f"Structurally valid: {percent(report['valid_fraction'])} ({report['num_valid']:,} of {report['num_sequences']:,})"
         + (f"; problems: {problems}" if problems else "")
         + f" [real data: {percent(report['real']['valid_fraction'])} valid]"
     )
     print(f"Concept prevalence Pearson r: {number(report['prevalence_pearson_r'])}")
-    print(f"Co-occurrence Pearson r ({report['cooccurrence_pairs']} frequent pairs): {number(report['cooccurrence_pearson_r'])}")
+    print(
+        f"Co-occurrence Pearson r ({report['cooccurrence_pairs']} frequent pairs): {number(report['cooccurrence_pearson_r'])}"
+    )
     print(
         "Real vs synthetic distances: "
-        + ", ".join(f"{name} {metric['test']} {number(metric['distance'])}" for name, metric in distributions.items())
+        + ", ".join(
+            f"{name} {metric['test']} {number(metric['distance'])}" for name, metric in distributions.items()
+        )
     )
     print(
         f"Exact copies of training sequences: {percent(report['exact_copy_fraction'])} "
@@ -1015,7 +1100,9 @@ def print_metrics(report: dict, distributions: dict) -> None:
     )
     if report["converted_fraction"] is not None:
         persons = report["restored_omop"]["rows"]["person"] or 0
-        print(f"Converted to OMOP: {percent(report['converted_fraction'])} ({persons:,} persons from {report['num_sequences']:,} sequences)")
+        print(
+            f"Converted to OMOP: {percent(report['converted_fraction'])} ({persons:,} persons from {report['num_sequences']:,} sequences)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1025,7 +1112,19 @@ def print_metrics(report: dict, distributions: dict) -> None:
 REAL_COLOUR, SYNTHETIC_COLOUR = "#1f77b4", "#ff7f0e"
 
 
-def write_plots(folder, real_prevalence, synthetic_prevalence, seen, prevalence_r, real: Facts, synthetic: Facts, distributions, report, tokens, names) -> dict[str, str]:
+def write_plots(
+    folder,
+    real_prevalence,
+    synthetic_prevalence,
+    seen,
+    prevalence_r,
+    real: Facts,
+    synthetic: Facts,
+    distributions,
+    report,
+    tokens,
+    names,
+) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1036,13 +1135,27 @@ def write_plots(folder, real_prevalence, synthetic_prevalence, seen, prevalence_
     # Prevalence scatter.
     figure, axis = plt.subplots(figsize=(6, 6))
     x, y = real_prevalence[seen], synthetic_prevalence[seen]
-    axis.scatter(x, y, s=12, alpha=0.6, color=SYNTHETIC_COLOUR, edgecolors="none")
+    axis.scatter(x, y, s=16, alpha=0.6, color=SYNTHETIC_COLOUR, edgecolors="none")
     limit = max(float(x.max(initial=0)), float(y.max(initial=0)), 0.01) * 1.05
     axis.plot([0, limit], [0, limit], color="grey", linewidth=1, linestyle="--", label="same prevalence")
     codes = np.flatnonzero(seen)
+    # Name the concepts the model gets most wrong (when anything is visibly off the diagonal).
     for index in np.argsort(-np.abs(x - y))[:5]:
-        axis.annotate(token_label(tokens[codes[index]], names, 28), (x[index], y[index]), fontsize=7, alpha=0.8)
-    axis.set(xlim=(0, limit), ylim=(0, limit), xlabel="real: share of patients", ylabel="synthetic: share of patients")
+        if abs(x[index] - y[index]) > 0.02:
+            axis.annotate(
+                token_label(tokens[codes[index]], names, 28),
+                (x[index], y[index]),
+                fontsize=7,
+                alpha=0.8,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    axis.set(
+        xlim=(0, limit),
+        ylim=(0, limit),
+        xlabel="real: share of patients",
+        ylabel="synthetic: share of patients",
+    )
     axis.set_title(f"Concept prevalence, {seen.sum():,} concepts (Pearson r = {number(prevalence_r)})")
     axis.legend(loc="upper left")
     plots["prevalence"] = _save(figure, folder, "prevalence_scatter.png")
@@ -1060,16 +1173,31 @@ def write_plots(folder, real_prevalence, synthetic_prevalence, seen, prevalence_
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for axis, name in zip(axes.ravel(), numeric, strict=False):
         real_values, synthetic_values = (np.asarray(v, dtype=np.float64) for v in values[name])
-        real_values, synthetic_values = real_values[np.isfinite(real_values)], synthetic_values[np.isfinite(synthetic_values)]
+        real_values, synthetic_values = (
+            real_values[np.isfinite(real_values)],
+            synthetic_values[np.isfinite(synthetic_values)],
+        )
         both = np.concatenate((real_values, synthetic_values))
         if len(both):
             low, high = np.percentile(both, [0.5, 99.5])
             high = max(high, low + 1)
-            bins = np.linspace(low, high, 41) if high - low > 40 else np.arange(math.floor(low), math.ceil(high) + 2) - 0.5
-            for data, colour, label in ((real_values, REAL_COLOUR, "real"), (synthetic_values, SYNTHETIC_COLOUR, "synthetic")):
+            if np.all(both == np.round(both)):  # whole numbers: bins of whole widths, centred on them
+                width = max(1, math.ceil((high - low) / 40))
+                bins = np.arange(math.floor(low), math.ceil(high) + width + 1, width) - 0.5
+            else:
+                bins = np.linspace(low, high, 41)
+            # Real filled, synthetic as an outline on top: both stay visible where they agree.
+            # (np.histogram + stairs: one artist per histogram instead of one per bar.)
+            for data, style in (
+                (real_values, dict(fill=True, alpha=0.5, color=REAL_COLOUR, label="real")),
+                (synthetic_values, dict(linewidth=1.6, color=SYNTHETIC_COLOUR, label="synthetic")),
+            ):
                 if len(data):
-                    axis.hist(np.clip(data, bins[0], bins[-1]), bins=bins, density=True, alpha=0.45, color=colour, label=label)
-        axis.set_title(f"{name.replace('_', ' ')} (KS {number(distributions[name]['distance'], 2)})", fontsize=10)
+                    density, _ = np.histogram(np.clip(data, bins[0], bins[-1]), bins=bins, density=True)
+                    axis.stairs(density, bins, **style)
+        axis.set_title(
+            f"{name.replace('_', ' ')} (KS {number(distributions[name]['distance'], 2)})", fontsize=10
+        )
         axis.set_ylabel("density", fontsize=8)
         axis.tick_params(labelsize=8)
     axes.ravel()[0].legend(fontsize=8)
@@ -1082,7 +1210,13 @@ def write_plots(folder, real_prevalence, synthetic_prevalence, seen, prevalence_
         labels = [token_label(tokens[code], names, 30) for code in categories]
         positions = np.arange(len(categories))
         axis.barh(positions - 0.2, metric["real_shares"][:limit], height=0.4, color=REAL_COLOUR, label="real")
-        axis.barh(positions + 0.2, metric["synthetic_shares"][:limit], height=0.4, color=SYNTHETIC_COLOUR, label="synthetic")
+        axis.barh(
+            positions + 0.2,
+            metric["synthetic_shares"][:limit],
+            height=0.4,
+            color=SYNTHETIC_COLOUR,
+            label="synthetic",
+        )
         axis.set_yticks(positions, labels, fontsize=8)
         axis.invert_yaxis()
         axis.set_xlabel("share")
@@ -1106,11 +1240,20 @@ def write_plots(folder, real_prevalence, synthetic_prevalence, seen, prevalence_
     real_share = [report["real"]["invalid_reasons"][rule] / report["real"]["num_sequences"] for rule in rules]
     axis.barh(positions - 0.2, real_share, height=0.4, color=REAL_COLOUR, label="real")
     axis.barh(positions + 0.2, synthetic_share, height=0.4, color=SYNTHETIC_COLOUR, label="synthetic")
+    for position, rule in zip(positions, rules, strict=True):
+        failing = report["invalid_reasons"][rule]
+        if failing:
+            axis.annotate(
+                f" {failing:,}", (synthetic_share[position], position + 0.2), va="center", fontsize=7
+            )
     axis.set_yticks(positions, [rule.replace("_", " ") for rule in rules], fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, max(max(synthetic_share + real_share), 0.01) * 1.1)
     axis.set_xlabel("share of sequences failing the rule")
-    axis.set_title(f"Structural validity: {percent(report['valid_fraction'])} of synthetic sequences pass every rule", fontsize=10)
+    axis.set_title(
+        f"Structural validity: {percent(report['valid_fraction'])} of synthetic sequences pass every rule",
+        fontsize=10,
+    )
     axis.legend(fontsize=8)
     plots["validity"] = _save(figure, folder, "validity.png")
     return plots
@@ -1214,7 +1357,7 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         "",
         f"- Exact copies: {report['exact_copies']:,} synthetic sequences ({percent(report['exact_copy_fraction'])}) "
         f"are identical to a real training sequence; {percent(report['clinical_exact_copy_fraction'])} repeat the "
-        "clinical concepts of one, in order. Compared over all sequences through 128-bit sequence hashes.",
+        "clinical concepts of one, in order. Every synthetic sequence is compared with every training sequence, through each sequence's 64-bit hash, length and code sum.",
         f"- Nearest neighbours: ratio {number(report['nn_distance_ratio'], 2)}. Mean Jaccard distance to the nearest "
         f"real patient: synthetic {number(nn['synthetic_mean_distance'])} (median {number(nn['synthetic_median_distance'])}, "
         f"{percent(nn['synthetic_zero_distance_fraction'])} at distance 0), held-out real "
@@ -1228,7 +1371,9 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         "",
     ]
     if report["restored_omop"] is None:
-        lines.append("Not measured: pass `--restored-omop-dir` (the folder cehrgpt's converter wrote) to count it.")
+        lines.append(
+            "Not measured: pass `--restored-omop-dir` (the folder cehrgpt's converter wrote) to count it."
+        )
     else:
         rows = report["restored_omop"]["rows"]
         lines += [
@@ -1237,7 +1382,10 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
             "| table | rows |",
             "|---|---|",
         ]
-        lines += [f"| {table} | {'(no folder)' if count is None else f'{count:,}'} |" for table, count in rows.items()]
+        lines += [
+            f"| {table} | {'(no folder)' if count is None else f'{count:,}'} |"
+            for table, count in rows.items()
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -1264,19 +1412,40 @@ def parse_arguments(argv=None):
         "(default: $SYNTHETIC_DATA_OUTPUT_DIR)",
     )
     parser.add_argument(
-        "--real-dir", type=Path, default=None, help="real patient_sequence folder (default: $CEHR_GPT_DATA_DIR/patient_sequence)"
+        "--run",
+        default=None,
+        help="inspect only the run with this name (e.g. top_p9500) under --synthetic-dir",
     )
     parser.add_argument(
-        "--concept-dir", type=Path, default=None, help="OMOP concept table folder, for names (default: $OMOP_DIR/concept)"
+        "--real-dir",
+        type=Path,
+        default=None,
+        help="real patient_sequence folder (default: $CEHR_GPT_DATA_DIR/patient_sequence)",
     )
     parser.add_argument(
-        "--restored-omop-dir", type=Path, default=None, help="OMOP folder cehrgpt's converter restored from the run (default: <run>/restored_omop when it exists)"
+        "--concept-dir",
+        type=Path,
+        default=None,
+        help="OMOP concept table folder, for names (default: $OMOP_DIR/concept)",
     )
     parser.add_argument(
-        "--report-dir", type=Path, default=None, help="where to write the report (default: <run>/report; "
-        "with several runs, <report-dir>/<run>)"
+        "--restored-omop-dir",
+        type=Path,
+        default=None,
+        help="OMOP folder cehrgpt's converter restored from the run (default: <run>/restored_omop when it exists)",
     )
-    parser.add_argument("--nn-sample", type=int, default=NN_SAMPLE_SIZE, help="query sequences per side for the nearest-neighbour distances (default: %(default)s)")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="where to write the report (default: <run>/report; with several runs, <report-dir>/<run>)",
+    )
+    parser.add_argument(
+        "--nn-sample",
+        type=int,
+        default=NN_SAMPLE_SIZE,
+        help="query sequences per side for the nearest-neighbour distances (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -1292,16 +1461,29 @@ def main(argv=None) -> int:
     try:
         if not arguments.concept_dir.is_dir() or not patient_sequence_files(arguments.concept_dir):
             if concept_dir_given:
-                raise PipelineError(f"concept table not found: {arguments.concept_dir} (no Parquet files there)")
+                raise PipelineError(
+                    f"concept table not found: {arguments.concept_dir} (no Parquet files there)"
+                )
             print(f"note: no concept table at {arguments.concept_dir}: concepts are shown by id only")
             arguments.concept_dir = None
         if arguments.restored_omop_dir is not None and not arguments.restored_omop_dir.is_dir():
             raise PipelineError(f"restored OMOP folder not found: {arguments.restored_omop_dir}")
         runs = find_runs(arguments.synthetic_dir)
+        if arguments.run is not None:
+            named = [run for run in runs if run.name == arguments.run]
+            if not named:
+                raise PipelineError(
+                    f"no run named {arguments.run} in {arguments.synthetic_dir} (runs: {', '.join(r.name for r in runs)})"
+                )
+            runs = named
         visit_concepts = read_concepts(arguments.concept_dir, domain="Visit") if arguments.concept_dir else {}
-        vocabulary = Vocabulary(frozenset(concept for concept, (_, domain) in visit_concepts.items() if domain == "Visit"))
+        vocabulary = Vocabulary(
+            frozenset(concept for concept, (_, domain) in visit_concepts.items() if domain == "Visit")
+        )
         real = load_real(arguments.real_dir, vocabulary, arguments.nn_sample, arguments.seed)
-        print(f"Real sequences: {real.description}; {percent(float(real.train_facts.valid.mean()))} structurally valid")
+        print(
+            f"Real sequences: {real.description}; {percent(float(real.train_facts.valid.mean()))} structurally valid"
+        )
     except PipelineError as error:
         fail(str(error))
 
@@ -1330,7 +1512,9 @@ def main(argv=None) -> int:
                 f"{worst[0]}, {worst[1]:,} sequences; report in {report_dir})"
             )
     if len(runs) > 1:
-        print(f"\nInspected {len(reports)} of {len(runs)} runs (newest first): {', '.join(run.name for run in runs)}")
+        print(
+            f"\nInspected {len(reports)} of {len(runs)} runs (newest first): {', '.join(run.name for run in runs)}"
+        )
     usable = [report for report in reports if report["num_valid"] > 0]
     if not usable:
         fail("; ".join(failures) if failures else "nothing to inspect")

@@ -63,24 +63,32 @@ def generate(count: int, seed: int, zipf: float, visits_mean: float, truncated_s
     is_first = np.zeros(len(visit_patient), dtype=bool)
     is_first[first_visit] = True
     visit_type = rng.choice(
-        [code["9202"], code["9203"], code["9201"], code["Visit/0"]], size=len(visit_patient), p=[0.94, 0.04, 0.015, 0.005]
+        [code["9202"], code["9203"], code["9201"], code["Visit/0"]],
+        size=len(visit_patient),
+        p=[0.94, 0.04, 0.015, 0.005],
     )
     inpatient = visit_type == code["9201"]
     concepts_per_visit = 1 + rng.poisson(2.5, len(visit_patient))
     # A visit block: [time token] [VS] type concepts... [i-D Discharge/0] [VE]
     block = (~is_first) + 2 + concepts_per_visit + 2 * inpatient + 1
-    patient_length = 4 + np.bincount(visit_patient, weights=block, minlength=count).astype(np.int64) + 4 * died
+    patient_length = (
+        4 + np.bincount(visit_patient, weights=block, minlength=count).astype(np.int64) + 4 * died
+    )
     patient_start = np.concatenate(([0], np.cumsum(patient_length)[:-1]))
     block_end_running = np.cumsum(block)
     patient_block_base = np.concatenate(([0], block_end_running))[first_visit]
-    block_start = patient_start[visit_patient] + 4 + (block_end_running - block - patient_block_base[visit_patient])
+    block_start = (
+        patient_start[visit_patient] + 4 + (block_end_running - block - patient_block_base[visit_patient])
+    )
 
     codes = np.empty(int(patient_length.sum()), dtype=np.int32)
     # Prompt.
     codes[patient_start] = code["year:1950"] + rng.integers(35, 71, count)
     codes[patient_start + 1] = code["age:0"] + rng.integers(0, 91, count)
     codes[patient_start + 2] = rng.choice([code["8507"], code["8532"]], count)
-    codes[patient_start + 3] = rng.choice([code["8527"], code["8516"], code["8515"], code["Race/0"]], count, p=[0.75, 0.1, 0.05, 0.1])
+    codes[patient_start + 3] = rng.choice(
+        [code["8527"], code["8516"], code["8515"], code["Race/0"]], count, p=[0.75, 0.1, 0.05, 0.1]
+    )
     # Time tokens between visits: day gaps, LT from 1080 days on.
     gaps = rng.geometric(1 / 220, len(visit_patient)) - 1
     gap_codes = np.where(gaps < 1080, code["D0"] + np.minimum(gaps, 1079), code["LT"])
@@ -88,7 +96,9 @@ def generate(count: int, seed: int, zipf: float, visits_mean: float, truncated_s
     visit_start = block_start + (~is_first)
     codes[visit_start] = code["[VS]"]
     codes[visit_start + 1] = visit_type
-    within = np.arange(concepts_per_visit.sum()) - np.repeat(np.cumsum(concepts_per_visit) - concepts_per_visit, concepts_per_visit)
+    within = np.arange(concepts_per_visit.sum()) - np.repeat(
+        np.cumsum(concepts_per_visit) - concepts_per_visit, concepts_per_visit
+    )
     codes[np.repeat(visit_start + 2, concepts_per_visit) + within] = code[str(FIRST_CONCEPT_ID)] + rng.choice(
         CONCEPTS, size=int(concepts_per_visit.sum()), p=weights
     )
@@ -123,12 +133,20 @@ def write_parts(table: pa.Table, folder: Path, prefix: str) -> None:
 
 
 def build_data(folder: Path, patients: int) -> None:
-    print(f"generating {patients:,} real-like and {patients:,} synthetic-like sequences in {folder} ...", flush=True)
+    print(
+        f"generating {patients:,} real-like and {patients:,} synthetic-like sequences in {folder} ...",
+        flush=True,
+    )
     started = time.perf_counter()
     shutil.rmtree(folder, ignore_errors=True)
     real = generate(patients, seed=1, zipf=1.1, visits_mean=17, truncated_share=0.0)
-    real_table = pa.table({"person_id": pa.array(np.arange(patients, dtype=np.int64)), "concept_ids": real,
-                           "num_of_concepts": pc.list_value_length(real)})
+    real_table = pa.table(
+        {
+            "person_id": pa.array(np.arange(patients, dtype=np.int64)),
+            "concept_ids": real,
+            "num_of_concepts": pc.list_value_length(real),
+        }
+    )
     write_parts(real_table, folder / "patient_sequence", "part")
 
     synthetic = generate(patients, seed=2, zipf=1.15, visits_mean=15, truncated_share=0.05)
@@ -151,15 +169,32 @@ def build_data(folder: Path, patients: int) -> None:
     )
     write_parts(synthetic_table, folder / "synthetic" / "top_p9500" / "generated_sequences", "batch")
 
-    concept_ids = [FIRST_CONCEPT_ID + index for index in range(CONCEPTS)] + [9201, 9202, 9203, 8507, 8532, 8527, 8516, 8515]
+    concept_ids = [FIRST_CONCEPT_ID + index for index in range(CONCEPTS)] + [
+        9201,
+        9202,
+        9203,
+        8507,
+        8532,
+        8527,
+        8516,
+        8515,
+    ]
     names = [f"Concept number {index}" for index in range(CONCEPTS)] + [
-        "Inpatient Visit", "Outpatient Visit", "Emergency Room Visit", "MALE", "FEMALE", "White",
-        "Black or African American", "Asian",
+        "Inpatient Visit",
+        "Outpatient Visit",
+        "Emergency Room Visit",
+        "MALE",
+        "FEMALE",
+        "White",
+        "Black or African American",
+        "Asian",
     ]
     domains = ["Condition"] * CONCEPTS + ["Visit"] * 3 + ["Gender"] * 2 + ["Race"] * 3
     (folder / "concept").mkdir(parents=True)
     pq.write_table(
-        pa.table({"concept_id": pa.array(concept_ids, pa.int32()), "concept_name": names, "domain_id": domains}),
+        pa.table(
+            {"concept_id": pa.array(concept_ids, pa.int32()), "concept_name": names, "domain_id": domains}
+        ),
         folder / "concept" / "part-00000.parquet",
     )
     (folder / "SIZE").write_text(str(patients))
@@ -184,9 +219,15 @@ def children_cpu_seconds() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Time inspect_synthetic.py on 100k real + 100k synthetic sequences.")
-    parser.add_argument("--patients", type=int, default=100_000, help="sequences per set (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "out" / "inspect", help="data folder")
+    parser = argparse.ArgumentParser(
+        description="Time inspect_synthetic.py on 100k real + 100k synthetic sequences."
+    )
+    parser.add_argument(
+        "--patients", type=int, default=100_000, help="sequences per set (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=REPO_ROOT / "bench" / "out" / "inspect", help="data folder"
+    )
     parser.add_argument("--regenerate", action="store_true", help="regenerate the data even if it exists")
     arguments = parser.parse_args()
 
@@ -198,16 +239,24 @@ def main() -> None:
         pc.sum(pq.read_table(path, columns=["num_of_concepts"])["num_of_concepts"]).as_py()
         for path in (folder / "patient_sequence").glob("*.parquet")
     )
-    print(f"data: {arguments.patients:,} + {arguments.patients:,} sequences, {real_tokens:,} real tokens", flush=True)
+    print(
+        f"data: {arguments.patients:,} + {arguments.patients:,} sequences, {real_tokens:,} real tokens",
+        flush=True,
+    )
 
     floor, floor_cpu = read_floor(folder)
     report_dir = folder / "report"
     command = [
-        sys.executable, str(REPO_ROOT / "inspect_synthetic.py"),
-        "--synthetic-dir", str(folder / "synthetic"),
-        "--real-dir", str(folder / "patient_sequence"),
-        "--concept-dir", str(folder / "concept"),
-        "--report-dir", str(report_dir),
+        sys.executable,
+        str(REPO_ROOT / "inspect_synthetic.py"),
+        "--synthetic-dir",
+        str(folder / "synthetic"),
+        "--real-dir",
+        str(folder / "patient_sequence"),
+        "--concept-dir",
+        str(folder / "concept"),
+        "--report-dir",
+        str(report_dir),
     ]
     started, cpu = time.perf_counter(), children_cpu_seconds()
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
@@ -220,7 +269,9 @@ def main() -> None:
     # The sandbox is shared: CPU seconds show the work done whatever else runs; the load average says
     # how much the wall times are stretched.
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"floor (pyarrow reads concept_ids + person_id of both sets): wall {floor:6.1f} s, CPU {floor_cpu:6.1f} s")
+    print(
+        f"floor (pyarrow reads concept_ids + person_id of both sets): wall {floor:6.1f} s, CPU {floor_cpu:6.1f} s"
+    )
     print(
         f"inspect_synthetic.py (whole report, fresh process):        wall {elapsed:6.1f} s, CPU {elapsed_cpu:6.1f} s"
         f"  = {elapsed / floor:.1f}x the floor's wall time"

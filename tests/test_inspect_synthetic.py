@@ -52,7 +52,8 @@ def replaced(tokens: list[str], old: str, new: list[str]) -> list[str]:
         ["[START]"] + BASE,  # a leading [START] is dropped, as cehrgpt's converter does
         ["year:2011", "age:3", "Gender/0", "Race/0", "[VS]", "Visit/0", "1001", "[VE]"],  # artificial visit
         replaced(BASE, "i-D2", ["i-H3", "i-D2"]),  # inpatient hour token
-        replaced(BASE, "Discharge/0", ["8536"]) + ["LT", "[VS]", "9202", "1001", "[VE]"],  # discharge concept, LT
+        replaced(BASE, "Discharge/0", ["8536"])
+        + ["LT", "[VS]", "9202", "1001", "[VE]"],  # discharge concept, LT
     ],
     ids=["base", "death", "start-token", "artificial-visit", "hour-token", "discharge-concept"],
 )
@@ -85,6 +86,26 @@ def test_each_rule_is_caught_with_its_reason(rule):
     assert problems_of(BROKEN[rule]) == {rule}
 
 
+@pytest.mark.parametrize(
+    "sequences",
+    [
+        [[]],
+        [[], ["year:2011"]],
+        [["[VS]"]],
+        [["[VE]", "[VS]"]],
+        [PROMPT],
+        [["[DEATH]"]],
+        [["i-D3"]],
+        [["[VS]", "9201"]],
+    ],
+)
+def test_degenerate_sequences_are_invalid_without_crashing(sequences):
+    vocabulary = Vocabulary()
+    facts = analyse(sequences_from_lists(sequences, vocabulary), vocabulary)
+    assert not facts.valid.any()
+    assert facts.problems["not_ending_with_visit_end"].all()
+
+
 def test_time_token_before_the_first_visit_is_not_between_visits():
     assert problems_of(PROMPT + ["D4"] + BASE[4:]) == {"time_token_not_between_visits"}
 
@@ -96,11 +117,23 @@ def test_fast_time_token_verdicts_agree_with_cehrgpt():
     tokens = ["D0", "D7", "D1079", "W3", "M11", "Y2", "LT", "i-D1", "i-D30", "D007"]
     vocabulary = Vocabulary()
     codes = vocabulary.codes(tokens)
-    for token, kind, days in zip(tokens, vocabulary.fact("kind")[codes], vocabulary.fact("number")[codes], strict=True):
+    for token, kind, days in zip(
+        tokens, vocabulary.fact("kind")[codes], vocabulary.fact("number")[codes], strict=True
+    ):
         assert is_att_token(token)
         assert kind in (inspect_synthetic.TIME, inspect_synthetic.INPATIENT_TIME)
         assert days == extract_time_interval_in_days(token), token
-    for token in ["1001", "year:2011", "age:37", "Discharge/0", "Visit/0", "Gender/0", "Race/0", "[VS]", "[DEATH]"]:
+    for token in [
+        "1001",
+        "year:2011",
+        "age:37",
+        "Discharge/0",
+        "Visit/0",
+        "Gender/0",
+        "Race/0",
+        "[VS]",
+        "[DEATH]",
+    ]:
         assert not is_att_token(token)
 
 
@@ -132,7 +165,12 @@ def write_sequences(folder, sequences: list[list[str]], parts: int = 2) -> None:
     for part in range(parts):
         chunk = sequences[part::parts]
         pq.write_table(
-            pa.table({"person_id": pa.array(range(len(chunk)), pa.int64()), "concept_ids": pa.array(chunk, pa.list_(pa.string()))}),
+            pa.table(
+                {
+                    "person_id": pa.array(range(len(chunk)), pa.int64()),
+                    "concept_ids": pa.array(chunk, pa.list_(pa.string())),
+                }
+            ),
             folder / f"part-{part:05d}.parquet",
         )
 
@@ -141,7 +179,9 @@ def write_concepts(folder, rows: list[tuple[int, str, str]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ids, names, domains = zip(*rows, strict=True)
     pq.write_table(
-        pa.table({"concept_id": pa.array(ids, pa.int32()), "concept_name": list(names), "domain_id": list(domains)}),
+        pa.table(
+            {"concept_id": pa.array(ids, pa.int32()), "concept_name": list(names), "domain_id": list(domains)}
+        ),
         folder / "part-00000.parquet",
     )
 
@@ -172,7 +212,9 @@ def test_identical_sets_give_r_one_and_zero_distances(tmp_path):
     assert report["prevalence_pearson_r"] == pytest.approx(1.0)
     assert report["cooccurrence_pearson_r"] == pytest.approx(1.0)
     assert report["length_ks"] == 0 and report["visit_type_js"] == 0
-    assert all(metric["distance"] == 0 for metric in report["distributions"].values()), report["distributions"]
+    assert all(metric["distance"] == 0 for metric in report["distributions"].values()), report[
+        "distributions"
+    ]
     assert report["exact_copy_fraction"] == 1.0 and report["clinical_exact_copy_fraction"] == 1.0
     # Every synthetic patient is in the training split: nearest real neighbour at distance 0.
     assert report["nn"]["synthetic_mean_distance"] == 0 and report["nn_distance_ratio"] == 0
@@ -201,7 +243,9 @@ def test_planted_copies_are_counted(tmp_path):
     # Same clinical concepts in the same order as a real patient, other day tokens: clinical copies only.
     retimed = []
     for index in (3, 9):
-        tokens = [("D999" if token.startswith("D") and token[1:].isdigit() else token) for token in real[index]]
+        tokens = [
+            ("D999" if token.startswith("D") and token[1:].isdigit() else token) for token in real[index]
+        ]
         tokens[0] = "year:1985"
         retimed.append(tokens)
     report = inspect(tmp_path, real, new + copies + retimed)
@@ -227,7 +271,9 @@ def test_names_and_visit_types_from_the_concept_table(tmp_path, capsys):
         [(1001, "Influenza vaccine", "Drug"), (1002, "Acute bronchitis", "Condition"), (9202, "Outpatient Visit", "Visit"),
          (581458, "Pharmacy visit", "Visit")],
     )  # fmt: skip
-    real = [PROMPT + ["[VS]", "9202", "1001", "1002", "[VE]"]] * 5 + [PROMPT + ["[VS]", "9202", "1001", "[VE]"]] * 5
+    real = [PROMPT + ["[VS]", "9202", "1001", "1002", "[VE]"]] * 5 + [
+        PROMPT + ["[VS]", "9202", "1001", "[VE]"]
+    ] * 5
     # 581458 is a visit type only because the concept table says its domain is Visit.
     synthetic = [PROMPT + ["[VS]", "581458", "1001", "[VE]"]] * 4
     report = inspect(tmp_path, real, synthetic, "--concept-dir", str(concepts))
@@ -252,7 +298,13 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     assert report["converted_fraction"] is None  # no restored OMOP folder given
     folder = tmp_path / "synthetic" / "top_p9500" / "report"
     markdown = (folder / "report.md").read_text()
-    images = ["prevalence_scatter.png", "distributions.png", "visit_types.png", "demographics.png", "validity.png"]
+    images = [
+        "prevalence_scatter.png",
+        "distributions.png",
+        "visit_types.png",
+        "demographics.png",
+        "validity.png",
+    ]
     for name in images:
         data = (folder / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -272,14 +324,18 @@ def write_restored(folder, person_ids: list[int]) -> None:
     (folder / "person").mkdir(parents=True)
     pq.write_table(pa.table({"person_id": pa.array(person_ids, pa.int64())}), folder / "person" / "a.parquet")
     (folder / "visit_occurrence").mkdir()
-    pq.write_table(pa.table({"visit_occurrence_id": [1, 2, 3, 4, 5]}), folder / "visit_occurrence" / "a.parquet")
+    pq.write_table(
+        pa.table({"visit_occurrence_id": [1, 2, 3, 4, 5]}), folder / "visit_occurrence" / "a.parquet"
+    )
     (folder / "condition_occurrence").mkdir()  # the converter leaves empty folders when nothing converts
 
 
 def test_converted_fraction_from_the_restored_omop_folder(tmp_path):
     restored = tmp_path / "restored_omop"
     write_restored(restored, [0, 2, 3])
-    report = inspect(tmp_path, population(20, seed=1), population(4, seed=2), "--restored-omop-dir", str(restored))
+    report = inspect(
+        tmp_path, population(20, seed=1), population(4, seed=2), "--restored-omop-dir", str(restored)
+    )
     assert report["converted_fraction"] == pytest.approx(3 / 4)
     rows = report["restored_omop"]["rows"]
     assert rows["person"] == 3 and rows["visit_occurrence"] == 5 and rows["condition_occurrence"] == 0
@@ -309,6 +365,32 @@ def test_several_runs_are_inspected_newest_first(tmp_path, capsys):
     assert (parent / "top_k50" / "report" / "report.json").exists()
 
 
+def test_one_named_run_and_a_broken_run(tmp_path, capsys):
+    real_dir = tmp_path / "patient_sequence"
+    write_sequences(real_dir, population(20, seed=1))
+    parent = tmp_path / "synthetic"
+    write_sequences(parent / "top_p9500" / "generated_sequences", population(5, seed=2), parts=1)
+    broken = parent / "top_k50" / "generated_sequences"
+    broken.mkdir(parents=True)
+    pq.write_table(pa.table({"person_id": [1, 2]}), broken / "a.parquet")  # not a patient sequence
+    assert (
+        inspect_synthetic.main(
+            ["--synthetic-dir", str(parent), "--run", "top_p9500", "--real-dir", str(real_dir)]
+        )
+        == 0
+    )
+    assert "top_k50" not in capsys.readouterr().out
+    # Both runs: the broken one is reported, the good one still gives a report and exit status 0.
+    assert inspect_synthetic.main(["--synthetic-dir", str(parent), "--real-dir", str(real_dir)]) == 0
+    output = capsys.readouterr().out
+    assert "top_k50: skipped:" in output and "is not a patient sequence file" in output
+    with pytest.raises(SystemExit):
+        inspect_synthetic.main(
+            ["--synthetic-dir", str(parent), "--run", "top_x", "--real-dir", str(real_dir)]
+        )
+    assert "no run named top_x" in capsys.readouterr().err
+
+
 def test_no_valid_sequence_writes_the_report_and_fails(tmp_path, capsys):
     real_dir = tmp_path / "patient_sequence"
     write_sequences(real_dir, population(20, seed=1))
@@ -327,21 +409,34 @@ def test_no_valid_sequence_writes_the_report_and_fails(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 
 
-def test_missing_and_empty_folders_fail_with_one_line(tmp_path, pipeline_env):
-    real_dir = tmp_path / "patient_sequence"
-    write_sequences(real_dir, population(5, seed=1))
-    (tmp_path / "empty").mkdir()
-    cases = [
-        (["--synthetic-dir", str(tmp_path / "missing")], "synthetic data folder not found"),
-        (["--synthetic-dir", str(tmp_path / "empty"), "--real-dir", str(real_dir)], "no generated sequences in"),
-        (["--synthetic-dir", str(real_dir), "--real-dir", str(tmp_path / "missing_real")], "real patient sequences not found"),
+def test_missing_folder_fails_with_one_line_and_no_traceback(tmp_path, pipeline_env):
+    completed = run_script(
+        ["inspect_synthetic.py", "--synthetic-dir", str(tmp_path / "missing")], pipeline_env, timeout=120
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        f"error: synthetic data folder not found: {tmp_path / 'missing'} (generate patients first, or pass --synthetic-dir)"
     ]
-    for arguments, message in cases:
-        completed = run_script(["inspect_synthetic.py", *arguments], pipeline_env, timeout=120)
-        assert completed.returncode == 1, completed.stdout + completed.stderr
-        lines = completed.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], completed.stderr
-        assert "Traceback" not in completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize("case", ["empty synthetic folder", "missing real folder", "empty real folder"])
+def test_empty_or_missing_inputs_fail_with_one_line(tmp_path, capsys, case):
+    real_dir, empty = tmp_path / "patient_sequence", tmp_path / "empty"
+    write_sequences(real_dir, population(5, seed=1))
+    empty.mkdir()
+    synthetic = tmp_path / "synthetic" / "top_p9500" / "generated_sequences"
+    write_sequences(synthetic, population(5, seed=2), parts=1)
+    arguments, message = {
+        "empty synthetic folder": (["--synthetic-dir", str(empty), "--real-dir", str(real_dir)], "no generated sequences in"),
+        "missing real folder": (["--synthetic-dir", str(synthetic), "--real-dir", str(tmp_path / "nope")], "real patient sequences not found"),
+        "empty real folder": (["--synthetic-dir", str(synthetic), "--real-dir", str(empty)], "no Parquet files in"),
+    }[case]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        inspect_synthetic.main(arguments)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_bare_invocation_uses_the_setup_env_folders(tmp_path, pipeline_env):
@@ -352,7 +447,9 @@ def test_bare_invocation_uses_the_setup_env_folders(tmp_path, pipeline_env):
         SYNTHETIC_DATA_OUTPUT_DIR=str(tmp_path / "synthetic"),
     )
     write_sequences(tmp_path / "data" / "patient_sequence", population(30, seed=1))
-    write_sequences(tmp_path / "synthetic" / "top_p9500" / "generated_sequences", population(10, seed=2), parts=1)
+    write_sequences(
+        tmp_path / "synthetic" / "top_p9500" / "generated_sequences", population(10, seed=2), parts=1
+    )
     write_concepts(tmp_path / "omop" / "concept", [(1001, "Influenza vaccine", "Drug")])
     completed = run_script(["inspect_synthetic.py"], environment, timeout=180)
     assert completed.returncode == 0, completed.stdout + completed.stderr
