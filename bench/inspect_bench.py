@@ -229,6 +229,9 @@ def main() -> None:
         "--output", type=Path, default=REPO_ROOT / "bench" / "out" / "inspect", help="data folder"
     )
     parser.add_argument("--regenerate", action="store_true", help="regenerate the data even if it exists")
+    parser.add_argument(
+        "--nn-sample", type=int, default=None, help="passed to inspect_synthetic.py (default: its own)"
+    )
     arguments = parser.parse_args()
 
     folder = arguments.output
@@ -257,7 +260,7 @@ def main() -> None:
         str(folder / "concept"),
         "--report-dir",
         str(report_dir),
-    ]
+    ] + (["--nn-sample", str(arguments.nn_sample)] if arguments.nn_sample else [])
     started, cpu = time.perf_counter(), children_cpu_seconds()
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     elapsed, elapsed_cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
