@@ -70,7 +70,7 @@ METRICS = {
     "training patient, divided by the same for held-out real patients (sampled); ~1 = as far as a new "
     "real patient, near 0 = copies",
     "converted_fraction": "share of synthetic sequences that cehrgpt's converter turned into OMOP persons "
-    "(with --restored-omop-dir)",
+    "(from --restored-omop-dir, or the run's restored_omop/)",
 }
 
 # Structural rules: a sequence fails a rule when any of its tokens breaks it; reported per rule.
@@ -260,7 +260,9 @@ def _token_leaf_path(parquet_file: pq.ParquetFile) -> str | None:
 def read_sequences(files: list[Path], vocabulary: Vocabulary, description: str) -> Sequences:
     """concept_ids (and person_id when present) of every file, in file order, as codes of `vocabulary`."""
     code_chunks, length_chunks, person_chunks = [], [], []
-    for path in tqdm(files, desc=description, unit="file", leave=False, disable=len(files) < 5):
+    for path in tqdm(
+        files, desc=description, unit="file", leave=False, disable=True if len(files) < 5 else None
+    ):
         try:
             parquet_file = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as error:
@@ -622,7 +624,15 @@ def nearest_neighbour_distances(queries, reference, block: int = 512) -> np.ndar
     nearest = np.ones(queries.shape[0], dtype=np.float64)
     if not reference.shape[0]:
         return nearest
-    for begin in range(0, queries.shape[0], block):
+    blocks = range(0, queries.shape[0], block)
+    # Progress only on a terminal (disable=None), and only when there is more than a moment of work.
+    for begin in tqdm(
+        blocks,
+        desc="nearest neighbours",
+        unit="block",
+        leave=False,
+        disable=True if len(blocks) < 3 else None,
+    ):
         dense_queries = np.ascontiguousarray(queries[begin : begin + block].toarray().T)
         shared = reference @ dense_queries  # references x block
         union = np.add.outer(reference_sizes, query_sizes[begin : begin + block])
@@ -1369,7 +1379,7 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
     ]
     if report["restored_omop"] is None:
         lines.append(
-            "Not measured: pass `--restored-omop-dir` (the folder cehrgpt's converter wrote) to count it."
+            "Not measured: no restored OMOP folder (the run's restored_omop/ or `--restored-omop-dir`, the folder cehrgpt's converter wrote)."
         )
     else:
         rows = report["restored_omop"]["rows"]
