@@ -1,6 +1,6 @@
 """inspect_synthetic.py: every validity rule, every metric on hand-built sequences with known answers,
 the report files, and the exit codes. Fast: tiny Parquet files, the report computed in-process
-(plus three real subprocess runs for the command line, exit codes and the bare invocation).
+(plus two real subprocess runs: the one-line error of the command line, and the bare invocation).
 """
 
 from __future__ import annotations
