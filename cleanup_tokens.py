@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,17 @@ class CleanupReport:
     @property
     def tokens_removed(self) -> int:
         return sum(self.tokens_by_kind.values())
+
+    def add(self, other: CleanupReport) -> None:
+        """Fold in one file's report (files are cleaned in parallel, each into its own report)."""
+        self.tokens_by_kind.update(other.tokens_by_kind)
+        self.tokens_by_value.update(other.tokens_by_value)
+        self.kind_of_token.update(other.kind_of_token)
+        self.rows_touched += other.rows_touched
+        self.patients_touched |= other.patients_touched
+        self.files_changed += other.files_changed
+        self.unaligned_rows.update(other.unaligned_rows)
+        self.realigned_columns |= other.realigned_columns
 
 
 class TokenOracle:
@@ -119,7 +132,12 @@ def clean_batch(batch: pa.RecordBatch, malformed: pa.Array, report: CleanupRepor
     """Drop the `malformed` tokens of one record batch from concept_ids and its aligned list columns."""
     tokens = batch.column(SEQUENCE_TOKEN_COLUMN)
     flat_tokens = tokens.flatten()
-    drop = pc.fill_null(pc.is_in(flat_tokens, value_set=malformed), False)
+    if pa.types.is_dictionary(flat_tokens.type):
+        # Tokens read as dictionary indices: test the few distinct strings, then index the verdicts.
+        malformed_entry = pc.fill_null(pc.is_in(flat_tokens.dictionary, value_set=malformed), False)
+        drop = pc.fill_null(malformed_entry.take(flat_tokens.indices), False)
+    else:
+        drop = pc.fill_null(pc.is_in(flat_tokens, value_set=malformed), False)
     dropped_count = pc.sum(drop).as_py() or 0
     if dropped_count == 0:
         return batch
@@ -132,7 +150,7 @@ def clean_batch(batch: pa.RecordBatch, malformed: pa.Array, report: CleanupRepor
     token_lengths = _list_lengths(tokens)
     token_starts = _exclusive_cumsum(token_lengths)
 
-    counts = pc.value_counts(flat_tokens.filter(drop))
+    counts = pc.value_counts(flat_tokens.filter(drop).cast(pa.string()))
     for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
         report.tokens_by_value[value] += count
         report.tokens_by_kind[token_kinds[value]] += count
@@ -182,27 +200,54 @@ def _clean_parallel_column(name, column, keep, keep_numpy, removed_per_row, toke
 
 
 def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool) -> bool:
-    """Clean one Parquet file in place (atomically); returns whether it had malformed tokens."""
-    parquet_file = pq.ParquetFile(path)
-    check_patient_sequence_schema(parquet_file.schema_arrow, path)
-    if parquet_file.metadata.num_rows == 0:
-        return False
-    compression = parquet_file.metadata.row_group(0).column(0).compression.lower()
-    table = parquet_file.read()
+    """Clean one Parquet file in place (atomically); returns whether it had malformed tokens.
 
-    distinct_tokens = pc.unique(pc.list_flatten(table[SEQUENCE_TOKEN_COLUMN])).to_pylist()
+    The whole file is read once; a file without malformed tokens is left untouched (not rewritten).
+    """
+    parquet_file = pq.ParquetFile(path)
+    schema = parquet_file.schema_arrow
+    check_patient_sequence_schema(schema, path)
+    metadata = parquet_file.metadata
+    if metadata.num_rows == 0:
+        return False
+    compression = metadata.row_group(0).column(0).compression.lower()
+    key_value_metadata = metadata.metadata or {}
+    # Spark's files (step 2) carry no Arrow schema: their Parquet schema alone reads back as the same
+    # Arrow schema. Then strings are read as dictionary indices and written back as such, which skips
+    # building and re-hashing every string (most of a rewrite's cost). Files from pyarrow are read
+    # and written the plain way, with their Arrow schema.
+    spark_written = b"ARROW:schema" not in key_value_metadata
+    string_columns = [column.path for column in parquet_file.schema if column.physical_type == "BYTE_ARRAY"]
+    table = pq.read_table(path, read_dictionary=string_columns if spark_written else None)
+
+    distinct_tokens = set()
+    for chunk in table[SEQUENCE_TOKEN_COLUMN].chunks:
+        flat = chunk.flatten()
+        distinct_tokens.update((flat.dictionary if pa.types.is_dictionary(flat.type) else pc.unique(flat)).to_pylist())
     token_kinds = oracle.malformed(distinct_tokens)
     if not token_kinds:
         return False
     malformed = pa.array(sorted(token_kinds), pa.string())
-    cleaned_batches = [clean_batch(batch, malformed, report, token_kinds) for batch in table.to_batches()]
-    report.files_changed.append(path)
+    file_report = CleanupReport()
+    cleaned_batches = [clean_batch(batch, malformed, file_report, token_kinds) for batch in table.to_batches()]
+    if file_report.tokens_removed == 0:  # only in an unused dictionary entry
+        return False
+    file_report.files_changed.append(path)
+    report.add(file_report)
     if dry_run:
         return True
 
     cleaned = pa.Table.from_batches(cleaned_batches, schema=table.schema)
     with atomic_file(path, suffix=".parquet") as temporary:
-        pq.write_table(cleaned, temporary, compression=None if compression == "uncompressed" else compression)
+        with pq.ParquetWriter(temporary, cleaned.schema, store_schema=not spark_written,
+                              compression=None if compression == "uncompressed" else compression) as writer:
+            writer.write_table(cleaned)
+            if spark_written and key_value_metadata:
+                writer.add_key_value_metadata(key_value_metadata)
+        written_schema = pq.read_schema(temporary)
+        if not written_schema.equals(schema, check_metadata=True):
+            raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
+                                f"({written_schema} vs {schema}); left unchanged")
         shutil.copymode(path, temporary)  # keep the original's permissions (mkstemp makes 0600)
     return True
 
@@ -238,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder of patient_sequence Parquet files (default: $CEHR_GPT_DATA_DIR/patient_sequence, "
                              "else omop_synthea/patient_sequence)")
     parser.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                        help="files cleaned at the same time (default: cores, at most 4; each holds one file in memory)")
     arguments = parser.parse_args(argv)
     folder: Path = arguments.patient_sequence_dir
 
@@ -256,11 +303,20 @@ def main(argv: list[str] | None = None) -> None:
                 raise PipelineError(f"{path} is not a readable Parquet file: {error}") from None
             check_patient_sequence_schema(schema, path)
 
+        # Files are independent: clean a few at once. Parquet decoding and encoding run in pyarrow's
+        # C++ without the GIL, and writing a file is single-threaded, so this uses the other cores.
         oracle = TokenOracle()
         report = CleanupReport()
-        for path in tqdm(files, desc="cleaning" if not arguments.dry_run else "checking", unit="file",
-                         disable=len(files) < 2):
-            clean_file(path, oracle, report, arguments.dry_run)
+
+        def clean_one(path: Path) -> CleanupReport:
+            file_report = CleanupReport()
+            clean_file(path, oracle, file_report, arguments.dry_run)
+            return file_report
+
+        with ThreadPoolExecutor(max_workers=max(1, min(arguments.jobs, len(files)))) as pool:
+            for file_report in tqdm(pool.map(clean_one, files), total=len(files), unit="file",
+                                    desc="checking" if arguments.dry_run else "cleaning", disable=len(files) < 2):
+                report.add(file_report)
     except PipelineError as error:
         fail(str(error))
     print_report(report, files, folder, arguments.dry_run)

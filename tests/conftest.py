@@ -84,3 +84,19 @@ def demo_cdm(pg_server, pipeline_env) -> dict[str, str]:
     result = run_script(["load_omop.py", "--demo", "--dsn", pg_server], env=pipeline_env, timeout=300)
     assert result.returncode == 0, result.stderr
     return {"uri": pg_server, "schema": "cdm", "stdout": result.stdout}
+
+
+@pytest.fixture(scope="session")
+def demo_omop_parquet(pg_server, pipeline_env, tmp_path_factory) -> Path:
+    """300 demo persons as OMOP Parquet folders (<table>/part-*.parquet), made the tutorial's way:
+    `load_omop.py --demo --max-persons 300` into schema demo_small of pg_server, then `export_omop.py`.
+    Shared and read by several tests: copy it before changing anything.
+    """
+    load = run_script(["load_omop.py", "--demo", "--schema", "demo_small", "--max-persons", "300",
+                       "--dsn", pg_server], env=pipeline_env, timeout=300)
+    assert load.returncode == 0, load.stderr
+    output = tmp_path_factory.mktemp("demo_omop_parquet")
+    export = run_script(["export_omop.py", "--dsn", pg_server, "--schema", "demo_small", "--output-dir", str(output)],
+                        env=pipeline_env, timeout=300)
+    assert export.returncode == 0, export.stderr
+    return output

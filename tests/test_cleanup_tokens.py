@@ -83,15 +83,29 @@ def crafted_table(layout: dict[str, pa.DataType], rows: int = 12) -> pa.Table:
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
-def write_sequence_folder(folder: Path, table: pa.Table, parts: int = 2, row_group_size: int = 4) -> list[Path]:
-    """Spark-like output: part files (several row groups each) in train/ and test/, plus _SUCCESS and a .crc."""
+def write_like_spark(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    """Parquet as Spark writes it: snappy, the schema only in Parquet terms (no Arrow schema), Spark's metadata."""
+    with pq.ParquetWriter(path, table.schema, compression="snappy", store_schema=False) as writer:
+        writer.write_table(table, row_group_size=row_group_size)
+        writer.add_key_value_metadata(table.schema.metadata or {})
+
+
+def write_sequence_folder(folder: Path, table: pa.Table, parts: int = 2, row_group_size: int = 4,
+                          spark_like: bool = True) -> list[Path]:
+    """Spark-like output: part files (several row groups each) in train/ and test/, plus _SUCCESS and a .crc.
+
+    spark_like=False writes them with pyarrow's defaults instead (Arrow schema stored in the file).
+    """
     paths = []
     per_part = -(-table.num_rows // (parts * 2))
     for index, split in enumerate(["train", "test"] * parts):
         part = table.slice(index * per_part, per_part)
         path = folder / split / f"part-{index:05d}-0000.snappy.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, path, compression="snappy", row_group_size=row_group_size)
+        if spark_like:
+            write_like_spark(part, path, row_group_size=row_group_size)
+        else:
+            pq.write_table(part, path, compression="snappy", row_group_size=row_group_size)
         (path.parent / "_SUCCESS").write_text("")
         (path.parent / f".{path.name}.crc").write_bytes(b"not parquet")
         paths.append(path)
@@ -115,11 +129,16 @@ def expected_after_cleanup(table: pa.Table) -> dict[str, list]:
     return pa.Table.from_pylist(rows, schema=table.schema).sort_by("person_id").to_pydict()
 
 
-@pytest.mark.parametrize("layout", [LAYOUT_0_1_1, LAYOUT_OLDER], ids=["cehrbert_data-0.1.1", "older"])
-def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, layout):
+@pytest.mark.parametrize(
+    "layout, spark_like",
+    [(LAYOUT_0_1_1, True), (LAYOUT_OLDER, True), (LAYOUT_0_1_1, False)],
+    ids=["cehrbert_data-0.1.1", "older", "written-by-pyarrow"],
+)
+def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, layout, spark_like):
     original = crafted_table(layout)
     folder = tmp_path / "patient_sequence"
-    paths = write_sequence_folder(folder, original)
+    paths = write_sequence_folder(folder, original, spark_like=spark_like)
+    key_value_metadata = {path: pq.read_metadata(path).metadata for path in paths}
     schemas_before = {path: pq.read_schema(path) for path in paths}
     assert 0 < len(dirty_files_of(paths)) < len(paths)  # the last part holds only the patient without tokens
     total_malformed = sum(token in MALFORMED for tokens in original["concept_ids"].to_pylist() for token in tokens)
@@ -148,6 +167,8 @@ def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, lay
     assert set(VALID_TIME_TOKENS) <= surviving
     for path in paths:
         assert pq.read_schema(path).equals(schemas_before[path], check_metadata=True)
+        # The file's own key-value metadata too: Spark's keys kept, no Arrow schema added to Spark's files.
+        assert set(pq.read_metadata(path).metadata) == set(key_value_metadata[path])
         assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
 
@@ -207,7 +228,7 @@ def test_column_aligned_in_some_rows_only_is_cut_where_aligned(tmp_path, pipelin
                              pa.array(dates, table.schema.field("dates").type))
     path = tmp_path / "patient_sequence" / "part-00000.parquet"
     path.parent.mkdir()
-    pq.write_table(table, path)
+    write_like_spark(table, path)
 
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(path.parent)], pipeline_env)
     assert result.returncode == 0, result.stderr

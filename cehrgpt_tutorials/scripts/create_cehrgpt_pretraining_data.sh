@@ -68,12 +68,17 @@ while [ $# -gt 0 ]; do
     option="$1"
     case "$option" in
         -h|--help) usage; exit 0 ;;
-        --*=*) value="${option#*=}"; option="${option%%=*}"; shift ;;
-        --*)
+        --input_folder|--output_folder|--start_date|--min_num_of_patients)
             [ $# -ge 2 ] || die "$option needs a value (see --help)"
             value="$2"
             shift 2
             ;;
+        --input_folder=*|--output_folder=*|--start_date=*|--min_num_of_patients=*)
+            value="${option#*=}"
+            option="${option%%=*}"
+            shift
+            ;;
+        -*) die "unknown option '${option%%=*}' (see --help)" ;;
         *) die "unexpected argument '$option' (see --help)" ;;
     esac
     case "$option" in
@@ -81,7 +86,6 @@ while [ $# -gt 0 ]; do
         --output_folder) OUTPUT_FOLDER="$value" ;;
         --start_date) START_DATE="$value" ;;
         --min_num_of_patients) MIN_NUM_OF_PATIENTS="$value" ;;
-        *) die "unknown option '$option' (see --help)" ;;
     esac
 done
 [ -n "$INPUT_FOLDER" ] || die "--input_folder is required (see --help)"

@@ -1,0 +1,277 @@
+"""Step 2 (create_cehrgpt_pretraining_data.sh, run by dash) and step 3 (cleanup_tokens.py) on demo data.
+
+One real run of both cehrbert_data Spark apps on a few hundred demo patients is shared by the slow
+tests. Its input is a read-only copy of the demo export in which some inpatient records have a date
+later than their datetime (the data problem behind `i-D-<n>` tokens), so the run produces the tokens
+cehrgpt rejects: the tests show its tokenizer training failing on them, and passing after cleanup.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO_ROOT, run_script
+
+from cehrgpt_tutorials.common import malformed_time_tokens, parallel_list_columns
+
+SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
+REQUIRED_TABLES = ["person", "visit_occurrence", "concept", "condition_occurrence", "procedure_occurrence",
+                   "drug_exposure"]
+
+
+def run_step2(arguments: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """The script as a learner runs it, under `sh` (dash here), never bash."""
+    return subprocess.run(["sh", str(SCRIPT), *arguments], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def make_read_only(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def make_writable(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def date_after_datetime(omop_folder: Path) -> int:
+    """For one procedure and one condition of each multi-day inpatient visit: date = visit end,
+    datetime = 12 h before the visit starts. Events are ordered by datetime, gaps taken between dates,
+    so the next event's gap is negative. Returns how many records were changed."""
+    visits = {
+        visit["visit_occurrence_id"]: visit
+        for visit in pq.read_table(omop_folder / "visit_occurrence").to_pylist()
+        if visit["visit_concept_id"] == 9201 and visit["visit_end_date"] > visit["visit_start_date"]
+    }
+    changed = 0
+    for table, date_column, datetime_column in [
+        ("procedure_occurrence", "procedure_date", "procedure_datetime"),
+        ("condition_occurrence", "condition_start_date", "condition_start_datetime"),
+    ]:
+        folder = omop_folder / table
+        original = pq.read_table(folder)
+        rows = original.to_pylist()
+        seen = set()
+        for row in rows:
+            visit = visits.get(row["visit_occurrence_id"])
+            if visit is not None and row["visit_occurrence_id"] not in seen:
+                seen.add(row["visit_occurrence_id"])
+                row[date_column] = visit["visit_end_date"]
+                row[datetime_column] = visit["visit_start_datetime"] - timedelta(hours=12)
+                changed += 1
+        shutil.rmtree(folder)
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(rows, schema=original.schema), folder / "part-00000.parquet")
+    return changed
+
+
+@pytest.fixture(scope="module")
+def step2_run(demo_omop_parquet, pipeline_env, tmp_path_factory):
+    """Both Spark apps, once, on a read-only copy of the demo slice (input folder != output folder)."""
+    work = tmp_path_factory.mktemp("step2")
+    input_folder = work / "omop"
+    shutil.copytree(demo_omop_parquet, input_folder, symlinks=False)
+    make_writable(input_folder)
+    assert date_after_datetime(input_folder) > 20
+    make_read_only(input_folder)
+    listing_before = sorted(str(p.relative_to(input_folder)) for p in input_folder.rglob("*"))
+    output_folder = work / "data"
+    result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(output_folder),
+                        "--start_date", "1985-01-01", "--min_num_of_patients", "5"], pipeline_env)
+    yield {"result": result, "input": input_folder, "output": output_folder, "listing_before": listing_before}
+    make_writable(input_folder)
+
+
+@pytest.mark.slow
+def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pipeline_env):
+    result = step2_run["result"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = step2_run["output"]
+
+    # Each spark-submit command is printed as it runs, with the concept list read from the output side.
+    commands = [line for line in result.stdout.splitlines() if line.startswith("+ spark-submit ")]
+    assert len(commands) == 2
+    assert "generate_included_concept_list.py" in commands[0] and "--min_num_of_patients 5" in commands[0]
+    assert "generate_training_data.py" in commands[1]
+    assert f"--input_folder {output}/spark_input" in commands[1]
+    assert "--include_death" in commands[1]  # the demo export has a death table
+    for option in ["--att_type day", "--inpatient_att_type day", "-iv", "-ip", "--include_concept_list",
+                   "--gpt_patient_sequence", "--should_construct_artificial_visits",
+                   "--disconnect_problem_list_records",
+                   "--domain_table_list condition_occurrence procedure_occurrence drug_exposure"]:
+        assert option in commands[1], option
+    assert f"spark-submit {pipeline_env['SPARK_SUBMIT_OPTIONS']} " in commands[0]
+    assert result.stdout.count(" took ") == 2
+
+    # Nothing written into the (read-only) input folder; the concept list lives in the output folder.
+    listing_after = sorted(str(p.relative_to(step2_run["input"])) for p in step2_run["input"].rglob("*"))
+    assert listing_after == step2_run["listing_before"]
+    assert pq.read_table(output / "qualified_concept_list").num_rows > 0
+
+    sequences = pq.read_table(output / "patient_sequence")
+    persons = pq.read_table(step2_run["input"] / "person").num_rows
+    assert 0.8 * persons <= sequences.num_rows <= persons
+    assert pc.all(pc.equal(sequences["num_of_concepts"], pc.list_value_length(sequences["concept_ids"]))).as_py()
+    # Every list column is a parallel array of concept_ids in every row.
+    assert parallel_list_columns(sequences) == {
+        name: sequences.num_rows for name in parallel_list_columns(sequences)
+    }
+    assert {"dates", "ages", "visit_segments", "epoch_times"} <= set(parallel_list_columns(sequences))
+    # --include_death: patients in the death table end with cehrbert_data's death token.
+    tokens = pc.list_flatten(sequences["concept_ids"])
+    assert pc.sum(pc.equal(tokens, "[DEATH]")).as_py() > 0
+
+
+@pytest.mark.slow
+def test_cleanup_makes_the_sequences_trainable(step2_run, pipeline_env, tmp_path):
+    assert step2_run["result"].returncode == 0
+    raw = tmp_path / "raw"
+    shutil.copytree(step2_run["output"] / "patient_sequence", raw)
+    raw_tokens = pc.unique(pc.list_flatten(pq.read_table(raw)["concept_ids"])).to_pylist()
+    malformed = malformed_time_tokens(raw_tokens)
+    assert malformed and all(token.startswith("i-D-") for token in malformed)
+
+    # cehrgpt's tokenizer training, as its pre-training runner calls it, rejects the raw sequences...
+    training = train_tokenizer(raw, pipeline_env, tmp_path / "hf_raw")
+    assert training.returncode != 0
+    assert "Invalid time token: i-D-" in training.stderr
+
+    # ...and accepts them once cleaned.
+    cleaned = tmp_path / "cleaned"
+    shutil.copytree(raw, cleaned)
+    cleanup = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(cleaned)], pipeline_env)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert cleanup.stdout.strip().splitlines()[-1].startswith("Removed ")
+    assert "negative i-D" in cleanup.stdout
+    table = pq.read_table(cleaned)
+    assert not malformed_time_tokens(pc.unique(pc.list_flatten(table["concept_ids"])).to_pylist())
+    assert parallel_list_columns(table) == {name: table.num_rows for name in parallel_list_columns(table)}
+    assert pc.all(pc.equal(table["num_of_concepts"], pc.list_value_length(table["concept_ids"]))).as_py()
+
+    training = train_tokenizer(cleaned, pipeline_env, tmp_path / "hf_cleaned")
+    assert training.returncode == 0, training.stderr[-3000:]
+    assert "Invalid time token" not in training.stderr
+    assert int(training.stdout.strip().splitlines()[-1].split()[-1]) > 50  # vocabulary size
+
+
+TRAIN_TOKENIZER = """
+import sys
+from cehrbert.runners.hf_runner_argument_dataclass import DataTrainingArguments
+from cehrbert.runners.runner_util import load_parquet_as_dataset
+from cehrgpt.models.pretrained_embeddings import PretrainedEmbeddings
+from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+folder = sys.argv[1]
+dataset = load_parquet_as_dataset(folder)
+arguments = DataTrainingArguments(data_folder=folder, dataset_prepared_path=sys.argv[2],
+                                  preprocessing_num_workers=1)
+tokenizer = CehrGptTokenizer.train_tokenizer(dataset, {}, arguments, PretrainedEmbeddings(None))
+print("vocabulary size", tokenizer.vocab_size)
+"""
+
+
+def train_tokenizer(folder: Path, env: dict[str, str], scratch: Path) -> subprocess.CompletedProcess:
+    """cehrgpt's tokenizer training on one folder of part files, in its own process and HF cache."""
+    scratch.mkdir()
+    environment = dict(env, HF_HOME=str(scratch / "hf"), HF_DATASETS_CACHE=str(scratch / "hf" / "datasets"))
+    return run_script(["-c", TRAIN_TOKENIZER, str(folder), str(scratch / "prepared")], environment, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_failing_app_stops_the_script_with_its_log(pipeline_env, tmp_path, demo_omop_parquet):
+    """A corrupt table file: the first app fails, the second never starts, the log's end is shown."""
+    input_folder = tmp_path / "omop"
+    for table in REQUIRED_TABLES:
+        (input_folder / table).mkdir(parents=True)
+        if table != "condition_occurrence":
+            for part in (demo_omop_parquet / table).glob("*.parquet"):
+                shutil.copy(part, input_folder / table / part.name)
+    (input_folder / "condition_occurrence" / "part-00000.parquet").write_bytes(b"this is not parquet")
+    output_folder = tmp_path / "data"
+    result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(output_folder),
+                        "--start_date", "1985-01-01"], pipeline_env)
+    assert result.returncode == 1
+    log = output_folder / "logs" / "generate_included_concept_list.log"
+    assert "error: generate_included_concept_list failed (exit" in result.stderr
+    assert f"full log: {log}" in result.stderr
+    assert "---- last 40 lines of" in result.stderr
+    assert "== generate_training_data" not in result.stdout
+    assert "Patient sequences written" not in result.stdout
+    assert not (output_folder / "patient_sequence").exists()
+
+
+def test_missing_tables_are_named_before_spark_starts(pipeline_env, tmp_path):
+    input_folder = tmp_path / "omop"
+    for table in ["person", "visit_occurrence", "drug_exposure"]:
+        (input_folder / table).mkdir(parents=True)
+    output_folder = tmp_path / "data"
+    result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(output_folder),
+                        "--start_date", "1985-01-01"], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: input folder {input_folder} lacks the table folder(s): concept condition_occurrence "
+        "procedure_occurrence (one Parquet folder per OMOP table, as export_omop.py writes them)"
+    )
+    assert "spark-submit" not in result.stdout
+    assert not output_folder.exists()
+
+    result = run_step2(["--input_folder", str(tmp_path / "nowhere"), "--output_folder", str(output_folder),
+                        "--start_date", "1985-01-01"], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert f"error: input folder '{tmp_path / 'nowhere'}' does not exist" in result.stderr
+
+
+def test_java_17_is_refused_before_spark_starts(pipeline_env, tmp_path):
+    input_folder = tmp_path / "omop"
+    for table in REQUIRED_TABLES:
+        (input_folder / table).mkdir(parents=True)
+    java_home = tmp_path / "jdk17"
+    (java_home / "bin").mkdir(parents=True)
+    java = java_home / "bin" / "java"
+    java.write_text('#!/bin/sh\necho \'openjdk version "17.0.2" 2022-01-18\' >&2\n')
+    java.chmod(0o755)
+    environment = dict(pipeline_env, JAVA_HOME=str(java_home))
+    result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(tmp_path / "data"),
+                        "--start_date", "1985-01-01"], environment, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: Spark 3.1.2 needs Java 8 or 11, but {java} is Java '17.0.2': run 'source setup_env.sh'"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--output_folder", "out", "--start_date", "1985-01-01"], "error: --input_folder is required"),
+        (["--input_folder", "in", "--output_folder", "out", "--start_date", "01/01/1985"],
+         "error: --start_date must look like YYYY-MM-DD, got '01/01/1985'"),
+        (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01",
+          "--min_num_of_patients", "ten"], "error: --min_num_of_patients must be a whole number, got 'ten'"),
+        (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01", "--verbose"],
+         "error: unknown option '--verbose'"),
+        (["--input_folder"], "error: --input_folder needs a value"),
+    ],
+)
+def test_bad_command_lines_get_one_clear_line(pipeline_env, arguments, message):
+    result = run_step2(arguments, pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_shows_the_official_command_line(pipeline_env):
+    result = run_step2(["--help"], pipeline_env, timeout=60)
+    assert result.returncode == 0
+    for option in ["--input_folder", "--output_folder", "--start_date", "--min_num_of_patients"]:
+        assert option in result.stdout
