@@ -1,0 +1,162 @@
+#!/bin/sh
+# Step 5a of the CEHR-XGPT tutorial: sample synthetic patient sequences from the trained model.
+#
+# Runs cehrgpt's generator (python -m cehrgpt.generation.generate_batch_hf_gpt_sequence) with the
+# seed's settings (500 patients, context window 512, top-p 0.95) plus the two arguments its
+# argparse requires and the seed's README leaves out (--batch_size, --sampling_strategy).
+# Each patient is prompted with the first 4 tokens (year, age, gender, race) of a random real
+# sequence; the generator runs whole batches, so it writes a little more than asked.
+#
+# Reads:  MODEL_DIR (default $CEHR_GPT_MODEL_DIR): model and tokenizer from step 4
+#         the real sequences for the prompts (default $CEHR_GPT_DATA_DIR/patient_sequence)
+# Writes: OUTPUT_DIR/top_p9500/generated_sequences/*.parquet (default OUTPUT_DIR =
+#         $SYNTHETIC_DATA_OUTPUT_DIR; the folder name follows the sampling settings). The previous
+#         OUTPUT_DIR/top_p9500 (sequences and anything made from them) is replaced only once the
+#         new sequences are complete.
+#
+# Example (after `source setup_env.sh`):
+#   sh cehrgpt_tutorials/scripts/generate_synthetic.sh
+#   sh cehrgpt_tutorials/scripts/generate_synthetic.sh --num-patients 50 --batch-size 25
+
+set -u
+
+NUM_PATIENTS=500
+BATCH_SIZE=50
+CONTEXT_WINDOW=512
+TOP_P=0.95
+SAMPLING_STRATEGY=TopPStrategy
+MODEL_DIR="${CEHR_GPT_MODEL_DIR:-omop_synthea/cehrgpt_model}"
+PROMPT_DATA=""
+OUTPUT_DIR="${SYNTHETIC_DATA_OUTPUT_DIR:-omop_synthea/synthetic_data}"
+
+usage() {
+    cat <<EOF
+Usage: $0 [--num-patients N] [--batch-size N] [--context-window N] [--top-p P]
+          [--sampling-strategy TopPStrategy|TopKStrategy|TopMixStrategy] [--model-dir DIR]
+          [--prompt-data DIR] [--output-dir DIR] [GENERATOR_ARGS...]
+
+Samples synthetic patient sequences from a trained CEHR-GPT and prints where they went.
+
+  --num-patients N        patients to generate (default $NUM_PATIENTS; whole batches, so up to one batch more)
+  --batch-size N          sequences generated together (default $BATCH_SIZE)
+  --context-window N      longest sequence in tokens (default $CONTEXT_WINDOW; at most the model's context)
+  --top-p P               nucleus sampling threshold (default $TOP_P)
+  --sampling-strategy S   TopPStrategy (default), TopKStrategy or TopMixStrategy
+  --model-dir DIR         trained model and tokenizer (default \$CEHR_GPT_MODEL_DIR)
+  --prompt-data DIR       real sequences whose first 4 tokens prompt each patient
+                          (default \$CEHR_GPT_DATA_DIR/patient_sequence)
+  --output-dir DIR        default \$SYNTHETIC_DATA_OUTPUT_DIR
+  GENERATOR_ARGS          anything else goes to the generator, e.g. --temperature 0.9 --top_k 50
+  -h, --help              show this help
+EOF
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+print_command() {
+    line=""
+    for word in "$@"; do
+        case "$word" in
+            *[!A-Za-z0-9_./:=+-]*|"") word="'$(printf '%s' "$word" | sed "s/'/'\\\\''/g")'" ;;
+        esac
+        line="$line $word"
+    done
+    printf '%s\n' "${line# }"
+}
+
+positive_integer() {
+    case "$2" in
+        ''|*[!0-9]*|0) die "$1 must be a positive whole number, got '$2'" ;;
+    esac
+}
+
+EXTRA=""
+while [ $# -gt 0 ]; do
+    option="$1"
+    case "$option" in
+        -h|--help) usage; exit 0 ;;
+        --num-patients|--batch-size|--context-window|--top-p|--sampling-strategy|--model-dir|--prompt-data|--output-dir)
+            [ $# -ge 2 ] || die "$option needs a value (see --help)"
+            value="$2"; shift 2 ;;
+        --num-patients=*|--batch-size=*|--context-window=*|--top-p=*|--sampling-strategy=*|--model-dir=*|--prompt-data=*|--output-dir=*)
+            value="${option#*=}"; option="${option%%=*}"; shift ;;
+        *) EXTRA="$EXTRA
+$option"; shift; continue ;;
+    esac
+    case "$option" in
+        --num-patients) NUM_PATIENTS="$value" ;;
+        --batch-size) BATCH_SIZE="$value" ;;
+        --context-window) CONTEXT_WINDOW="$value" ;;
+        --top-p) TOP_P="$value" ;;
+        --sampling-strategy) SAMPLING_STRATEGY="$value" ;;
+        --model-dir) MODEL_DIR="$value" ;;
+        --prompt-data) PROMPT_DATA="$value" ;;
+        --output-dir) OUTPUT_DIR="$value" ;;
+    esac
+done
+positive_integer --num-patients "$NUM_PATIENTS"
+positive_integer --batch-size "$BATCH_SIZE"
+positive_integer --context-window "$CONTEXT_WINDOW"
+case "$SAMPLING_STRATEGY" in
+    TopPStrategy|TopKStrategy|TopMixStrategy) ;;
+    *) die "--sampling-strategy must be TopPStrategy, TopKStrategy or TopMixStrategy, got '$SAMPLING_STRATEGY'" ;;
+esac
+
+[ -f "$MODEL_DIR/config.json" ] ||
+    die "no trained model in '$MODEL_DIR' (no config.json): run step 4, train_cehrgpt.sh, or pass --model-dir"
+if [ -z "$PROMPT_DATA" ]; then
+    PROMPT_DATA="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
+    [ -d "$PROMPT_DATA/train" ] && PROMPT_DATA="$PROMPT_DATA/train"
+fi
+[ -d "$PROMPT_DATA" ] || die "no real sequences for the prompts at '$PROMPT_DATA' (pass --prompt-data)"
+PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
+[ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
+mkdir -p "$OUTPUT_DIR" || die "cannot create '$OUTPUT_DIR'"
+
+# The generator appends uuid-named files to OUTPUT/<sampling folder>/generated_sequences, so a
+# second run would mix two samples. It writes into a staging folder instead; we swap it in at the end.
+staging="$OUTPUT_DIR/.generate.$$"
+trap 'rm -rf "$staging"' EXIT
+trap 'exit 130' INT TERM
+
+set -- "$PYTHON_BIN" -u -m cehrgpt.generation.generate_batch_hf_gpt_sequence \
+    --model_folder "$MODEL_DIR" \
+    --tokenizer_folder "$MODEL_DIR" \
+    --output_folder "$staging" \
+    --num_of_patients "$NUM_PATIENTS" \
+    --batch_size "$BATCH_SIZE" \
+    --buffer_size "$BATCH_SIZE" \
+    --context_window "$CONTEXT_WINDOW" \
+    --sampling_strategy "$SAMPLING_STRATEGY" \
+    --top_p "$TOP_P" \
+    --demographic_data_path "$PROMPT_DATA"
+old_ifs=$IFS
+IFS='
+'
+for word in $EXTRA; do [ -n "$word" ] && set -- "$@" "$word"; done
+IFS=$old_ifs
+
+echo "\$ $(print_command "$@")"
+started=$(date +%s)
+"$@" || die "generation failed (exit $?); the generator's messages are above"
+elapsed=$(( $(date +%s) - started ))
+
+# The generator names its folder after the sampling settings (top_p9500 for top-p 0.95).
+sample_folder=$(ls "$staging")
+[ -n "$sample_folder" ] && [ -d "$staging/$sample_folder/generated_sequences" ] ||
+    die "the generator exited 0 but wrote no generated_sequences folder under $staging"
+target="$OUTPUT_DIR/$sample_folder"
+if [ -e "$target" ]; then
+    echo "replacing the previous $target (its sequences and anything restored from them)"
+    rm -rf "$target.old" && mv "$target" "$target.old" || die "cannot move the previous $target aside"
+fi
+mv "$staging/$sample_folder" "$target" || die "cannot move the new sequences into $target"
+rm -rf "$target.old"
+
+rows=$("$PYTHON_BIN" -c 'import sys, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1], format="parquet").count_rows())' \
+    "$target/generated_sequences") || rows="?"
+echo "generated $rows sequences (asked $NUM_PATIENTS) in $((elapsed / 60))m$((elapsed % 60))s"
+echo "sequences: $target/generated_sequences"

@@ -1,0 +1,203 @@
+#!/bin/sh
+# Step 4 of the CEHR-XGPT tutorial: pretrain a CEHR-GPT on the patient sequences.
+#
+# Runs cehrgpt's own runner (python -m cehrgpt.runners.hf_cehrgpt_pretrain_runner) with the
+# settings of a named profile, and prints the full command first so you can copy and change it.
+#
+# Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence, or its train/ split when present)
+# Writes: MODEL_DIR (default $CEHR_GPT_MODEL_DIR): the tokenizer, the tokenized dataset
+#         (dataset_prepared/), per-epoch checkpoints and, at the end, the model itself.
+#
+# Example (after `source setup_env.sh`):
+#   sh cehrgpt_tutorials/scripts/train_cehrgpt.sh --profile demo
+#   sh cehrgpt_tutorials/scripts/train_cehrgpt.sh --profile seed --num_train_epochs 20   # runner args override
+#
+# Re-running the same command resumes from the last checkpoint (the runner does that when
+# --overwrite_output_dir is not given). When the training data or the arguments changed since the
+# checkpoint was written, the old run cannot be resumed, so it starts over (see --fresh).
+# A visible GPU is used automatically (the Hugging Face Trainer picks it); nothing to change.
+
+set -u
+
+PROFILE=demo
+DATA_FOLDER=""
+MODEL_DIR="${CEHR_GPT_MODEL_DIR:-omop_synthea/cehrgpt_model}"
+FRESH=0
+PRINT_ARGS=0
+STAMP_NAME=training_inputs.txt
+
+usage() {
+    cat <<EOF
+Usage: $0 [--profile demo|seed|tiny] [--data-folder DIR] [--model-dir DIR] [--fresh] [RUNNER_ARGS...]
+
+Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints the exact command.
+
+  --profile NAME      demo (default): sized so the 2-core CPU demo trains a usable model in minutes
+                      seed: the seed tutorial's architecture (hidden 192, 4 layers, 4 heads,
+                            context 512) with a learning rate that trains it; for a GPU or a long run
+                      tiny: a few steps of a very small model, for the tests
+  --data-folder DIR   patient sequences (default \$CEHR_GPT_DATA_DIR/patient_sequence)
+  --model-dir DIR     output: tokenizer, checkpoints, model (default \$CEHR_GPT_MODEL_DIR)
+  --fresh             delete MODEL_DIR's previous run and start over instead of resuming
+  --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
+  RUNNER_ARGS         anything else goes to the runner after the profile's arguments, so it wins,
+                      e.g. --num_train_epochs 20 --learning_rate 5e-4 (see the runner's --help)
+  -h, --help          show this help
+
+Run 'source setup_env.sh' first (it sets USE_TF=0 and the folders).
+EOF
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Prints its arguments as one shell command a learner can paste (quoting what needs it).
+print_command() {
+    line=""
+    for word in "$@"; do
+        case "$word" in
+            *[!A-Za-z0-9_./:=+-]*|"") word="'$(printf '%s' "$word" | sed "s/'/'\\\\''/g")'" ;;
+        esac
+        line="$line $word"
+    done
+    printf '%s\n' "${line# }"
+}
+
+# --- Command line: our options first; everything we don't know goes to the runner. ------------
+RUNNER_EXTRA=""  # kept as a newline-separated list so values with spaces survive
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --profile) [ $# -ge 2 ] || die "--profile needs a value (demo, seed or tiny)"; PROFILE="$2"; shift 2 ;;
+        --profile=*) PROFILE="${1#*=}"; shift ;;
+        --data-folder) [ $# -ge 2 ] || die "--data-folder needs a value"; DATA_FOLDER="$2"; shift 2 ;;
+        --data-folder=*) DATA_FOLDER="${1#*=}"; shift ;;
+        --model-dir) [ $# -ge 2 ] || die "--model-dir needs a value"; MODEL_DIR="$2"; shift 2 ;;
+        --model-dir=*) MODEL_DIR="${1#*=}"; shift ;;
+        --fresh) FRESH=1; shift ;;
+        --print-args) PRINT_ARGS=1; shift ;;
+        *) RUNNER_EXTRA="$RUNNER_EXTRA
+$1"; shift ;;
+    esac
+done
+
+# --- Profiles: model size and optimisation. Why these values: bench/RESULTS.md. -----------------
+# hidden_size must be divisible by 3 (the time-token head splits the hidden state in three) and by
+# n_head. The runner always adds an early-stopping callback, which needs per-epoch evaluation and
+# saving with load_best_model_at_end (set below for every profile).
+case "$PROFILE" in
+    demo)
+        PROFILE_ARGS="--hidden_size 192 --num_hidden_layers 2 --n_head 4 --max_position_embeddings 512
+--per_device_train_batch_size 16 --per_device_eval_batch_size 16
+--learning_rate 2e-3 --warmup_ratio 0.05 --num_train_epochs 6" ;;
+    seed)
+        # The seed's architecture. Its own optimiser settings (default 5e-5 for 3 epochs) leave the
+        # model unable to write a valid patient (0% on the demo); 1e-3 for 8 epochs gives 90%.
+        PROFILE_ARGS="--hidden_size 192 --num_hidden_layers 4 --n_head 4 --max_position_embeddings 512
+--per_device_train_batch_size 16 --per_device_eval_batch_size 16
+--learning_rate 1e-3 --warmup_ratio 0.05 --num_train_epochs 8" ;;
+    tiny)
+        PROFILE_ARGS="--hidden_size 24 --num_hidden_layers 1 --n_head 2 --max_position_embeddings 512
+--per_device_train_batch_size 8 --per_device_eval_batch_size 8
+--learning_rate 1e-3 --num_train_epochs 1 --max_steps 20" ;;
+    *) die "unknown profile '$PROFILE' (demo, seed or tiny)" ;;
+esac
+
+# --- Inputs ---------------------------------------------------------------------------------
+if [ -z "$DATA_FOLDER" ]; then
+    DATA_FOLDER="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
+    # With a patient_splits table the Spark step writes train/ and test/; train on train only.
+    [ -d "$DATA_FOLDER/train" ] && DATA_FOLDER="$DATA_FOLDER/train"
+fi
+[ -d "$DATA_FOLDER" ] || die "no patient sequences at '$DATA_FOLDER' (run step 2, create_cehrgpt_pretraining_data.sh, or pass --data-folder)"
+ls "$DATA_FOLDER" | grep -q '\.parquet$' ||
+    die "'$DATA_FOLDER' has no .parquet files (expected cehrbert_data's patient_sequence output)"
+DATA_FOLDER=$(cd "$DATA_FOLDER" && pwd -P)
+mkdir -p "$MODEL_DIR" || die "cannot create model folder '$MODEL_DIR'"
+MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P)
+PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
+[ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
+
+# A GPU, when visible, is used by the Trainer anyway; give it data loader workers so collation
+# keeps up. On CPU, workers would only compete with the training threads for the same cores.
+if "$PYTHON_BIN" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    DEVICE=cuda
+    LOADER_ARGS="--dataloader_num_workers 4 --dataloader_prefetch_factor 4"
+else
+    DEVICE="cpu ($(nproc 2>/dev/null || echo '?') cores)"
+    LOADER_ARGS="--dataloader_num_workers 0"
+fi
+CORES=$(nproc 2>/dev/null || echo 2)
+
+# --- The runner command -----------------------------------------------------------------------
+# Positional parameters hold the command word by word (POSIX sh has no arrays).
+set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner \
+    --model_name_or_path "$MODEL_DIR" \
+    --tokenizer_name_or_path "$MODEL_DIR" \
+    --output_dir "$MODEL_DIR" \
+    --data_folder "$DATA_FOLDER" \
+    --dataset_prepared_path "$MODEL_DIR/dataset_prepared" \
+    --do_train true \
+    --seed 42 \
+    --eval_strategy epoch \
+    --save_strategy epoch \
+    --load_best_model_at_end true \
+    --save_total_limit 1 \
+    --logging_steps 10 \
+    --report_to none \
+    --preprocessing_num_workers "$CORES"
+# Word-split the profile's and loader's options on whitespace (none contains a space)...
+for word in $PROFILE_ARGS $LOADER_ARGS; do set -- "$@" "$word"; done
+# ...and the user's extra runner arguments one per line, so theirs come last and win.
+old_ifs=$IFS
+IFS='
+'
+for word in $RUNNER_EXTRA; do [ -n "$word" ] && set -- "$@" "$word"; done
+IFS=$old_ifs
+if [ "$PRINT_ARGS" = 1 ]; then
+    printf '%s\n' "$@"
+    exit 0
+fi
+
+# --- Resume or start over -----------------------------------------------------------------------
+# The runner resumes from MODEL_DIR's last checkpoint and reuses its tokenizer and tokenized
+# dataset. That is only right when the data and the arguments are the ones that checkpoint came
+# from, so we keep a stamp of both (file checksums, not times) beside the checkpoints.
+stamp_now=$(
+    printf 'command:'; print_command "$@"
+    (cd "$DATA_FOLDER" && find . -type f -name '*.parquet' -exec cksum {} + | sort -k 3)
+)
+stamp_file="$MODEL_DIR/$STAMP_NAME"
+if [ "$FRESH" = 1 ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
+    [ -f "$stamp_file" ] || die "--fresh: '$MODEL_DIR' was not made by this script (no $STAMP_NAME); delete it yourself if you mean to"
+    echo "--fresh: deleting the previous run in $MODEL_DIR"
+    find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+elif [ -f "$stamp_file" ]; then
+    if [ "$(cat "$stamp_file")" = "$stamp_now" ]; then
+        ls -d "$MODEL_DIR"/checkpoint-* >/dev/null 2>&1 &&
+            echo "resuming: same data and arguments as the checkpoint in $MODEL_DIR"
+    else
+        echo "the training data or arguments changed since the run in $MODEL_DIR; starting over"
+        find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    fi
+elif [ -n "$(ls -A "$MODEL_DIR")" ]; then
+    die "'$MODEL_DIR' is not empty and was not made by this script (no $STAMP_NAME): choose another --model-dir or empty it"
+fi
+printf '%s\n' "$stamp_now" > "$stamp_file"
+
+echo "profile $PROFILE on $DEVICE"
+echo "data:  $DATA_FOLDER"
+echo "model: $MODEL_DIR"
+echo "\$ $(print_command "$@")"
+started=$(date +%s)
+"$@"
+status=$?
+elapsed=$(( $(date +%s) - started ))
+if [ "$status" -ne 0 ]; then
+    printf 'error: training failed (exit %s) after %ss; the runner'"'"'s messages are above\n' "$status" "$elapsed" >&2
+    exit "$status"
+fi
+[ -f "$MODEL_DIR/config.json" ] || die "the runner exited 0 but wrote no model to $MODEL_DIR"
+echo "trained in $((elapsed / 60))m$((elapsed % 60))s; model and tokenizer in $MODEL_DIR"
