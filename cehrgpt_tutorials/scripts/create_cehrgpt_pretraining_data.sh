@@ -144,6 +144,7 @@ if [ "$INPUT_FOLDER" != "$OUTPUT_FOLDER" ]; then
     done
     ln -s "$OUTPUT_FOLDER/qualified_concept_list" "$TRAINING_INPUT/qualified_concept_list" ||
         die "cannot link the concept list into $TRAINING_INPUT"
+    staged_input_note="$TRAINING_INPUT (links to the input tables + the concept list)"
 fi
 
 # Death is optional in OMOP; with a death table the sequences end with a death token.
@@ -162,6 +163,7 @@ echo "Output folder: $OUTPUT_FOLDER"
 echo "Start date:    $START_DATE"
 echo "Spark options: ${SPARK_OPTIONS:-(none)}"
 echo "Java:          $java_bin ($java_version)"
+[ -z "${staged_input_note:-}" ] || echo "App 2 reads:   $staged_input_note"
 
 # run_app NAME ARG...: print the command, run it with its output in logs/NAME.log, time it, and
 # stop the whole script with the end of the log when it fails.
