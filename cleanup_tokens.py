@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ class CleanupReport:
         self.realigned_columns |= other.realigned_columns
 
 
+# Shapes cehrgpt's parser certainly accepts (or does not treat as time tokens): concept ids, D/W/M/Y<n>,
+# LT, i-D<n>, VS-D<n>-VE, [VS]-style markers, year:/age: tokens, Visit/0-style placeholders. They are
+# only a shortcut that spares importing cehrgpt (and torch, seconds) when every token is one of them;
+# any other token goes to cehrgpt's own functions. tests/test_cleanup_tokens.py checks the shortcut
+# against cehrgpt's verdict.
+CERTAINLY_FINE_TOKEN = re.compile(r"\d+|[DWMY]\d+|LT|i-D\d+|VS-D\d+-VE|\[[A-Z]+\]|(?:year|age):\d+|[A-Za-z]+/\d+")
+
+
 class TokenOracle:
     """cehrgpt's verdict on each distinct token, asked once per token for the whole run."""
 
@@ -98,6 +107,9 @@ class TokenOracle:
             if token is None:
                 continue
             if token not in self.verdicts:
+                if CERTAINLY_FINE_TOKEN.fullmatch(token):
+                    self.verdicts[token] = None
+                    continue
                 problem = time_token_problem(token)
                 if problem is not None and token.startswith("i-D-"):
                     problem = "negative i-D"

@@ -338,3 +338,17 @@ def test_parallel_list_columns_counts_aligned_rows():
     table = table.set_column(table.schema.get_field_index("ages"), "ages", pa.array(ages, pa.list_(pa.int32())))
     assert aligned_rows(table, "ages").to_pylist() == [True, False, True, True]
     assert parallel_list_columns(table)["ages"] == table.num_rows - 1
+
+
+def test_oracle_shortcut_agrees_with_cehrgpt():
+    """Tokens the shortcut passes without asking cehrgpt are ones cehrgpt's parser accepts."""
+    from cehrgpt_tutorials.common import time_token_problem
+
+    shortcut = cleanup_tokens.CERTAINLY_FINE_TOKEN
+    passed = ["8507", "0", "40213154", "D0", "D1999", "W3", "M11", "Y2", "LT", "i-D0", "i-D45", "VS-D7-VE",
+              "[VS]", "[VE]", "[DEATH]", "year:2011", "age:37", "Visit/0", "Discharge/0", "Gender/0", "Race/0"]
+    for token in passed:
+        assert shortcut.fullmatch(token), token
+        assert time_token_problem(token) is None, token
+    for token in [*MALFORMED, "i-D-3", "VS-D-2-VE", "i-3mt-6mt", "5m-15m", "i-LT", "D5x", "i-", "VS-"]:
+        assert not shortcut.fullmatch(token), token
