@@ -258,7 +258,11 @@ def lock_folder(folder: Path) -> int:
 
 
 def remove_abandoned_temporaries(target: Path) -> None:
-    """Delete temporary folders of `target` left by a killed export (nobody holds their lock)."""
+    """Delete temporary folders of `target` left by a killed export (nobody holds their lock).
+
+    A run killed between the two renames of the final swap leaves the previous export as
+    .<table>.old-*: when <table> itself is missing, that folder is put back instead.
+    """
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-[0-9a-f]+$")
     if not target.parent.is_dir():
         return
@@ -273,8 +277,11 @@ def remove_abandoned_temporaries(target: Path) -> None:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             continue  # another export is writing it right now
-        else:
-            shutil.rmtree(entry, ignore_errors=True)  # deleted while we hold its lock
+        else:  # nobody writes it: ours to clean up, while we hold its lock
+            if ".old-" in entry.name and not target.exists():
+                os.replace(entry, target)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
         finally:
             os.close(descriptor)
 
@@ -282,10 +289,6 @@ def remove_abandoned_temporaries(target: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # One table: COPY -> pipe -> pyarrow CSV reader -> ParquetWriter, into a temporary folder.
 # ---------------------------------------------------------------------------------------------
-
-
-class Cancelled(Exception):
-    """Another table failed or the user pressed Ctrl-C."""
 
 
 def copy_statement(schema: str, table: TableExport):
@@ -485,18 +488,26 @@ def export_table(connection, schema: str, table: TableExport, output_dir: Path, 
 # ---------------------------------------------------------------------------------------------
 
 
+def use_utf8(connection) -> None:
+    """UTF-8 for the CSV reader. Called before any transaction: on a connection whose encoding differs,
+    psycopg2's set_client_encoding aborts the open transaction (and with it an imported snapshot)."""
+    connection.set_client_encoding("UTF8")
+
+
 def prepare_session(connection) -> None:
     """Output formats the CSV reader expects, whatever the server's or the user's settings."""
-    connection.set_client_encoding("UTF8")
     with connection.cursor() as cursor:
         cursor.execute("SET DateStyle = 'ISO, YMD'")
         cursor.execute("SET TimeZone = 'UTC'")  # timestamptz as +00, no historical local offsets
         cursor.execute("SET extra_float_digits = 3")  # floats round-trip exactly
         cursor.execute("SET statement_timeout = 0")
+        # A connection that finished its tables waits, idle in its transaction, for the others.
+        cursor.execute("SET idle_in_transaction_session_timeout = 0")
 
 
 def begin_snapshot(coordinator) -> None:
     """Start the one REPEATABLE READ, READ ONLY transaction every table is read in."""
+    use_utf8(coordinator)
     coordinator.set_session(isolation_level="REPEATABLE READ", readonly=True)
     prepare_session(coordinator)
 
@@ -513,6 +524,7 @@ def open_workers(dsn: str | None, coordinator, count: int):
         for _ in range(count):
             worker = common.connect(dsn, application_name="cehrgpt-export_omop", quiet=True)
             workers.append(worker)
+            use_utf8(worker)
             worker.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with worker.cursor() as cursor:
                 # Must be the transaction's first statement (psycopg2 has just sent BEGIN).
@@ -693,10 +705,10 @@ def interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> None:
-    arguments = parse_arguments(argv)
-    # SIGTERM (a scheduler, `kill`) cleans up like Ctrl-C: no half-written folder is left.
-    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+INTERRUPTED = "interrupted; no table folder was left half-written (earlier exports are intact)"
+
+
+def export(arguments) -> None:
     started = time.monotonic()
     connections = []
     try:
@@ -722,17 +734,25 @@ def main(argv=None) -> None:
             flush=True,
         )
         failure = run_exports(connections, arguments.schema, tables, output_dir, arguments.rows_per_file)
-    except common.PipelineError as error:
-        common.fail(str(error))
-    except KeyboardInterrupt:
-        common.fail("interrupted; no table folder was left half-written (earlier exports are intact)", 130)
     finally:
         close_all(connections)
     if failure is not None:
-        if failure.table and not failure.interrupted:
-            common.fail(f"table {arguments.schema}.{failure.table}: {failure.message}")
-        common.fail("interrupted; no table folder was left half-written (earlier exports are intact)", 130)
+        if failure.interrupted or not failure.table:
+            raise KeyboardInterrupt
+        raise common.PipelineError(f"table {arguments.schema}.{failure.table}: {failure.message}")
     print_summary(tables, output_dir, time.monotonic() - started)
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    # SIGTERM (a scheduler, `kill`) cleans up like Ctrl-C: no half-written folder is left.
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    try:
+        export(arguments)
+    except common.PipelineError as error:
+        common.fail(str(error))
+    except KeyboardInterrupt:  # wherever it lands, even after the last table was swapped in
+        common.fail(INTERRUPTED, exit_code=130)
 
 
 if __name__ == "__main__":

@@ -349,6 +349,19 @@ def test_bad_value_names_table_and_column_and_keeps_earlier_export(database, env
     assert not [entry for entry in output.iterdir() if entry.name.startswith(".")]
 
 
+def test_previous_export_left_mid_swap_is_put_back(database, env, tmp_path):
+    """A run killed between the two renames of the swap leaves only .<table>.old-*: restore it, even
+    when the new export then fails."""
+    output = tmp_path / "out"
+    stranded = output / ".infinite_dates.old-0123abcd"
+    stranded.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [7]}), stranded / "part-00000.parquet")
+    result = export(database, env, output, "--tables", "infinite_dates")
+    assert_failed_cleanly(result, "infinity")
+    assert [entry.name for entry in output.iterdir()] == ["infinite_dates"]
+    assert pq.read_table(output / "infinite_dates")["id"].to_pylist() == [7]
+
+
 def test_refuses_to_replace_a_folder_that_is_not_a_parquet_table(database, env, tmp_path):
     output = tmp_path / "out"
     (output / "numbered").mkdir(parents=True)
@@ -387,7 +400,11 @@ def test_interrupted_mid_table_keeps_previous_export(database, env, tmp_path, ho
 
     process = start_export(database, env, output, "--tables", "big", "--rows-per-file", "5000", "--jobs", "1")
     temporary = wait_for_partial_table(output, "big", process)
+    # Frozen first, so that on a busy machine it cannot finish the table before the signal lands.
+    process.send_signal(signal.SIGSTOP)
+    assert temporary.exists() and process.poll() is None, "export finished before it could be interrupted"
     process.send_signal(getattr(signal, how))
+    process.send_signal(signal.SIGCONT)
     stdout, stderr = process.communicate(timeout=60)
 
     assert process.returncode != 0
