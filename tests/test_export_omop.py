@@ -247,7 +247,8 @@ def test_large_table_splits_into_part_files(database, env, tmp_path):
 
 
 def test_default_tables_and_nothing_else_touched(database, env, tmp_path):
-    """Without --tables: the seed's eight tables plus death (measurement is absent here)."""
+    """A bare run: the embedded server, $OMOP_DIR, and the seed's eight tables plus death (measurement
+    is absent here); nothing else in the output folder is touched."""
     schema = "cdm_export_defaults"
     names = ["person", "visit_occurrence", "condition_occurrence", "drug_exposure", "procedure_occurrence",
              "concept", "concept_ancestor", "concept_relationship", "death"]
@@ -258,7 +259,10 @@ def test_default_tables_and_nothing_else_touched(database, env, tmp_path):
     (output / "pgdata").mkdir(parents=True)
     (output / "pgdata" / "PG_VERSION").write_text("18\n")
     (output / "notes.txt").write_text("mine")
-    result = run_script(["export_omop.py", "--dsn", database, "--schema", schema], env)  # $OMOP_DIR
+    # No --dsn, no PG* variables: the embedded server (here the fixture's, found already running).
+    env["CEHRGPT_PGDATA"] = query(database, "SHOW data_directory")[0][0]
+    result = run_script(["export_omop.py", "--schema", schema], env)  # writes to $OMOP_DIR
+    assert result.stdout.startswith("PostgreSQL: postgresql://"), result.stdout
     assert result.returncode == 0, result.stderr
     assert visible_entries(output) == sorted(names + ["notes.txt", "pgdata"])
     assert (output / "pgdata" / "PG_VERSION").read_text() == "18\n"
