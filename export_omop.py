@@ -68,6 +68,9 @@ CSV_BLOCK_BYTES = 4 << 20
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux fcntl: a larger pipe means fewer wake-ups between the two threads
 
+# Columns where at least this fraction of the rows are distinct values are written without a dictionary.
+MOSTLY_DISTINCT = 0.3
+
 # Relation kinds we can SELECT from: table, partitioned table, view, materialized view, foreign table.
 READABLE_RELKINDS = ("r", "p", "v", "m", "f")
 
@@ -109,6 +112,9 @@ class Column:
     name: str  # as in the database
     declared_type: str  # format_type(): "character varying(50)", "numeric(10,2)", ...
     base_type: str  # pg_type.typname after resolving domains: "varchar", "int4", ...
+    # Parquet dictionary encoding pays off for repeated values (concept ids, codes) but only costs
+    # time and space on columns that are mostly distinct (row ids): told apart by ANALYZE's estimate.
+    dictionary: bool = True
 
     @property
     def parquet_name(self) -> str:
@@ -151,13 +157,20 @@ def table_columns(connection, relation_oid: int) -> list[Column]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-            "       CASE WHEN t.typtype = 'd' THEN base.typname ELSE t.typname END "
+            "       CASE WHEN t.typtype = 'd' THEN base.typname ELSE t.typname END, "
+            # n_distinct < 0 is minus the fraction of distinct rows (-1: unique); NULL: never analyzed.
+            "       (SELECT s.n_distinct FROM pg_stats s WHERE s.schemaname = n.nspname "
+            "        AND s.tablename = c.relname AND s.attname = a.attname ORDER BY s.inherited DESC LIMIT 1) "
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_type base ON base.oid = t.typbasetype "
             "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             (relation_oid,),
         )
-        return [Column(name, declared, base) for name, declared, base in cursor.fetchall()]
+        return [
+            Column(name, declared, base, dictionary=not (n_distinct is not None and n_distinct <= -MOSTLY_DISTINCT))
+            for name, declared, base, n_distinct in cursor.fetchall()
+        ]
 
 
 def shorten(names: list[str], limit: int = 30) -> str:
@@ -340,8 +353,9 @@ def explain_conversion_error(error: Exception, table: TableExport) -> str:
 class PartWriter:
     """Writes record batches into part-00000.parquet, part-00001.parquet, ... of one folder."""
 
-    def __init__(self, folder: Path, schema, rows_per_file: int):
+    def __init__(self, folder: Path, schema, rows_per_file: int, dictionary_columns: list[str]):
         self.folder, self.schema, self.rows_per_file = folder, schema, rows_per_file
+        self.options = {"compression": "snappy", "use_dictionary": dictionary_columns}
         self.writer = None
         self.file_index = 0
         self.rows_in_file = 0
@@ -367,7 +381,7 @@ class PartWriter:
             return
         if self.writer is None:
             path = self.folder / f"part-{self.file_index:05d}.parquet"
-            self.writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+            self.writer = pq.ParquetWriter(path, self.schema, **self.options)
         row_group = pa.Table.from_batches(self.pending, schema=self.schema)
         self.writer.write_table(row_group, row_group_size=row_group.num_rows)
         self.rows_in_file += row_group.num_rows
@@ -386,7 +400,7 @@ class PartWriter:
             # An empty table still gets one (empty) file, so readers learn its columns and types.
             import pyarrow.parquet as pq
 
-            pq.ParquetWriter(self.folder / "part-00000.parquet", self.schema, compression="snappy").close()
+            pq.ParquetWriter(self.folder / "part-00000.parquet", self.schema, **self.options).close()
             self.file_index = 1
         self.close_file()
 
@@ -422,7 +436,8 @@ def stream_table(connection, schema: str, table: TableExport, folder: Path, rows
     copier = threading.Thread(target=copy_into_pipe, name=f"copy-{table.name}", daemon=True)
     copier.start()
     read_options, parse_options, convert_options = csv_reader_options(table)
-    parts = PartWriter(folder, arrow_schema(table), rows_per_file)
+    dictionary_columns = [column.parquet_name for column in table.columns if column.dictionary]
+    parts = PartWriter(folder, arrow_schema(table), rows_per_file, dictionary_columns)
     rows = 0
     read_error = None
     copy_failed_first = False
