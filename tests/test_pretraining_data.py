@@ -8,6 +8,7 @@ cehrgpt rejects: the tests show its tokenizer training failing on them, and pass
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import stat
 import subprocess
@@ -86,8 +87,11 @@ def step2_run(demo_omop_parquet, pipeline_env, tmp_path_factory):
     make_read_only(input_folder)
     listing_before = sorted(str(p.relative_to(input_folder)) for p in input_folder.rglob("*"))
     output_folder = work / "data"
+    # A value with a space in SPARK_SUBMIT_OPTIONS must reach spark-submit as one word.
+    environment = dict(pipeline_env, SPARK_SUBMIT_OPTIONS=pipeline_env["SPARK_SUBMIT_OPTIONS"]
+                       + " --conf 'spark.executorEnv.CEHRGPT_TEST=two words'")
     result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(output_folder),
-                        "--start_date", "1985-01-01", "--min_num_of_patients", "5"], pipeline_env)
+                        "--start_date", "1985-01-01", "--min_num_of_patients", "5"], environment)
     yield {"result": result, "input": input_folder, "output": output_folder, "listing_before": listing_before}
     make_writable(input_folder)
 
@@ -101,6 +105,12 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
     # Each spark-submit command is printed as it runs, with the concept list read from the output side.
     commands = [line for line in result.stdout.splitlines() if line.startswith("+ spark-submit ")]
     assert len(commands) == 2
+    # The printed line is a command that can be pasted: the user's options after ours (so they win).
+    words = shlex.split(commands[0][2:])
+    user_words = shlex.split(pipeline_env["SPARK_SUBMIT_OPTIONS"]) + ["--conf", "spark.executorEnv.CEHRGPT_TEST=two words"]
+    app = next(i for i, word in enumerate(words) if word.endswith("generate_included_concept_list.py"))
+    assert words[app - len(user_words):app] == user_words
+    assert words[:3] == ["spark-submit", "--driver-java-options", "-XX:TieredStopAtLevel=1"]  # small input
     assert "generate_included_concept_list.py" in commands[0] and "--min_num_of_patients 5" in commands[0]
     assert "generate_training_data.py" in commands[1]
     assert f"--input_folder {output}/spark_input" in commands[1]
@@ -110,7 +120,6 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
                    "--disconnect_problem_list_records",
                    "--domain_table_list condition_occurrence procedure_occurrence drug_exposure"]:
         assert option in commands[1], option
-    assert f"spark-submit {pipeline_env['SPARK_SUBMIT_OPTIONS']} " in commands[0]
     assert result.stdout.count(" took ") == 2
 
     # Nothing written into the (read-only) input folder; the concept list lives in the output folder.
@@ -268,6 +277,18 @@ def test_bad_command_lines_get_one_clear_line(pipeline_env, arguments, message):
     assert result.returncode == 1
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unbalanced_quotes_in_spark_submit_options_are_refused(pipeline_env, tmp_path):
+    input_folder = tmp_path / "omop"
+    for table in REQUIRED_TABLES:
+        (input_folder / table).mkdir(parents=True)
+    environment = dict(pipeline_env, SPARK_SUBMIT_OPTIONS="--master 'local[2]")
+    result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(tmp_path / "data"),
+                        "--start_date", "1985-01-01"], environment, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: SPARK_SUBMIT_OPTIONS is not a valid list of shell words: --master 'local[2]"
+    assert not (tmp_path / "data").exists()
 
 
 def test_help_shows_the_official_command_line(pipeline_env):

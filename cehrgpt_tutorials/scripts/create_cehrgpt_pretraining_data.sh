@@ -22,6 +22,7 @@
 # before Spark starts, and the first failing app stops the script with the end of its log.
 
 set -u
+set -f  # no filename globbing: `--master local[2]` must reach spark-submit as written
 
 MIN_NUM_OF_PATIENTS=100
 DOMAIN_TABLES="condition_occurrence procedure_occurrence drug_exposure"
@@ -125,6 +126,31 @@ PYTHON_BIN="${PYSPARK_PYTHON:-python}"
 CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))' 2>/dev/null) ||
     die "cannot import cehrbert_data with $PYTHON_BIN: run 'source setup_env.sh' (or 'make setup')"
 
+# SPARK_SUBMIT_OPTIONS holds several options, read as shell words (quotes work, as in the official
+# script's eval): --driver-java-options '-Xss4m -Dx=y' stays one value.
+SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
+(eval "set -- $SPARK_OPTIONS") >/dev/null 2>&1 ||
+    die "SPARK_SUBMIT_OPTIONS is not a valid list of shell words: $SPARK_OPTIONS"
+[ -n "$SPARK_OPTIONS" ] ||
+    echo "warning: SPARK_SUBMIT_OPTIONS is empty, Spark uses its defaults (source setup_env.sh to size it)" >&2
+
+# The JVM's optimizing compiler (C2) spends more CPU compiling Spark's generated code than a run of a
+# minute or two gains from it: on small input, stop at the quick compiler (C1). Both apps on the
+# Synthea demo, 2 cores: about 2m 45s without, 1m with (bench/RESULTS.md). Skipped for big input
+# (long runs gain from C2) and when you set driver Java options yourself. Placed before
+# SPARK_SUBMIT_OPTIONS, so your options win.
+TUNING_OPTIONS=""
+QUICK_JIT_MAX_INPUT_MB=2048
+input_mb=$(du -skL "$INPUT_FOLDER" 2>/dev/null | awk '{print int($1 / 1024)}')
+spark_defaults="${SPARK_CONF_DIR:-${SPARK_HOME:-/nonexistent}/conf}/spark-defaults.conf"
+case "$SPARK_OPTIONS" in
+    *driver-java-options*|*extraJavaOptions*) user_java_options=1 ;;
+    *) if grep -Eqs '^[[:space:]]*spark\.driver\.extraJavaOptions' "$spark_defaults"; then user_java_options=1; else user_java_options=0; fi ;;
+esac
+if [ "${input_mb:-0}" -le "$QUICK_JIT_MAX_INPUT_MB" ] && [ "$user_java_options" = 0 ]; then
+    TUNING_OPTIONS="--driver-java-options -XX:TieredStopAtLevel=1"
+fi
+
 mkdir -p "$OUTPUT_FOLDER" || die "cannot create output folder '$OUTPUT_FOLDER'"
 OUTPUT_FOLDER=$(cd "$OUTPUT_FOLDER" && pwd -P) || die "cannot enter output folder '$OUTPUT_FOLDER'"
 LOG_DIR="$OUTPUT_FOLDER/logs"
@@ -153,27 +179,31 @@ if [ -d "$INPUT_FOLDER/death" ]; then
     DEATH_OPTION="--include_death"
 fi
 
-# SPARK_SUBMIT_OPTIONS is split on spaces on purpose: it holds several options.
-SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
-[ -n "$SPARK_OPTIONS" ] ||
-    echo "warning: SPARK_SUBMIT_OPTIONS is empty, Spark uses its defaults (source setup_env.sh to size it)" >&2
-
 echo "Input folder:  $INPUT_FOLDER"
 echo "Output folder: $OUTPUT_FOLDER"
 echo "Start date:    $START_DATE"
-echo "Spark options: ${SPARK_OPTIONS:-(none)}"
+echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
 echo "Java:          $java_bin ($java_version)"
 [ -z "${staged_input_note:-}" ] || echo "App 2 reads:   $staged_input_note"
 
-# run_app NAME ARG...: print the command, run it with its output in logs/NAME.log, time it, and
-# stop the whole script with the end of the log when it fails.
+# run_app NAME APP.py ARG...: print the spark-submit command, run it with its output in
+# logs/NAME.log, time it, and stop the whole script with the end of the log when it fails.
 run_app() {
     app_name="$1"
     shift
     log_file="$LOG_DIR/$app_name.log"
+    eval "set -- spark-submit $TUNING_OPTIONS $SPARK_OPTIONS \"\$@\""
     echo ""
     echo "== $app_name"
-    echo "+ $*"
+    printf '+'
+    for word in "$@"; do
+        case "$word" in
+            # Quoted when the shell would split or glob it, so the printed line can be pasted.
+            ''|*[!A-Za-z0-9_./:=@%+,-]*) printf " '%s'" "$(printf '%s' "$word" | sed "s/'/'\\\\''/g")" ;;
+            *) printf ' %s' "$word" ;;
+        esac
+    done
+    printf '\n'
     echo "  (Spark output: $log_file)"
     started=$(date +%s)
     if "$@" >"$log_file" 2>&1; then
@@ -194,9 +224,9 @@ run_app() {
 
 total_started=$(date +%s)
 
-# shellcheck disable=SC2086  # SPARK_OPTIONS and DOMAIN_TABLES are word lists
+# shellcheck disable=SC2086  # DOMAIN_TABLES is a word list
 run_app generate_included_concept_list \
-    spark-submit $SPARK_OPTIONS "$CEHRBERT_DATA_HOME/apps/generate_included_concept_list.py" \
+    "$CEHRBERT_DATA_HOME/apps/generate_included_concept_list.py" \
     --input_folder "$INPUT_FOLDER" \
     --output_folder "$OUTPUT_FOLDER" \
     --min_num_of_patients "$MIN_NUM_OF_PATIENTS" \
@@ -207,7 +237,7 @@ run_app generate_included_concept_list \
 
 # shellcheck disable=SC2086
 run_app generate_training_data \
-    spark-submit $SPARK_OPTIONS "$CEHRBERT_DATA_HOME/apps/generate_training_data.py" \
+    "$CEHRBERT_DATA_HOME/apps/generate_training_data.py" \
     --input_folder "$TRAINING_INPUT" \
     --output_folder "$OUTPUT_FOLDER" \
     -d "$START_DATE" \
