@@ -37,6 +37,7 @@ import fcntl
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import sys
@@ -304,6 +305,10 @@ def remove_abandoned_temporaries(target: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+class Stopped(Exception):
+    """Another table failed or the export was interrupted: this one must not be swapped in."""
+
+
 def copy_statement(schema: str, table: TableExport):
     from psycopg2 import sql
 
@@ -405,7 +410,9 @@ class PartWriter:
         self.close_file()
 
 
-def stream_table(connection, schema: str, table: TableExport, folder: Path, rows_per_file: int, progress) -> int:
+def stream_table(
+    connection, schema: str, table: TableExport, folder: Path, rows_per_file: int, progress, stop: threading.Event
+) -> int:
     """COPY one table into Parquet part files in `folder`; returns the number of rows."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -445,6 +452,8 @@ def stream_table(connection, schema: str, table: TableExport, folder: Path, rows
         with os.fdopen(read_end, "rb") as pipe:
             try:
                 for batch in pa_csv.open_csv(pipe, read_options, parse_options, convert_options):
+                    if stop.is_set():
+                        raise Stopped
                     parts.write(batch)
                     rows += batch.num_rows
                     progress.update(batch.num_rows)
@@ -471,7 +480,10 @@ def stream_table(connection, schema: str, table: TableExport, folder: Path, rows
     return rows
 
 
-def export_table(connection, schema: str, table: TableExport, output_dir: Path, rows_per_file: int, position: int):
+def export_table(
+    connection, schema: str, table: TableExport, output_dir: Path, rows_per_file: int, position: int,
+    stop: threading.Event,
+):
     from tqdm import tqdm
 
     target = output_dir / table.folder_name
@@ -491,10 +503,12 @@ def export_table(connection, schema: str, table: TableExport, output_dir: Path, 
         with common.atomic_directory(target) as temporary:
             lock = lock_folder(temporary)
             try:
-                table.rows = stream_table(connection, schema, table, temporary, rows_per_file, progress)
+                table.rows = stream_table(connection, schema, table, temporary, rows_per_file, progress, stop)
             finally:
                 os.close(lock)
             table.megabytes = sum(path.stat().st_size for path in temporary.iterdir()) / 1e6
+            if stop.is_set():  # interrupted at the last moment: keep the earlier export
+                raise Stopped
     table.seconds = time.monotonic() - started
 
 
@@ -611,7 +625,7 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
             except queue.Empty:
                 return
             try:
-                export_table(connection, schema, table, output_dir, rows_per_file, position)
+                export_table(connection, schema, table, output_dir, rows_per_file, position, stop)
                 tqdm.write(
                     f"  {table.folder_name}: {table.rows:,} rows, {table.megabytes:.1f} MB in {table.seconds:.1f} s"
                 )
@@ -630,11 +644,18 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
 
     for position, connection in enumerate(connections):
         threading.Thread(target=worker, args=(connection, position), name=f"export-{position}", daemon=True).start()
-    # Waiting on an Event, not Thread.join(): in Python 3.10 a Ctrl-C that lands inside join() marks
-    # the still-running thread as finished (bpo-45274), and we would exit before it cleaned up.
+    # Not Thread.join(): in Python 3.10 a Ctrl-C that lands inside join() marks the still-running
+    # thread as finished (bpo-45274), and we would exit before it cleaned up. Not a plain sleep
+    # either: the kernel may hand SIGINT to any thread, and only a main thread woken by it (here
+    # through the signal wakeup fd) stops the workers before they swap in a table.
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
     try:
-        while not all_finished.wait(timeout=0.5):
-            pass
+        while not all_finished.is_set():
+            readable, _, _ = select.select([wakeup_read], [], [], 0.2)
+            if readable:
+                os.read(wakeup_read, 512)  # the signal's handler runs right after this
     except KeyboardInterrupt:
         with failures_lock:
             failures.insert(0, Failure("", "interrupted", interrupted=True))
@@ -648,6 +669,10 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
             print("error: interrupted; a table did not stop within 60 s (the next export removes its "
                   "hidden temporary folder)", file=sys.stderr, flush=True)
             os._exit(130)  # a thread stuck in a COPY would block a normal exit
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wakeup_read)
+        os.close(wakeup_write)
     first_real = [failure for failure in failures if not failure.interrupted]
     return first_real[0] if first_real else (failures[0] if failures else None)
 

@@ -319,6 +319,13 @@ def test_unreachable_server_fails_fast(env, tmp_path):
     assert_failed_cleanly(result, "cannot connect", "127.0.0.1", "port 1")
     assert not output.exists()
 
+    # A host that never answers (TEST-NET-1, RFC 5737): the connect timeout bounds the wait.
+    started = time.monotonic()
+    result = export("host=192.0.2.1 port=5432 dbname=omop user=nobody", {**env, "PGCONNECT_TIMEOUT": "3"}, output)
+    assert time.monotonic() - started < 10
+    assert_failed_cleanly(result, "cannot connect", "192.0.2.1")
+    assert not output.exists()
+
 
 def test_wrong_password_fails_fast_without_printing_it(database, env, tmp_path):
     """The fixture server trusts local connections: require a password for one role of our own."""
