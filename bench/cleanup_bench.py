@@ -45,9 +45,10 @@ PARALLEL_COLUMNS = {
 }
 
 
-def make_part(rng: np.random.Generator, first_person: int, sequences: int, malformed_rate: float) -> pa.Table:
-    """One Spark-like part file: `sequences` rows of 60-100 tokens."""
-    lengths = rng.integers(60, 101, size=sequences)
+def make_part(rng: np.random.Generator, first_person: int, sequences: int, malformed_rate: float,
+              tokens_per_sequence: tuple[int, int] = (60, 100)) -> pa.Table:
+    """One Spark-like part file: `sequences` rows of 60-100 tokens (by default)."""
+    lengths = rng.integers(tokens_per_sequence[0], tokens_per_sequence[1] + 1, size=sequences)
     total = int(lengths.sum())
     offsets = np.zeros(sequences + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -86,7 +87,8 @@ def make_part(rng: np.random.Generator, first_person: int, sequences: int, malfo
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
-def make_dataset(folder: Path, sequences: int, parts: int, malformed_rate: float, seed: int) -> list[Path]:
+def make_dataset(folder: Path, sequences: int, parts: int, malformed_rate: float, seed: int,
+                 tokens_per_sequence: tuple[int, int]) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     per_part = -(-sequences // parts)
@@ -94,7 +96,7 @@ def make_dataset(folder: Path, sequences: int, parts: int, malformed_rate: float
     for index in tqdm(range(parts), desc="making sequences", unit="part"):
         count = min(per_part, sequences - index * per_part)
         path = folder / f"part-{index:05d}-bench.snappy.parquet"
-        table = make_part(rng, index * per_part, count, malformed_rate)
+        table = make_part(rng, index * per_part, count, malformed_rate, tokens_per_sequence)
         # Like Spark's part files: the schema in Parquet terms only (no Arrow schema), Spark's metadata.
         with pq.ParquetWriter(path, table.schema, compression="snappy", store_schema=False) as writer:
             writer.write_table(table)
@@ -168,12 +170,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "cleanup_bench")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokens", type=int, nargs=2, default=(60, 100), metavar=("MIN", "MAX"),
+                        help="tokens per sequence, drawn uniformly (default 60 100)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best time of each method counts")
     arguments = parser.parse_args()
 
     shutil.rmtree(arguments.out, ignore_errors=True)
     source = arguments.out / "source"
-    paths = make_dataset(source, arguments.sequences, arguments.parts, arguments.malformed_rate, arguments.seed)
+    paths = make_dataset(source, arguments.sequences, arguments.parts, arguments.malformed_rate, arguments.seed,
+                         tuple(arguments.tokens))
     tokens = sum(pq.read_metadata(p).num_rows for p in paths)
     total_tokens = sum(int(pq.read_table(p, columns=["num_of_concepts"])["num_of_concepts"].to_numpy().sum())
                        for p in paths)

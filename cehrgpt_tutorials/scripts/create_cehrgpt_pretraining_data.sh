@@ -10,8 +10,9 @@
 # Reads:  INPUT_FOLDER/{person,visit_occurrence,concept,condition_occurrence,procedure_occurrence,
 #         drug_exposure}/ (one Parquet folder per table, as export_omop.py writes them) and death/
 #         when it exists.
-# Writes: OUTPUT_FOLDER/qualified_concept_list, all_patient_events, events_to_fix, patient_sequence,
-#         spark_input/ (links, see below) and logs/<app>.log. Nothing is written into INPUT_FOLDER.
+# Writes: OUTPUT_FOLDER/patient_sequence (the result), qualified_concept_list, the apps' intermediate
+#         folders (all_patient_events, events_to_fix, clinical_events, att_events, ...), spark_input/
+#         (links, see below) and logs/<app>.log. Nothing is written into INPUT_FOLDER.
 #
 # Example (after `source setup_env.sh`, which puts spark-submit on PATH and sets SPARK_SUBMIT_OPTIONS):
 #   sh cehrgpt_tutorials/scripts/create_cehrgpt_pretraining_data.sh \
@@ -19,7 +20,9 @@
 #
 # POSIX sh (runs under dash). Differences from the official script: the concept list reaches the
 # second app even when the input and output folders differ, Java and the input tables are checked
-# before Spark starts, and the first failing app stops the script with the end of its log.
+# before Spark starts, the first failing app stops the script with the end of its log, death is
+# included only when there is a death table, and small inputs get a JVM setting that halves the
+# run time on a busy 2-core machine.
 
 set -u
 set -f  # no filename globbing: `--master local[2]` must reach spark-submit as written
@@ -136,9 +139,9 @@ SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
 
 # The JVM's optimizing compiler (C2) spends more CPU compiling Spark's generated code than a run of a
 # minute or two gains from it: on small input, stop at the quick compiler (C1). Both apps on the
-# Synthea demo, 2 cores: about 2m 45s without, 1m with (bench/RESULTS.md). Skipped for big input
-# (long runs gain from C2) and when you set driver Java options yourself. Placed before
-# SPARK_SUBMIT_OPTIONS, so your options win.
+# Synthea demo, 2 shared cores (bench/RESULTS.md): 67 s -> 59 s on a quiet machine, 2m 45s -> 1m 10s
+# with the cores busy. Skipped for big input (long runs gain from C2) and when you set driver Java
+# options yourself. Placed before SPARK_SUBMIT_OPTIONS, so your options win.
 TUNING_OPTIONS=""
 QUICK_JIT_MAX_INPUT_MB=2048
 input_mb=$(du -skL "$INPUT_FOLDER" 2>/dev/null | awk '{print int($1 / 1024)}')
