@@ -30,6 +30,9 @@ import collections
 import os
 import re
 import shutil
+import struct
+import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,7 @@ from cehrgpt_tutorials.common import (
 )
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
+HADOOP_CRC_MAGIC = b"crc\0"
 PERSON_COLUMN = "person_id"
 
 
@@ -250,18 +254,64 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
         return True
 
     cleaned = pa.Table.from_batches(cleaned_batches, schema=table.schema)
-    with atomic_file(path, suffix=".parquet") as temporary:
-        with pq.ParquetWriter(temporary, cleaned.schema, store_schema=not spark_written,
-                              compression=None if compression == "uncompressed" else compression) as writer:
-            writer.write_table(cleaned)
-            if spark_written and key_value_metadata:
-                writer.add_key_value_metadata(key_value_metadata)
-        written_schema = pq.read_schema(temporary)
-        if not written_schema.equals(schema, check_metadata=True):
-            raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
-                                f"({written_schema} vs {schema}); left unchanged")
-        shutil.copymode(path, temporary)  # keep the original's permissions (mkstemp makes 0600)
+    new_checksum = None
+    try:
+        with atomic_file(path, suffix=".parquet") as temporary:
+            with pq.ParquetWriter(temporary, cleaned.schema, store_schema=not spark_written,
+                                  compression=None if compression == "uncompressed" else compression) as writer:
+                writer.write_table(cleaned)
+                if spark_written and key_value_metadata:
+                    writer.add_key_value_metadata(key_value_metadata)
+            written_schema = pq.read_schema(temporary)
+            if not written_schema.equals(schema, check_metadata=True):
+                raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
+                                    f"({written_schema} vs {schema}); left unchanged")
+            shutil.copymode(path, temporary)  # keep the original's permissions (mkstemp makes 0600)
+            new_checksum = _prepare_hadoop_checksum(path, temporary)
+    except BaseException:
+        if new_checksum is not None:
+            new_checksum.unlink(missing_ok=True)
+        raise
+    if new_checksum is not None:
+        os.replace(new_checksum, hadoop_checksum_path(path))
     return True
+
+
+def hadoop_checksum_path(path: Path) -> Path:
+    """Spark (Hadoop's local file system) keeps a CRC file beside each part file: .part-0000.parquet.crc."""
+    return path.with_name(f".{path.name}.crc")
+
+
+def write_hadoop_checksum(data_path: Path, checksum_path: Path, bytes_per_checksum: int = 512) -> None:
+    """Hadoop's .crc format: b'crc\\0', the chunk size (big-endian int), then a CRC-32 per chunk."""
+    with open(data_path, "rb") as data, open(checksum_path, "wb") as checksums:
+        checksums.write(HADOOP_CRC_MAGIC + struct.pack(">i", bytes_per_checksum))
+        while block := data.read(bytes_per_checksum * 4096):
+            checksums.write(b"".join(struct.pack(">I", zlib.crc32(block[start:start + bytes_per_checksum]))
+                                     for start in range(0, len(block), bytes_per_checksum)))
+
+
+def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
+    """When `path` has a Hadoop .crc, write the new file's checksums beside it and remove the old ones.
+
+    Spark refuses a file whose .crc does not match ("ChecksumException"), and reads one without a
+    .crc unchecked. So the old .crc goes before the file is renamed, the new one after: whenever the
+    run stops, each file has a matching .crc or none. Returns the temporary new .crc (or None).
+    """
+    checksum = hadoop_checksum_path(path)
+    if not checksum.exists():
+        return None
+    header = checksum.read_bytes()[:8]
+    bytes_per_checksum = struct.unpack(">i", header[4:8])[0] if header[:4] == HADOOP_CRC_MAGIC else 512
+    descriptor, name = tempfile.mkstemp(prefix=f"{checksum.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        write_hadoop_checksum(temporary, Path(name), max(1, bytes_per_checksum))
+        checksum.unlink()
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
 
 def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run: bool) -> None:

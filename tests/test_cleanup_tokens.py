@@ -9,6 +9,8 @@ injection runs clean_file in-process with the final rename made to fail.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -107,9 +109,19 @@ def write_sequence_folder(folder: Path, table: pa.Table, parts: int = 2, row_gro
         else:
             pq.write_table(part, path, compression="snappy", row_group_size=row_group_size)
         (path.parent / "_SUCCESS").write_text("")
-        (path.parent / f".{path.name}.crc").write_bytes(b"not parquet")
+        (path.parent / f".{path.name}.crc").write_bytes(hadoop_crc(path.read_bytes()))
         paths.append(path)
     return paths
+
+
+def hadoop_crc(data: bytes, chunk: int = 512) -> bytes:
+    """The .crc file Hadoop's local file system (Spark) writes beside a file: magic, chunk size, CRC-32s."""
+    return b"crc\0" + struct.pack(">i", chunk) + b"".join(
+        struct.pack(">I", zlib.crc32(data[start:start + chunk])) for start in range(0, len(data), chunk))
+
+
+def checksum_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.crc")
 
 
 def read_folder(folder: Path) -> pa.Table:
@@ -169,6 +181,8 @@ def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, lay
         assert pq.read_schema(path).equals(schemas_before[path], check_metadata=True)
         # The file's own key-value metadata too: Spark's keys kept, no Arrow schema added to Spark's files.
         assert set(pq.read_metadata(path).metadata) == set(key_value_metadata[path])
+        # Spark's checksum file matches the new content (Spark refuses a file whose .crc does not).
+        assert checksum_of(path).read_bytes() == hadoop_crc(path.read_bytes())
         assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
 
@@ -260,8 +274,8 @@ def test_failed_write_leaves_original_byte_identical(tmp_path, monkeypatch):
         cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
                                   dry_run=False)
     assert paths[0].read_bytes() == contents[paths[0]]
-    assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(
-        [paths[0].name, "_SUCCESS", f".{paths[0].name}.crc"])
+    # Its .crc was removed before the rename (Spark reads a file without one unchecked); nothing else is left.
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted([paths[0].name, "_SUCCESS"])
 
 
 def test_failure_while_writing_parquet_leaves_original(tmp_path, monkeypatch):
@@ -269,6 +283,7 @@ def test_failure_while_writing_parquet_leaves_original(tmp_path, monkeypatch):
     folder = tmp_path / "patient_sequence"
     paths = write_sequence_folder(folder, crafted_table(LAYOUT_OLDER), parts=1)
     contents = paths[0].read_bytes()
+    checksum = checksum_of(paths[0]).read_bytes()
     original_close = pq.ParquetWriter.close
 
     def failing_close(self):
@@ -280,6 +295,7 @@ def test_failure_while_writing_parquet_leaves_original(tmp_path, monkeypatch):
         cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
                                   dry_run=False)
     assert paths[0].read_bytes() == contents
+    assert checksum_of(paths[0]).read_bytes() == checksum
     assert not [p for p in paths[0].parent.iterdir() if ".tmp" in p.name]
 
 

@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO_ROOT, run_script
 
 from cehrgpt_tutorials.common import malformed_time_tokens, parallel_list_columns
+from cleanup_tokens import write_hadoop_checksum
 
 SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
 REQUIRED_TABLES = ["person", "visit_occurrence", "concept", "condition_occurrence", "procedure_occurrence",
@@ -158,6 +159,11 @@ def test_cleanup_makes_the_sequences_trainable(step2_run, pipeline_env, tmp_path
     # ...and accepts them once cleaned.
     cleaned = tmp_path / "cleaned"
     shutil.copytree(raw, cleaned)
+    # cleanup_tokens.py writes Spark's .crc files byte for byte as Spark does (checked on Spark's own).
+    spark_parts = sorted(raw.glob("part-*.parquet"))
+    for part in spark_parts:
+        write_hadoop_checksum(part, tmp_path / "check.crc")
+        assert (tmp_path / "check.crc").read_bytes() == (raw / f".{part.name}.crc").read_bytes()
     cleanup = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(cleaned)], pipeline_env)
     assert cleanup.returncode == 0, cleanup.stderr
     assert cleanup.stdout.strip().splitlines()[-1].startswith("Removed ")
@@ -166,6 +172,9 @@ def test_cleanup_makes_the_sequences_trainable(step2_run, pipeline_env, tmp_path
     assert not malformed_time_tokens(pc.unique(pc.list_flatten(table["concept_ids"])).to_pylist())
     assert parallel_list_columns(table) == {name: table.num_rows for name in parallel_list_columns(table)}
     assert pc.all(pc.equal(table["num_of_concepts"], pc.list_value_length(table["concept_ids"]))).as_py()
+    for part in sorted(cleaned.glob("part-*.parquet")):
+        write_hadoop_checksum(part, tmp_path / "check.crc")
+        assert (tmp_path / "check.crc").read_bytes() == (cleaned / f".{part.name}.crc").read_bytes()
 
     training = train_tokenizer(cleaned, pipeline_env, tmp_path / "hf_cleaned")
     assert training.returncode == 0, training.stderr[-3000:]
