@@ -26,11 +26,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -287,8 +289,12 @@ def write_hadoop_checksum(data_path: Path, checksum_path: Path, bytes_per_checks
     with open(data_path, "rb") as data, open(checksum_path, "wb") as checksums:
         checksums.write(HADOOP_CRC_MAGIC + struct.pack(">i", bytes_per_checksum))
         while block := data.read(bytes_per_checksum * 4096):
-            checksums.write(b"".join(struct.pack(">I", zlib.crc32(block[start:start + bytes_per_checksum]))
-                                     for start in range(0, len(block), bytes_per_checksum)))
+            view = memoryview(block)
+            crcs = array.array("I", [zlib.crc32(view[start:start + bytes_per_checksum])
+                                     for start in range(0, len(block), bytes_per_checksum)])
+            if sys.byteorder == "little":
+                crcs.byteswap()  # big-endian on disk
+            checksums.write(crcs.tobytes())
 
 
 def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
