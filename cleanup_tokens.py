@@ -14,9 +14,14 @@ column is aligned in a row when it has as many items as concept_ids there), and 
 updated. A column that is aligned in some rows only is cut in those rows and left as it is in the
 others (the script says how many); every other column, the schema and its metadata are kept.
 
+Positional columns (orders, record_ranks, ...) keep their values: the surviving tokens keep their
+order, with a gap where a token was removed.
+
 Reads and rewrites: PATIENT_SEQUENCE_DIR/**/*.parquet (Spark part files, train/ and test/ included).
 Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
-files without malformed tokens are not touched, so a second run changes nothing.
+Spark's .crc checksum beside it is rewritten too (Spark refuses a file whose checksum is stale).
+Files without malformed tokens are not touched, so a second run changes nothing. Files are cleaned
+--jobs at a time, each read once, whole, with pyarrow (no Python loop over tokens).
 
 Example:
     python cleanup_tokens.py                                   # $CEHR_GPT_DATA_DIR/patient_sequence
@@ -345,7 +350,7 @@ def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Example:")[1],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Example:" + __doc__.split("Example:")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patient-sequence-dir", type=Path, default=cehr_gpt_data_dir() / "patient_sequence",
                         help="folder of patient_sequence Parquet files (default: $CEHR_GPT_DATA_DIR/patient_sequence, "
@@ -354,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
                         help="files cleaned at the same time (default: cores, at most 4; each holds one file in memory)")
     arguments = parser.parse_args(argv)
+    if arguments.jobs < 1:
+        parser.error("--jobs must be at least 1")
     folder: Path = arguments.patient_sequence_dir
 
     try:
@@ -381,12 +388,20 @@ def main(argv: list[str] | None = None) -> None:
             clean_file(path, oracle, file_report, arguments.dry_run)
             return file_report
 
-        with ThreadPoolExecutor(max_workers=max(1, min(arguments.jobs, len(files)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(arguments.jobs, len(files))))
+        try:
             for file_report in tqdm(pool.map(clean_one, files), total=len(files), unit="file",
                                     desc="checking" if arguments.dry_run else "cleaning", disable=len(files) < 2):
                 report.add(file_report)
+        finally:
+            # On an error or Ctrl-C: files being written finish (each one atomically), queued ones never start.
+            pool.shutdown(wait=True, cancel_futures=True)
     except PipelineError as error:
         fail(str(error))
+    except (OSError, pa.ArrowException) as error:
+        fail(f"{error} (files cleaned so far stay cleaned, the others are unchanged: fix this and re-run)")
+    except KeyboardInterrupt:
+        fail("interrupted (files cleaned so far stay cleaned, the others are unchanged: re-run to finish)", 130)
     print_report(report, files, folder, arguments.dry_run)
 
 

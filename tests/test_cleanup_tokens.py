@@ -343,6 +343,15 @@ def test_non_sequence_parquet_is_refused_and_nothing_changes(tmp_path, pipeline_
     assert result.returncode == 1
     assert f"{wrong_type} is not a patient sequence file: concept_ids is string" in result.stderr
 
+    wrong_type.unlink()
+    garbage = folder / "test" / "part-99997.parquet"
+    garbage.write_bytes(b"PAR1 this is not really parquet")
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {garbage} is not a readable Parquet file")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {path: path.read_bytes() for path in paths} == {path: contents[path] for path in paths}
+
 
 def test_parallel_list_columns_counts_aligned_rows():
     from cehrgpt_tutorials.common import aligned_rows, parallel_list_columns
