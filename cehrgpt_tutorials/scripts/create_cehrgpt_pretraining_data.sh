@@ -176,7 +176,9 @@ if [ "$INPUT_FOLDER" != "$OUTPUT_FOLDER" ]; then
     staged_input_note="$TRAINING_INPUT (links to the input tables + the concept list)"
 fi
 
-# Death is optional in OMOP; with a death table the sequences end with a death token.
+# Death is optional in OMOP; with a death table the sequences end with a death token. It is not
+# added to --domain_table_list: cehrbert_data 0.1.1 then looks for death.visit_occurrence_id, which
+# OMOP's death table does not have (AnalysisException); --include_death reads it the right way.
 DEATH_OPTION=""
 if [ -d "$INPUT_FOLDER/death" ]; then
     DEATH_OPTION="--include_death"
