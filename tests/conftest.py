@@ -100,3 +100,23 @@ def demo_omop_parquet(pg_server, pipeline_env, tmp_path_factory) -> Path:
                         env=pipeline_env, timeout=300)
     assert export.returncode == 0, export.stderr
     return output
+
+
+@pytest.fixture(scope="session")
+def demo_patient_sequence(demo_omop_parquet, pipeline_env, tmp_path_factory) -> Path:
+    """Patient sequences of the 300-person demo slice, made the tutorial's way: step 2's script
+    (both Spark apps, concepts seen in >= 5 patients) then step 3's cleanup_tokens.py.
+    Returns the patient_sequence folder. Shared: copy it before changing anything.
+    """
+    output = tmp_path_factory.mktemp("demo_patient_sequence")
+    step2 = subprocess.run(
+        ["sh", str(REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"),
+         "--input_folder", str(demo_omop_parquet), "--output_folder", str(output),
+         "--start_date", "1985-01-01", "--min_num_of_patients", "5"],
+        env=pipeline_env, cwd=output, capture_output=True, text=True, timeout=1200,
+    )
+    assert step2.returncode == 0, step2.stdout[-3000:] + step2.stderr[-3000:]
+    cleanup = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(output / "patient_sequence")],
+                         env=pipeline_env, timeout=300)
+    assert cleanup.returncode == 0, cleanup.stderr
+    return output / "patient_sequence"

@@ -129,9 +129,11 @@ else
     DEVICE="cpu ($(nproc 2>/dev/null || echo '?') cores)"
     LOADER_ARGS="--dataloader_num_workers 0"
 fi
-CORES=$(nproc 2>/dev/null || echo 2)
 
 # --- The runner command -----------------------------------------------------------------------
+# --preprocessing_num_workers 1: with several workers cehrgpt 0.1.9's tokenization gives some shards
+# float ages and others int, and joining them fails ("The features can't be aligned because the key
+# ages ..."); seen on the demo with 2 workers. One worker tokenizes the demo in seconds.
 # Positional parameters hold the command word by word (POSIX sh has no arrays).
 set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner \
     --model_name_or_path "$MODEL_DIR" \
@@ -147,7 +149,7 @@ set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner \
     --save_total_limit 1 \
     --logging_steps 10 \
     --report_to none \
-    --preprocessing_num_workers "$CORES"
+    --preprocessing_num_workers 1
 # Word-split the profile's and loader's options on whitespace (none contains a space)...
 for word in $PROFILE_ARGS $LOADER_ARGS; do set -- "$@" "$word"; done
 # ...and the user's extra runner arguments one per line, so theirs come last and win.

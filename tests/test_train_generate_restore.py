@@ -1,0 +1,331 @@
+"""Issue 6: train (step 4), generate and restore as an OMOP CDM in PostgreSQL (step 5).
+
+A tiny real run on the 300-person demo slice: the cehrgpt runner trains a very small model for a few
+steps on CPU, the generator writes a handful of patients, omop_pipeline.sh converts them (with real
+sequences mixed in, since a few-step model writes none the converter accepts), and load_omop.py puts
+them into schema synthetic_cdm of a real PostgreSQL beside an untouched cdm.
+Fast tests check the scripts' command lines and the conversion bookkeeping on crafted sequences.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO_ROOT
+
+from cehrgpt_tutorials.omop_restore import (
+    add_observation_period_ids,
+    entity_schemas,
+    fill_empty_tables,
+    skip_reason,
+)
+
+SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
+TINY_STEPS = 8
+PATIENTS_ASKED = 5
+BATCH_SIZE = 4
+CONTEXT_WINDOW = 40  # an untrained model never stops by itself: keep its sequences short
+REAL_SEQUENCES = 30
+NOTHING_CONVERTED = 3
+
+
+def run_sh(script: str, arguments: list[str], env: dict[str, str], timeout: float = 900):
+    return subprocess.run(["sh", str(SCRIPTS / script), *map(str, arguments)], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def output_of(result) -> str:
+    return result.stdout[-4000:] + "\n--- stderr ---\n" + result.stderr[-4000:]
+
+
+def summary_counts(stdout: str) -> dict:
+    """omop_pipeline.sh's summary lines: generated / converted / skipped and the reason counts."""
+    def number(label):
+        match = re.search(rf"^{label}\s+(\d+)", stdout, flags=re.M)
+        assert match, f"no '{label}' line in:\n{stdout[-3000:]}"
+        return int(match.group(1))
+
+    reasons = [int(count) for count in re.findall(r"^\s+(\d+)  (?!e\.g\.)\S", stdout, flags=re.M)]
+    return {"generated": number("generated sequences"), "converted": number("converted to persons"),
+            "skipped": number("skipped"), "reasons": reasons}
+
+
+# ---------------------------------------------------------------------------------------------
+# The real chain on a small slice (slow)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(demo_patient_sequence, pipeline_env, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("train") / "model"
+    arguments = ["--profile", "tiny", "--data-folder", demo_patient_sequence, "--model-dir", model_dir,
+                 "--max_steps", TINY_STEPS]
+    result = run_sh("train_cehrgpt.sh", arguments, pipeline_env)
+    return {"model_dir": model_dir, "arguments": arguments, "result": result}
+
+
+@pytest.fixture(scope="module")
+def generated(trained, demo_patient_sequence, pipeline_env, tmp_path_factory):
+    assert trained["result"].returncode == 0, output_of(trained["result"])
+    output_dir = tmp_path_factory.mktemp("synthetic")
+    arguments = ["--model-dir", trained["model_dir"], "--prompt-data", demo_patient_sequence,
+                 "--output-dir", output_dir, "--num-patients", PATIENTS_ASKED, "--batch-size", BATCH_SIZE,
+                 "--context-window", CONTEXT_WINDOW]
+    result = run_sh("generate_synthetic.sh", arguments, pipeline_env)
+    return {"folder": output_dir / "top_p9500" / "generated_sequences", "arguments": arguments, "result": result}
+
+
+@pytest.mark.slow
+def test_training_prints_the_runner_command_and_writes_a_model_that_reloads(trained):
+    from cehrgpt.models.hf_cehrgpt import CEHRGPT2LMHeadModel
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+    result = trained["result"]
+    assert result.returncode == 0, output_of(result)
+    command = next(line for line in result.stdout.splitlines() if line.startswith("$ "))
+    for expected in ("-m cehrgpt.runners.hf_cehrgpt_pretrain_runner", "--report_to none",
+                     "--load_best_model_at_end true", f"--max_steps {TINY_STEPS}"):
+        assert expected in command
+    model_dir = trained["model_dir"]
+    for name in ("config.json", "model.safetensors", "cehrgpt_tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    model = CEHRGPT2LMHeadModel.from_pretrained(model_dir)
+    tokenizer = CehrGptTokenizer.from_pretrained(model_dir)
+    assert model.config.n_embd == 24 and model.config.n_layer == 1
+    assert model.config.vocab_size == tokenizer.vocab_size
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_from_the_last_checkpoint(trained, pipeline_env):
+    # At info verbosity the Trainer says where it continues from.
+    rerun = run_sh("train_cehrgpt.sh", trained["arguments"], dict(pipeline_env, TRANSFORMERS_VERBOSITY="info"))
+    assert rerun.returncode == 0, output_of(rerun)
+    assert "resuming: same data and arguments" in rerun.stdout
+    assert "will skip to saved global_step" in rerun.stdout + rerun.stderr
+    assert re.search(rf"Continuing training from global step {TINY_STEPS}\b", rerun.stdout + rerun.stderr)
+
+
+@pytest.mark.slow
+def test_generation_writes_at_least_the_patients_asked_and_replaces_a_previous_sample(generated, pipeline_env):
+    result = generated["result"]
+    assert result.returncode == 0, output_of(result)
+    folder = generated["folder"]
+    assert f"sequences: {folder}" in result.stdout
+    table = ds.dataset(folder, format="parquet").to_table()
+    assert table.num_rows >= PATIENTS_ASKED
+    assert {"concept_ids", "person_id", "is_numeric_types", "number_as_values", "concept_as_values",
+            "concept_value_masks", "units"} <= set(table.column_names)
+    assert all(len(ids) <= CONTEXT_WINDOW for ids in table.column("concept_ids").to_pylist())
+    assert not list(folder.parent.parent.glob(".generate.*")), "staging folder left behind"
+
+    # A second run replaces the sample instead of adding files to it.
+    first_files = set(folder.iterdir())
+    again = run_sh("generate_synthetic.sh", generated["arguments"], pipeline_env)
+    assert again.returncode == 0, output_of(again)
+    assert ds.dataset(folder, format="parquet").count_rows() == table.num_rows
+    assert not first_files & set(folder.iterdir())
+
+
+@pytest.mark.slow
+def test_an_untrained_model_stops_the_pipeline_before_spark_with_the_reasons(generated, demo_omop_parquet,
+                                                                              pipeline_env, tmp_path):
+    assert generated["result"].returncode == 0, output_of(generated["result"])
+    omop_folder = tmp_path / "restored"
+    result = run_sh("omop_pipeline.sh", ["-p", generated["folder"], "-o", omop_folder, "-s", demo_omop_parquet],
+                    pipeline_env)
+    assert result.returncode == NOTHING_CONVERTED, output_of(result)
+    counts = summary_counts(result.stdout)
+    rows = ds.dataset(generated["folder"], format="parquet").count_rows()
+    assert counts["generated"] == rows and counts["converted"] == 0 and counts["skipped"] == rows
+    assert sum(counts["reasons"]) == rows
+    assert "no generated sequence could be converted" in result.stderr
+    assert "Train longer" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (omop_folder / "observation_period").exists(), "Spark ran although nothing converted"
+
+
+@pytest.fixture(scope="module")
+def restored(generated, demo_patient_sequence, demo_omop_parquet, demo_cdm, pipeline_env, tmp_path_factory):
+    """Real sequences (which convert) and the tiny model's (which do not) in one sample, restored."""
+    assert generated["result"].returncode == 0, output_of(generated["result"])
+    sample = tmp_path_factory.mktemp("sample")
+    sequences = sample / "generated_sequences"
+    shutil.copytree(generated["folder"], sequences)
+    real = ds.dataset(demo_patient_sequence, format="parquet").to_table(columns=["concept_ids"]).slice(0, REAL_SEQUENCES)
+    real = real.append_column("person_id", pa.array(range(100_001, 100_001 + real.num_rows), pa.int64()))
+    pq.write_table(real, sequences / "real.parquet")
+    total = ds.dataset(sequences, format="parquet").count_rows()
+
+    cdm_before = cdm_fingerprint(demo_cdm["uri"])
+    result = run_sh("restore_synthetic.sh", ["--sample-folder", sample, "--source-omop-folder", demo_omop_parquet,
+                                             "--dsn", demo_cdm["uri"], "--cpu-cores", 2], pipeline_env)
+    return {"result": result, "total": total, "sample": sample, "cdm_before": cdm_before, "uri": demo_cdm["uri"]}
+
+
+def cdm_fingerprint(uri: str) -> dict[str, tuple]:
+    """Row count and a content checksum of every table in schema cdm."""
+    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'cdm' ORDER BY 1")
+        tables = [row[0] for row in cursor.fetchall()]
+        fingerprint = {}
+        for table in tables:
+            cursor.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM cdm.{table} t")
+            fingerprint[table] = cursor.fetchone()
+    return fingerprint
+
+
+@pytest.mark.slow
+def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cdm(restored):
+    result = restored["result"]
+    assert result.returncode == 0, output_of(result)
+    counts = summary_counts(result.stdout)
+    assert counts["generated"] == restored["total"]
+    assert counts["converted"] + counts["skipped"] == counts["generated"]
+    assert sum(counts["reasons"]) == counts["skipped"]
+    assert counts["converted"] >= 1 and counts["skipped"] >= 1
+
+    with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), count(DISTINCT person_id) FROM synthetic_cdm.person")
+        persons, distinct = cursor.fetchone()
+        cursor.execute("SELECT count(*), count(observation_period_id), count(DISTINCT person_id) "
+                       "FROM synthetic_cdm.observation_period")
+        periods, period_ids, period_persons = cursor.fetchone()
+        cursor.execute("SELECT count(*) FROM synthetic_cdm.visit_occurrence v "
+                       "LEFT JOIN synthetic_cdm.person p USING (person_id) WHERE p.person_id IS NULL")
+        orphan_visits = cursor.fetchone()[0]
+    assert persons == distinct == counts["converted"]
+    assert periods == period_ids >= 1 and period_persons <= persons
+    assert orphan_visits == 0
+    assert cdm_fingerprint(restored["uri"]) == restored["cdm_before"], "restoring changed schema cdm"
+
+    assert re.search(r'psql "postgresql://[^"]+"', result.stdout)
+    assert "FROM cdm.person" in result.stdout and "FROM synthetic_cdm.person" in result.stdout
+    assert "synthetic_pct" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines and bookkeeping (fast)
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_sequence_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "patient_sequence"
+    folder.mkdir()
+    pq.write_table(pa.table({"concept_ids": [["year:2000", "age:30", "8507", "8527", "[VS]", "9202", "[VE]"]],
+                             "person_id": [1]}), folder / "part-0.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("profile", ["demo", "seed", "tiny"])
+def test_every_profile_is_a_valid_runner_configuration(profile, pipeline_env, tmp_path):
+    result = run_sh("train_cehrgpt.sh", ["--profile", profile, "--data-folder", fake_sequence_folder(tmp_path),
+                                         "--model-dir", tmp_path / "model", "--print-args"], pipeline_env, timeout=120)
+    assert result.returncode == 0, output_of(result)
+    words = result.stdout.splitlines()
+
+    def value(name):
+        return words[len(words) - 1 - words[::-1].index(name) + 1]
+
+    hidden, heads = int(value("--hidden_size")), int(value("--n_head"))
+    assert hidden % 3 == 0, "the time-token head splits the hidden state in three"
+    assert hidden % heads == 0
+    assert value("--eval_strategy") == "epoch" and value("--save_strategy") == "epoch"
+    assert value("--load_best_model_at_end") == "true"  # the runner's early stopping asserts it
+    assert value("--report_to") == "none"
+    assert value("--model_name_or_path") == value("--output_dir") == str((tmp_path / "model").resolve())
+
+
+def test_extra_runner_arguments_come_last_so_they_win(pipeline_env, tmp_path):
+    result = run_sh("train_cehrgpt.sh", ["--profile", "seed", "--data-folder", fake_sequence_folder(tmp_path),
+                                         "--model-dir", tmp_path / "model", "--print-args",
+                                         "--num_train_epochs", "20"], pipeline_env, timeout=120)
+    assert result.returncode == 0, output_of(result)
+    assert result.stdout.splitlines()[-2:] == ["--num_train_epochs", "20"]
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"),
+    [
+        ("train_cehrgpt.sh", ["--profile", "huge"], "unknown profile 'huge'"),
+        ("train_cehrgpt.sh", ["--data-folder", "/nonexistent/sequences"], "no patient sequences at '/nonexistent/sequences'"),
+        ("generate_synthetic.sh", ["--model-dir", "/nonexistent/model"], "no trained model in '/nonexistent/model'"),
+        ("generate_synthetic.sh", ["--num-patients", "0"], "--num-patients must be a positive whole number"),
+        ("omop_pipeline.sh", ["-o", "/tmp/x", "-s", "/tmp/y"], "--patient-sequence-folder is required"),
+        ("omop_pipeline.sh", ["--patient-sequence-folder=/nonexistent", "-o", "/tmp/x", "-s", "/tmp/y"],
+         "patient sequence folder '/nonexistent' does not exist"),
+        ("restore_synthetic.sh", ["--schema", "cdm"], "--schema cdm is the real CDM's schema"),
+    ],
+)
+def test_bad_command_lines_get_one_clear_line(script, arguments, message, pipeline_env):
+    result = run_sh(script, arguments, pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr
+
+
+def test_omop_pipeline_names_a_source_without_concept(pipeline_env, tmp_path):
+    (tmp_path / "source").mkdir()
+    result = run_sh("omop_pipeline.sh", ["-p", fake_sequence_folder(tmp_path), "-o", tmp_path / "out",
+                                         "-s", tmp_path / "source"], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert "has no concept/ table" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+DOMAINS = {9202: "Visit", 9201: "Visit", 28060: "Condition", 4216643: "Observation"}
+DEMOGRAPHICS = ["year:2010", "age:40", "8507", "8527"]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        (DEMOGRAPHICS + ["[VS]", "9202", "28060", "[VE]"], None),
+        (DEMOGRAPHICS + ["[VS]", "9202", "28060", "[VE]", "28060", "[VE]"], None),  # tolerated by the converter
+        (DEMOGRAPHICS, "no events after the 4 demographic tokens"),
+        (DEMOGRAPHICS + ["[VS]", "9202", "28060"], "does not end with [VE]"),
+        (["age:40", "year:2010", "8507", "8527", "[VS]", "9202", "[VE]"], "does not start with a year token"),
+        (["year:1910", "age:40", "8507", "8527", "[VS]", "9202", "[VE]"], "birth year before 1900"),
+        (DEMOGRAPHICS + ["[VE]"], "[VE] before any [VS]"),
+        (DEMOGRAPHICS + ["[VS]", "28060", "[VE]"], "visit type is not a Visit concept"),
+        (DEMOGRAPHICS + ["[VS]", "9202", "123456", "[VE]"], "concept id not in the vocabulary"),
+        (DEMOGRAPHICS + ["[VS]", "9202", "i-D3", "[VE]"], "inpatient time token outside an inpatient visit"),
+        (DEMOGRAPHICS + ["[VS]", "9201", "i-D3", "28060", "[VE]"], None),
+        (DEMOGRAPHICS + ["[VS]", "[DEATH]", "[VE]", "D1", "[VS]", "9202", "[VE]"], "[DEATH] not at the end"),
+        (DEMOGRAPHICS + ["[VS]", "9202", "4216643", "[VE]"], "'Patient died' discharge outside an inpatient visit"),
+    ],
+)
+def test_skip_reasons_follow_the_converter_rules(tokens, reason):
+    found = skip_reason(tokens, DOMAINS)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and reason in found
+
+
+def test_empty_tables_get_the_converter_columns_and_observation_periods_get_ids(tmp_path):
+    (tmp_path / "person").mkdir()
+    pq.write_table(entity_schemas()["person"].empty_table(), tmp_path / "person" / "x.parquet")
+    filled = fill_empty_tables(tmp_path)
+    assert "person" not in filled and {"procedure_occurrence", "death", "measurement"} <= set(filled)
+    schema = pq.read_schema(tmp_path / "procedure_occurrence" / "empty.parquet")
+    assert schema.field("procedure_date").type == pa.date32()
+    assert schema.field("person_id").type == pa.int64()
+
+    periods = tmp_path / "observation_period"
+    periods.mkdir()
+    pq.write_table(pa.table({"person_id": [3, 1], "observation_period_start_date": pa.array([0, 0], pa.date32()),
+                             "observation_period_end_date": pa.array([5, 5], pa.date32()),
+                             "period_type_concept_id": [44814725, 44814725]}), periods / "part-00000.parquet")
+    assert add_observation_period_ids(tmp_path) == 2
+    table = ds.dataset(periods, format="parquet").to_table()
+    assert table.column("observation_period_id").to_pylist() == [1, 2]
+    assert table.column("person_id").to_pylist() == [1, 3]
+    assert add_observation_period_ids(tmp_path) == 2  # a second run changes nothing
