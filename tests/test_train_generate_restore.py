@@ -99,7 +99,7 @@ def test_training_prints_the_runner_command_and_writes_a_model_that_reloads(trai
         assert (model_dir / name).is_file(), name
     model = CEHRGPT2LMHeadModel.from_pretrained(model_dir)
     tokenizer = CehrGptTokenizer.from_pretrained(model_dir)
-    assert model.config.n_embd == 24 and model.config.n_layer == 1
+    assert model.config.n_embd == 48 and model.config.n_layer == 2
     assert model.config.vocab_size == tokenizer.vocab_size
 
 

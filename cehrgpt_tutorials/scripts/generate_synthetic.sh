@@ -21,7 +21,7 @@
 set -u
 
 NUM_PATIENTS=500
-BATCH_SIZE=50
+BATCH_SIZE=""  # default: 50, or fewer when fewer patients are asked
 CONTEXT_WINDOW=512
 TOP_P=0.95
 SAMPLING_STRATEGY=TopPStrategy
@@ -38,7 +38,7 @@ Usage: $0 [--num-patients N] [--batch-size N] [--context-window N] [--top-p P]
 Samples synthetic patient sequences from a trained CEHR-GPT and prints where they went.
 
   --num-patients N        patients to generate (default $NUM_PATIENTS; whole batches, so up to one batch more)
-  --batch-size N          sequences generated together (default $BATCH_SIZE)
+  --batch-size N          sequences generated together (default 50, at most --num-patients)
   --context-window N      longest sequence in tokens (default $CONTEXT_WINDOW; at most the model's context)
   --top-p P               nucleus sampling threshold (default $TOP_P)
   --sampling-strategy S   TopPStrategy (default), TopKStrategy or TopMixStrategy
@@ -98,6 +98,10 @@ $option"; shift; continue ;;
     esac
 done
 positive_integer --num-patients "$NUM_PATIENTS"
+if [ -z "$BATCH_SIZE" ]; then
+    BATCH_SIZE=50
+    [ "$NUM_PATIENTS" -lt "$BATCH_SIZE" ] && BATCH_SIZE=$NUM_PATIENTS
+fi
 positive_integer --batch-size "$BATCH_SIZE"
 positive_integer --context-window "$CONTEXT_WINDOW"
 case "$SAMPLING_STRATEGY" in
@@ -122,11 +126,15 @@ staging="$OUTPUT_DIR/.generate.$$"
 trap 'rm -rf "$staging"' EXIT
 trap 'exit 130' INT TERM
 
+# The generator runs (num_of_patients // batch_size + 1) batches: a whole batch too many whenever the
+# batch size divides the number (500 with batch 50 -> 550). Asking it for N - 1 gives the fewest
+# whole batches that reach N.
+asked_of_generator=$((NUM_PATIENTS - 1))
 set -- "$PYTHON_BIN" -u -m cehrgpt.generation.generate_batch_hf_gpt_sequence \
     --model_folder "$MODEL_DIR" \
     --tokenizer_folder "$MODEL_DIR" \
     --output_folder "$staging" \
-    --num_of_patients "$NUM_PATIENTS" \
+    --num_of_patients "$asked_of_generator" \
     --batch_size "$BATCH_SIZE" \
     --buffer_size "$BATCH_SIZE" \
     --context_window "$CONTEXT_WINDOW" \
@@ -139,6 +147,7 @@ IFS='
 for word in $EXTRA; do [ -n "$word" ] && set -- "$@" "$word"; done
 IFS=$old_ifs
 
+echo "generating $NUM_PATIENTS patients in batches of $BATCH_SIZE (the generator runs N // batch + 1 batches, so it is asked for N - 1 = $asked_of_generator)"
 echo "\$ $(print_command "$@")"
 started=$(date +%s)
 "$@" || die "generation failed (exit $?); the generator's messages are above"
