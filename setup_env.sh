@@ -58,6 +58,9 @@ _cehrgpt_write_spark_defaults() {
         printf '%s\n' "$begin"
         # Synthea has birth dates before 1900: read and write them as they are (no calendar rebase).
         # Shuffle partitions sized to the cores: the default 200 made 400 patients take 5m22s, 4 took 52s.
+        # Session time zone UTC: export_omop.py writes timestamps without a zone and Spark reads them as
+        # UTC instants; in any other zone to_date(datetime) moves midnight datetimes to the day before,
+        # so they disagree with their dates and make negative (i-D-) gaps.
         while read -r key value; do
             [ -n "$key" ] || continue
             if printf '%s\n' "$user_lines" | grep -Eq "^[[:space:]]*${key}([[:space:]=]|$)"; then
@@ -70,6 +73,7 @@ spark.sql.legacy.parquet.int96RebaseModeInWrite CORRECTED
 spark.sql.legacy.parquet.datetimeRebaseModeInRead CORRECTED
 spark.sql.legacy.parquet.datetimeRebaseModeInWrite CORRECTED
 spark.sql.shuffle.partitions $partitions
+spark.sql.session.timeZone UTC
 spark.ui.showConsoleProgress true
 EOF
         printf '%s\n' "$end"

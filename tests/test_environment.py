@@ -85,6 +85,7 @@ def test_spark_defaults_idempotent_and_user_lines_survive(tmp_path):
                  "datetimeRebaseModeInWrite"):
         assert f"spark.sql.legacy.parquet.{mode} CORRECTED" in lines
     assert "spark.ui.showConsoleProgress true" in lines
+    assert "spark.sql.session.timeZone UTC" in lines
 
 
 def test_sourcing_never_kills_the_shell(tmp_path):
@@ -108,23 +109,35 @@ def test_sourcing_from_zsh_in_another_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_spark_submit_runs_a_python_udf(tmp_path):
+def test_spark_submit_runs_a_python_udf_and_keeps_datetimes_on_their_date(tmp_path):
+    # The machine's zone is New York: without setup_env.sh's session time zone, Spark would read
+    # export_omop.py's zone-less midnight datetimes as UTC and put them on the day before.
+    table = tmp_path / "visits"
+    table.mkdir()
     job = tmp_path / "udf_job.py"
     job.write_text(
+        "import datetime, sys\n"
+        "import pyarrow as pa, pyarrow.parquet as pq\n"
         "from pyspark.sql import SparkSession, functions as F, types as T\n"
+        "pq.write_table(pa.table({'d': [datetime.date(2020, 1, 1)],\n"
+        "                         'dt': pa.array([datetime.datetime(2020, 1, 1)], pa.timestamp('us'))}),\n"
+        "               sys.argv[1] + '/part-0.parquet')\n"
         "spark = SparkSession.builder.appName('udf-check').getOrCreate()\n"
         "square = F.udf(lambda x: x * x, T.LongType())\n"
         "rows = spark.range(5).select(square('id').alias('sq')).collect()\n"
         "print('RESULT', sorted(r.sq for r in rows))\n"
+        "gap = spark.read.parquet(sys.argv[1]).selectExpr('datediff(to_date(dt), d) AS gap').first().gap\n"
+        "print('GAP', gap)\n"
         "spark.stop()\n"
     )
-    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
+    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf"), TZ="America/New_York"))
     result = subprocess.run(
-        ["sh", "-c", f'spark-submit $SPARK_SUBMIT_OPTIONS "{job}"'], env=env, capture_output=True,
+        ["sh", "-c", f'spark-submit $SPARK_SUBMIT_OPTIONS "{job}" "{table}"'], env=env, capture_output=True,
         text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RESULT [0, 1, 4, 9, 16]" in result.stdout
+    assert "GAP 0" in result.stdout
 
 
 def test_pretrain_runner_imports_under_the_environment(tmp_path):
