@@ -387,6 +387,9 @@ def start_export(database: str, env: dict, output: Path, *arguments: str) -> sub
         [sys.executable, "export_omop.py", "--dsn", database, "--schema", SCHEMA, "--output-dir", str(output),
          *arguments],
         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored,
+        # and children inherit that: Ctrl-C as a terminal sends it must reach the export.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -1,0 +1,120 @@
+"""Issue 8: `make demo`'s whole chain on a small slice of the demo data with a tiny model.
+
+One real run of every step (embedded PostgreSQL -> export -> Spark -> cleanup -> train -> generate ->
+restore -> inspect), then the properties that matter: each step printed the learner's command and
+left its marker, the synthetic CDM sits in its own schema beside an untouched cdm, the report has
+its headline numbers, a re-run skips everything, and a failing step stops the run with its log and
+is resumed from there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from conftest import run_script
+
+from cehrgpt_tutorials.demo import demo_steps
+
+pytestmark = pytest.mark.slow
+
+SLICE_PERSONS = 300
+NUM_PATIENTS = 40  # the tiny model writes about 1 valid patient in 5; 40 makes "none converted" vanishingly rare
+
+
+@pytest.fixture(scope="module")
+def demo_env(pipeline_env, tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("demo")
+    return dict(
+        pipeline_env,
+        OMOP_DIR=str(outputs / "omop_synthea"),
+        CEHR_GPT_DATA_DIR=str(outputs / "omop_synthea"),
+        CEHR_GPT_MODEL_DIR=str(outputs / "omop_synthea" / "cehrgpt_model"),
+        SYNTHETIC_DATA_OUTPUT_DIR=str(outputs / "omop_synthea" / "synthetic_data"),
+        DEMO_MAX_PERSONS=str(SLICE_PERSONS),
+        TRAIN_PROFILE="tiny",
+        NUM_PATIENTS=str(NUM_PATIENTS),
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(demo_env):
+    result = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=1800)
+    yield result
+    run_script(["-m", "cehrgpt_tutorials.demo", "clean"], demo_env, timeout=120)
+
+
+def query(demo_env, sql: str):
+    from cehrgpt_tutorials.common import start_embedded_server
+
+    uri = start_embedded_server(Path(demo_env["OMOP_DIR"]) / "pgdata")
+    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+
+def test_every_step_runs_in_order_with_its_command(first_run, demo_env):
+    assert first_run.returncode == 0, first_run.stdout[-4000:] + first_run.stderr[-4000:]
+    output = first_run.stdout
+    positions = []
+    for step in demo_steps(demo_env):
+        assert f"$ {step.command}" in output, f"step {step.name} did not print its command"
+        positions.append(output.index(f"$ {step.command}"))
+        assert (Path(demo_env["OMOP_DIR"]) / ".demo" / f"{step.name}.done").exists()
+        assert f"--- {step.name} done in" in output
+    assert positions == sorted(positions)
+    assert "=== Summary" in output and "total wall time" in output
+
+
+def test_synthetic_cdm_beside_an_untouched_cdm(first_run, demo_env):
+    assert first_run.returncode == 0
+    assert query(demo_env, "SELECT count(*) FROM cdm.person") == [(SLICE_PERSONS,)]
+    synthetic_persons = query(demo_env, "SELECT count(*) FROM synthetic_cdm.person")[0][0]
+    assert synthetic_persons > 0
+    assert query(demo_env, "SELECT count(*) FROM synthetic_cdm.visit_occurrence")[0][0] > 0
+
+
+def test_report_has_the_headline_numbers(first_run, demo_env):
+    assert first_run.returncode == 0
+    reports = list(Path(demo_env["SYNTHETIC_DATA_OUTPUT_DIR"]).glob("*/report/report.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["num_sequences"] >= NUM_PATIENTS
+    for key in ("valid_fraction", "converted_fraction", "prevalence_pearson_r", "exact_copy_fraction"):
+        assert key in report
+    assert 0.0 < report["converted_fraction"] <= 1.0
+    assert (reports[0].parent / "report.md").exists()
+
+
+def test_second_run_skips_everything(first_run, demo_env):
+    assert first_run.returncode == 0
+    started = time.monotonic()
+    second = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=300)
+    seconds = time.monotonic() - started
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already done, skipped") == len(demo_steps(demo_env))
+    assert "$ " not in second.stdout  # no step command ran
+    assert "=== Summary" in second.stdout
+    assert seconds < 60
+
+
+def test_failing_step_stops_with_its_log_and_resumes_there(first_run, demo_env, tmp_path):
+    assert first_run.returncode == 0
+    # Break the last step: inspect_synthetic.py on a synthetic folder with no sequences.
+    (Path(demo_env["OMOP_DIR"]) / ".demo" / "inspect.done").unlink()
+    broken = dict(demo_env, SYNTHETIC_DATA_OUTPUT_DIR=str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    failed = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], broken, timeout=300)
+    assert failed.returncode == 1
+    assert "step 'inspect' failed" in failed.stderr
+    assert "full log:" in failed.stderr and "inspect.log" in failed.stderr
+    assert "=== Summary" not in failed.stdout
+    assert not (Path(demo_env["OMOP_DIR"]) / ".demo" / "inspect.done").exists()
+    # Fixed: the run resumes at inspect, skipping the seven steps before it.
+    resumed = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("already done, skipped") == len(demo_steps(demo_env)) - 1
+    assert "$ python inspect_synthetic.py" in resumed.stdout
