@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from cehrgpt_tutorials.demo import find_report  # noqa: E402
+
 GOAL_SECONDS = 20 * 60
 GOAL_BYTES = 8 * 1024**3
 GOAL_RERUN_SECONDS = 30
@@ -65,22 +68,15 @@ def tree_bytes(root_pid: int, pgdata: str) -> int:
     children: dict[int, list[int]] = {}
     for pid, (parent, _, _) in table.items():
         children.setdefault(parent, []).append(pid)
-    members, stack = set(), [root_pid]
+    # The postmaster names its data folder on its command line; its backends are its children.
+    stack = [root_pid] + [pid for pid, (_, _, cmdline) in table.items() if pgdata in cmdline]
+    members = set()
     while stack:
         pid = stack.pop()
         if pid in table and pid not in members:
             members.add(pid)
             stack.extend(children.get(pid, []))
-    # The postmaster names its data folder on its command line; its backends are its children.
-    for pid, (_, _, cmdline) in table.items():
-        if pgdata in cmdline and pid not in members:
-            stack.append(pid)
-            while stack:
-                member = stack.pop()
-                if member not in members:
-                    members.add(member)
-                    stack.extend(children.get(member, []))
-    return sum(table[pid][1] for pid in members if pid in table)
+    return sum(table[pid][1] for pid in members)
 
 
 def run_make_demo(environment: dict[str, str], log_path: Path, pgdata: str) -> tuple[float, int, str]:
@@ -142,8 +138,8 @@ def main() -> None:
         second_seconds, _, second_output = run_make_demo(environment, output / "second_run.log", pgdata)
         skipped = second_output.count("already done, skipped")
         steps = {name: text for name, text in re.findall(r"^--- (\S+) done in (.+)$", first_output, re.M)}
-        reports = sorted((demo_dir / "synthetic_data").glob("*/report/report.json"))
-        report = json.loads(reports[-1].read_text()) if reports else {}
+        report_path = find_report(demo_dir / "synthetic_data")
+        report = json.loads(report_path.read_text()) if report_path else {}
     finally:
         subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.common", "stop"], cwd=REPO_ROOT,
                        env=dict(environment, CEHRGPT_PGDATA=pgdata), capture_output=True)

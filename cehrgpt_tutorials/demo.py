@@ -176,8 +176,10 @@ def run(target: str, force: bool, root: Path) -> None:
         print(f"\n{target}: complete in {format_seconds(time.monotonic() - started)}")
 
 
-def find_report() -> Path | None:
-    reports = sorted(synthetic_data_output_dir().glob("*/report/report.json"), key=lambda p: p.stat().st_mtime)
+def find_report(synthetic_dir: Path | None = None) -> Path | None:
+    """The newest run's report.json under synthetic_dir (default $SYNTHETIC_DATA_OUTPUT_DIR)."""
+    folder = synthetic_dir or synthetic_data_output_dir()
+    reports = sorted(folder.glob("*/report/report.json"), key=lambda p: p.stat().st_mtime)
     return reports[-1] if reports else None
 
 
