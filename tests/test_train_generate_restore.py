@@ -9,17 +9,20 @@ Fast tests check the scripts' command lines and the conversion bookkeeping on cr
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script
 
 from cehrgpt_tutorials.omop_restore import (
     add_observation_period_ids,
@@ -40,6 +43,13 @@ NOTHING_CONVERTED = 3
 def run_sh(script: str, arguments: list[str], env: dict[str, str], timeout: float = 900):
     return subprocess.run(["sh", str(SCRIPTS / script), *map(str, arguments)], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_bench_module(name: str):
+    specification = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(specification)
+    specification.loader.exec_module(module)
+    return module
 
 
 def output_of(result) -> str:
@@ -150,6 +160,61 @@ def test_an_untrained_model_stops_the_pipeline_before_spark_with_the_reasons(gen
     assert "Train longer" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (omop_folder / "observation_period").exists(), "Spark ran although nothing converted"
+
+
+@pytest.mark.slow
+def test_visit_end_leak_measures_every_visit_end_of_the_sequences_given(trained, demo_patient_sequence,
+                                                                       pipeline_env, tmp_path):
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+    assert trained["result"].returncode == 0, output_of(trained["result"])
+    # What the generator can see: tokens of the vocabulary, up to the context window (this slice has
+    # sequences longer than it).
+    vocabulary = CehrGptTokenizer.from_pretrained(trained["model_dir"]).get_vocab()
+    context = json.loads((trained["model_dir"] / "config.json").read_text())["n_positions"]
+    sequences = [[token for token in tokens if token in vocabulary][:context]
+                 for tokens in ds.dataset(demo_patient_sequence, format="parquet")
+                 .to_table(columns=["concept_ids"]).column(0).to_pylist()]
+    sequences = [tokens for tokens in sequences if "[VE]" in tokens]
+    checkpoints = sorted(trained["model_dir"].glob("checkpoint-*"))
+    assert checkpoints, "the tiny training saved no checkpoint"
+    # A model folder and one of its checkpoints (whose tokenizer lives in the folder above).
+    for model_dir in (trained["model_dir"], checkpoints[-1]):
+        report = tmp_path / f"{model_dir.name}.json"
+        result = run_script([str(REPO_ROOT / "bench" / "visit_end_leak.py"), "--model-dir", str(model_dir),
+                             "--sequences", str(demo_patient_sequence), "--num-sequences", "100000",
+                             "--json", str(report)], pipeline_env)
+        assert result.returncode == 0, output_of(result)
+        numbers = json.loads(report.read_text())
+        # Asked for more than there are: every sequence and every [VE] it can see is measured once.
+        assert numbers["sequences"] == len(sequences)
+        assert numbers["visit_ends"] == sum(tokens.count("[VE]") for tokens in sequences)
+        for share in ("mean_leak", "median_leak", "p90_leak", "share_of_visit_ends_with_leak",
+                      "expected_spoiled_share"):
+            assert 0.0 <= numbers[share] <= 1.0, (share, numbers[share])
+        assert numbers["median_leak"] <= numbers["p90_leak"]
+
+
+def test_visit_end_leak_keeps_the_same_nucleus_as_transformers():
+    import torch
+    from transformers import TopPLogitsWarper
+
+    visit_end_leak = load_bench_module("visit_end_leak")
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        probabilities = generator.dirichlet(np.full(40, 0.3))
+        allowed = generator.random(40) < 0.5
+        scores = TopPLogitsWarper(top_p=0.95)(None, torch.log(torch.tensor(probabilities[None, :])))
+        kept = torch.isfinite(scores[0]).numpy()
+        expected = probabilities[kept & ~allowed].sum() / probabilities[kept].sum()
+        assert visit_end_leak.nucleus_leak(probabilities, allowed, 0.95) == pytest.approx(expected)
+
+
+def test_visit_end_leak_names_a_missing_model(pipeline_env, tmp_path):
+    result = run_script([str(REPO_ROOT / "bench" / "visit_end_leak.py"), "--model-dir", str(tmp_path / "none")],
+                        pipeline_env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: no trained model in '{tmp_path / 'none'}' (no config.json)"]
 
 
 @pytest.fixture(scope="module")
