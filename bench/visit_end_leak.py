@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO_ROOT))
 from cehrgpt_tutorials.common import (  # noqa: E402
     SEQUENCE_TOKEN_COLUMN,
     VISIT_END_TOKEN,
-    VISIT_START_TOKEN,
     PipelineError,
     cehr_gpt_data_dir,
     cehr_gpt_model_dir,
@@ -59,15 +58,23 @@ def tokenizer_folder(model_dir: Path) -> Path:
 
 
 def allowed_after_visit_end(vocabulary: dict[str, int]) -> np.ndarray:
-    """True for the token ids inspect_synthetic.py's rules accept right after a [VE]."""
-    from cehrgpt.gpt_utils import is_att_token
+    """True for the token ids inspect_synthetic.py's rules accept right after a [VE].
+
+    Its own token classifier decides: a between-visit time token (an i-D/i-H token outside an
+    inpatient visit, or a malformed one, breaks a rule too), a [VS], or the generator's [END].
+    """
     from cehrgpt.models.special_tokens import END_TOKEN
 
+    from inspect_synthetic import TIME, VISIT_START, Vocabulary
+
+    tokens = list(vocabulary)
+    classified = Vocabulary()
+    codes = classified.codes(tokens)  # classifies each token, so before fact()
+    kinds = classified.fact("kind")[codes]
     allowed = np.zeros(len(vocabulary), dtype=bool)
-    for token, token_id in vocabulary.items():
-        # i-D/i-H tokens belong inside inpatient visits; outside them they break a rule too.
-        time_token = is_att_token(token) and not token.startswith("i-")
-        allowed[token_id] = time_token or token in (VISIT_START_TOKEN, END_TOKEN)
+    allowed[[vocabulary[token] for token in tokens]] = np.isin(kinds, [TIME, VISIT_START]) | (
+        np.asarray(tokens) == END_TOKEN
+    )
     return allowed
 
 
