@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
+TINY_STEPS = 8  # the tiny_model fixture's training steps
 sys.path.insert(0, str(REPO_ROOT))
 
 
@@ -120,3 +122,27 @@ def demo_patient_sequence(demo_omop_parquet, pipeline_env, tmp_path_factory) -> 
                          env=pipeline_env, timeout=300)
     assert cleanup.returncode == 0, cleanup.stderr
     return output / "patient_sequence"
+
+
+def run_sh(script: str, arguments: list, env: dict[str, str], timeout: float = 900):
+    """Run one of cehrgpt_tutorials/scripts/*.sh with sh; returns CompletedProcess (text)."""
+    return subprocess.run(["sh", str(SCRIPTS / script), *map(str, arguments)], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def output_of(result) -> str:
+    """The tails of a finished command's stdout and stderr, for assertion messages."""
+    return result.stdout[-4000:] + "\n--- stderr ---\n" + result.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(demo_patient_sequence, pipeline_env, tmp_path_factory) -> dict:
+    """A tiny CEHR-GPT trained for TINY_STEPS steps on the demo slice by train_cehrgpt.sh --profile tiny,
+    once per session. Returns {"model_dir", "arguments", "result"}; check result.returncode before use.
+    Shared: read it, or copy model_dir before training further or changing anything.
+    """
+    model_dir = tmp_path_factory.mktemp("train") / "model"
+    arguments = ["--profile", "tiny", "--data-folder", demo_patient_sequence, "--model-dir", model_dir,
+                 "--max_steps", TINY_STEPS]
+    result = run_sh("train_cehrgpt.sh", arguments, pipeline_env)
+    return {"model_dir": model_dir, "arguments": arguments, "result": result}

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, TINY_STEPS, output_of, run_script, run_sh
 
 from cehrgpt_tutorials.omop_restore import (
     add_observation_period_ids,
@@ -32,7 +32,6 @@ from cehrgpt_tutorials.omop_restore import (
 )
 
 SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
-TINY_STEPS = 8
 PATIENTS_ASKED = 5
 BATCH_SIZE = 4
 CONTEXT_WINDOW = 40  # an untrained model never stops by itself: keep its sequences short
@@ -40,20 +39,11 @@ REAL_SEQUENCES = 30
 NOTHING_CONVERTED = 3
 
 
-def run_sh(script: str, arguments: list[str], env: dict[str, str], timeout: float = 900):
-    return subprocess.run(["sh", str(SCRIPTS / script), *map(str, arguments)], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def load_bench_module(name: str):
     specification = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(specification)
     specification.loader.exec_module(module)
     return module
-
-
-def output_of(result) -> str:
-    return result.stdout[-4000:] + "\n--- stderr ---\n" + result.stderr[-4000:]
 
 
 def summary_counts(stdout: str) -> dict:
@@ -74,12 +64,8 @@ def summary_counts(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(demo_patient_sequence, pipeline_env, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("train") / "model"
-    arguments = ["--profile", "tiny", "--data-folder", demo_patient_sequence, "--model-dir", model_dir,
-                 "--max_steps", TINY_STEPS]
-    result = run_sh("train_cehrgpt.sh", arguments, pipeline_env)
-    return {"model_dir": model_dir, "arguments": arguments, "result": result}
+def trained(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
