@@ -793,6 +793,7 @@ class RealData:
     heldout_facts: Facts
     reference_rows: np.ndarray  # rows of train used as the nearest-neighbour reference
     heldout_rows: np.ndarray  # rows of the held-out facts used as queries
+    heldout_count: int  # real sequences the model never saw: test/, or the ones set aside
     split_note: str
     description: str
 
@@ -829,7 +830,8 @@ def load_real(real_dir: Path, vocabulary: Vocabulary, sample_size: int, seed: in
             f"the other {len(reference_rows):,} are the reference"
         )
     description = f"{real_dir} ({train.count:,} training sequences)"
-    return RealData(train, train_facts, heldout_facts, reference_rows, heldout_rows, note, description)
+    heldout_count = heldout_facts.count if has_split else len(heldout_rows)
+    return RealData(train, train_facts, heldout_facts, reference_rows, heldout_rows, heldout_count, note, description)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -977,6 +979,7 @@ def inspect_run(
         "real_dir": str(arguments.real_dir),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "num_sequences": synthetic.count,
+        "heldout_real_sequences": real.heldout_count,
         "num_valid": valid_count,
         "valid_fraction": valid_count / synthetic.count,
         "invalid_reasons": invalid_reasons,

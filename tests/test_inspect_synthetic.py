@@ -220,6 +220,8 @@ def test_identical_sets_give_r_one_and_zero_distances(tmp_path):
     assert report["nn"]["synthetic_mean_distance"] == 0 and report["nn_distance_ratio"] == 0
     assert report["nn"]["heldout_mean_distance"] > 0
     assert report["real"]["valid_fraction"] == 1.0
+    # The held-out reference is the whole test/ split.
+    assert report["heldout_real_sequences"] == 20 and report["nn"]["heldout_queries"] == 20
 
 
 def test_disjoint_concept_sets(tmp_path):
