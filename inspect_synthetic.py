@@ -1,15 +1,18 @@
 """Step 6 of the CEHR-XGPT tutorial: do the synthetic patients look like the real ones, are they
-well formed, and did the model copy anyone? A fidelity, validity and privacy report with plots.
+well formed, did the model copy anyone, are they useful, and do they stay within the real data's
+calendar? A fidelity, validity, privacy and utility report with plots (cehrgpt_tutorials/inspect/).
 
 Reads:
   --synthetic-dir  cehrgpt's generator output: a run folder such as
                    $SYNTHETIC_DATA_OUTPUT_DIR/top_p9500 (its generated_sequences/*.parquet), or the
                    parent holding several top_* runs (each is inspected, newest first).
   --real-dir       the training sequences, cehrbert_data's patient_sequence (part files; train/ and
-                   test/ subfolders when the OMOP folder had patient_splits).
+                   test/ subfolders: step 2's held-out split, the real patients the model never saw).
+  --source-visit-dir the source CDM's visit_occurrence (default $OMOP_DIR/visit_occurrence): its last date.
   --concept-dir    the OMOP concept table (Parquet), for concept names and which ids are visit types.
   --restored-omop-dir (optional) the OMOP folder cehrgpt's converter restored from this run.
-Writes, per run (default <run>/report, replaced atomically): report.json, report.md and PNG plots.
+Writes, per run (default <run>/report, replaced atomically): report.json, report.md, PNG plots and
+attribute_inference_config.yml (the data-derived config the attribute inference attack used).
 
 Prints the seed script's summary (number of sequences, min/max/mean length, the 5 most common tokens
 after [VS], the first 50 tokens of one sequence), then one line per metric. Exit status 1 with a
@@ -24,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import datetime
 from pathlib import Path
 
 from cehrgpt_tutorials.common import (
@@ -36,12 +40,10 @@ from cehrgpt_tutorials.common import (
 )
 from cehrgpt_tutorials.inspect.evaluate import ReportOptions, inspect_run
 from cehrgpt_tutorials.inspect.inputs import find_runs, load_real, read_concepts
-from cehrgpt_tutorials.inspect.privacy import NN_SAMPLE_SIZE
+from cehrgpt_tutorials.inspect.privacy import NN_SAMPLE_SIZE, PRIVACY_SAMPLE_SIZE
 from cehrgpt_tutorials.inspect.report import METRICS, percent
-
-# The names scripts written against the one-file version imported from here (bench/visit_end_leak.py,
-# the tests of other branches): they now live in the package.
 from cehrgpt_tutorials.inspect.sequences import sequences_from_lists  # noqa: F401
+from cehrgpt_tutorials.inspect.timeline import source_end_date
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, analyse  # noqa: F401
 from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: F401
     INPATIENT_TIME,
@@ -50,6 +52,9 @@ from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: F401
     VISIT_START,
     Vocabulary,
 )
+
+# The imports marked F401 are for scripts written against the one-file version, which imported these
+# names from here (the tests of other branches); they now live in the package.
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
@@ -107,6 +112,25 @@ def parse_arguments(argv=None):
         default=NN_SAMPLE_SIZE,
         help="query sequences per side for the nearest-neighbour distances (default: %(default)s)",
     )
+    parser.add_argument(
+        "--privacy-sample",
+        type=int,
+        default=PRIVACY_SAMPLE_SIZE,
+        help="patients per set for the membership and attribute inference attacks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--source-visit-dir",
+        type=Path,
+        default=None,
+        help="the source CDM's visit_occurrence table (Parquet): its last visit_start_date is the date "
+        "synthetic visits should not pass (default: $OMOP_DIR/visit_occurrence)",
+    )
+    parser.add_argument(
+        "--source-end-date",
+        type=datetime.date.fromisoformat,
+        default=None,
+        help="that date given directly (YYYY-MM-DD) instead of read from --source-visit-dir",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -119,6 +143,8 @@ def main(argv=None) -> int:
     arguments.concept_dir = arguments.concept_dir or omop_dir() / "concept"
     if arguments.nn_sample < 1:
         fail("--nn-sample must be at least 1")
+    if arguments.privacy_sample < 2:
+        fail("--privacy-sample must be at least 2")
     try:
         if not arguments.concept_dir.is_dir() or not patient_sequence_files(arguments.concept_dir):
             if concept_dir_given:
@@ -148,8 +174,19 @@ def main(argv=None) -> int:
     except PipelineError as error:
         fail(str(error))
 
+    source_end, source_note = arguments.source_end_date, "--source-end-date"
+    if source_end is None:
+        visit_dir = arguments.source_visit_dir or omop_dir() / "visit_occurrence"
+        try:
+            source_end = source_end_date(visit_dir)
+        except PipelineError as error:
+            fail(str(error))
+        if source_end is None and arguments.source_visit_dir is not None:
+            fail(f"source visit table not found: {visit_dir} (no Parquet files there)")
+        source_note = f"the last visit_start_date of {visit_dir}"
     options = ReportOptions(real_dir=arguments.real_dir, concept_dir=arguments.concept_dir,
-                            nn_sample=arguments.nn_sample, seed=arguments.seed)
+                            nn_sample=arguments.nn_sample, privacy_sample=arguments.privacy_sample,
+                            seed=arguments.seed, source_end_date=source_end, source_end_note=source_note)
     failures, reports = [], []
     for index, run in enumerate(runs):
         if arguments.report_dir is None:

@@ -13,6 +13,7 @@ import struct
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import run_script
 
 import inspect_synthetic
@@ -294,6 +295,9 @@ def test_names_and_visit_types_from_the_concept_table(tmp_path, capsys):
 REQUIRED_KEYS = {
     "num_sequences", "valid_fraction", "invalid_reasons", "prevalence_pearson_r", "cooccurrence_pearson_r",
     "length_ks", "visit_type_js", "exact_copy_fraction", "nn_distance_ratio", "converted_fraction",
+    # issue 16: what the summary numbers hide
+    "heldout_real_sequences", "prevalence_within_25pct", "visits_after_source_end_fraction",
+    "membership_inference", "attribute_inference", "dimension_wise_auroc_synthetic", "dimension_wise_auroc_real",
 }  # fmt: skip
 
 
@@ -301,7 +305,11 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     report = inspect(tmp_path, population(40, seed=1), population(30, seed=9))
     assert REQUIRED_KEYS <= set(report)
     assert report["converted_fraction"] is None  # no restored OMOP folder given
+    assert set(report["membership_inference"]) >= {"accuracy", "precision", "recall", "f1"}
+    assert set(report["attribute_inference"]) >= {"f1_synthetic", "f1_baseline"}
     folder = tmp_path / "synthetic" / "top_p9500" / "report"
+    config = yaml.safe_load((folder / "attribute_inference_config.yml").read_text())
+    assert len(config["common_attributes"]) == report["attribute_inference"]["common_attributes"]
     markdown = (folder / "report.md").read_text()
     images = [
         "prevalence_scatter.png",
@@ -309,6 +317,8 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
         "visit_types.png",
         "demographics.png",
         "validity.png",
+        "prevalence_errors.png",
+        "visits_per_year.png",
     ]
     for name in images:
         data = (folder / name).read_bytes()

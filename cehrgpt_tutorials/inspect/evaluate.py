@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from cehrgpt_tutorials.common import PipelineError, atomic_directory, patient_sequence_files
 from cehrgpt_tutorials.inspect.fidelity import (
@@ -17,6 +18,7 @@ from cehrgpt_tutorials.inspect.fidelity import (
     distribution_metrics,
     pearson_r,
     prevalence,
+    prevalence_errors,
 )
 from cehrgpt_tutorials.inspect.inputs import (
     RealData,
@@ -28,7 +30,11 @@ from cehrgpt_tutorials.inspect.inputs import (
 from cehrgpt_tutorials.inspect.plots import write_plots
 from cehrgpt_tutorials.inspect.privacy import (
     NN_SAMPLE_SIZE,
+    PRIVACY_SAMPLE_SIZE,
+    attribute_config,
+    attribute_inference,
     copied_rows,
+    membership_inference,
     nearest_neighbour_distances,
     sample_rows,
 )
@@ -40,6 +46,8 @@ from cehrgpt_tutorials.inspect.report import (
     token_label,
 )
 from cehrgpt_tutorials.inspect.sequences import read_sequences
+from cehrgpt_tutorials.inspect.timeline import calendar_time, visit_dates
+from cehrgpt_tutorials.inspect.utility import dimension_wise_prediction
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, analyse
 from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
@@ -53,7 +61,10 @@ class ReportOptions:
     real_dir: Path
     concept_dir: Path | None = None  # None: concepts shown by id only
     nn_sample: int = NN_SAMPLE_SIZE
+    privacy_sample: int = PRIVACY_SAMPLE_SIZE
     seed: int = 0
+    source_end_date: datetime.date | None = None  # None: estimated from the real sequences
+    source_end_note: str = ""
 
 
 def inspect_run(
@@ -140,6 +151,31 @@ def inspect_run(
     if len(synthetic_distances) and len(heldout_distances) and heldout_distances.mean() > 0:
         nn_ratio = float(synthetic_distances.mean() / heldout_distances.mean())
 
+    # 5b. The CEHR-GPT authors' attacks, against the real patients the model never saw.
+    train_set = (real.train, real.reference_rows)
+    heldout_set = (real.heldout, real.heldout_candidates)
+    synthetic_set = (synthetic, np.arange(synthetic.count))
+    membership = membership_inference(train_set, heldout_set, synthetic_set, vocabulary, options.privacy_sample,
+                                      options.seed)
+    attributes_known = attribute_config(real_prevalence, tokens)
+    attributes = attribute_inference(train_set, heldout_set, synthetic_set, vocabulary, attributes_known,
+                                     options.privacy_sample, options.seed)
+
+    # 7. Utility: train on synthetic vs train on real, tested on held-out real patients.
+    utility = dimension_wise_prediction(real.train_facts, real.reference_rows, facts, real.heldout_facts,
+                                        real.heldout_rows, size, tokens, names, options.seed)
+
+    # 8. Calendar time: the converter's visit dates against the source's last date and today.
+    source_end, source_note = options.source_end_date, options.source_end_note
+    if source_end is None:
+        real_dates = visit_dates(real.train_facts)
+        real_dates = real_dates[~np.isnat(real_dates)]
+        source_end = real_dates.max().item() if len(real_dates) else datetime.date.today()
+        source_note = "estimated: the last visit date of the real sequences, dated as the converter does"
+    calendar = calendar_time(real.train_facts, facts, source_end, datetime.date.today())
+    calendar["source_end_from"] = source_note
+    errors = prevalence_errors(real_prevalence, synthetic_prevalence, tokens, names)
+
     # 6. Conversion to OMOP.
     restored = restored_omop_counts(restored_dir) if restored_dir else None
     converted_fraction = None
@@ -159,6 +195,10 @@ def inspect_run(
         "valid_fraction": valid_count / synthetic.count,
         "invalid_reasons": invalid_reasons,
         "prevalence_pearson_r": prevalence_r,
+        "prevalence_within_25pct": errors["within_25pct"],
+        "prevalence_errors": errors,
+        "visits_after_source_end_fraction": calendar["visits_after_source_end_fraction"],
+        "calendar": calendar,
         "cooccurrence_pearson_r": pairs_r,
         "cooccurrence_pairs": pair_count,
         "length_ks": distributions["sequence_length"]["distance"],
@@ -198,6 +238,12 @@ def inspect_run(
             else None,
             "split": real.split_note,
         },
+        "membership_inference": membership,
+        "attribute_inference": attributes,
+        "dimension_wise_auroc_synthetic": None if utility is None else utility["auroc_synthetic"],
+        "dimension_wise_auroc_real": None if utility is None else utility["auroc_real"],
+        "dimension_wise_auroc_ratio": None if utility is None else utility["ratio"],
+        "utility": utility,
         "converted_fraction": converted_fraction,
         "restored_omop": None if restored is None else {"dir": str(restored_dir), "rows": restored},
         "top_concepts": top_concepts,
@@ -226,6 +272,8 @@ def inspect_run(
             names,
         )
         (staging / "report.json").write_text(json.dumps(json_ready(report), indent=2) + "\n")
+        # The attribute config the attack used, in the format cehrgpt's attribute_inference reads.
+        (staging / "attribute_inference_config.yml").write_text(yaml.safe_dump(attributes_known))
         (staging / "report.md").write_text(markdown_report(report, distributions, plots, tokens, names))
     print(f"Report: {report_dir / 'report.md'}")
     return report

@@ -152,3 +152,42 @@ def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
         }
     return result
 
+
+
+# Per-concept prevalence error, on the concepts researchers would study: those in at least 5% of the
+# real patients. Pearson r over all concepts is dominated by the few very frequent ones.
+PREVALENCE_ERROR_MIN_REAL = 0.05
+PREVALENCE_TOLERANCE = 0.25  # "within +-25% relative"
+WORST_SHOWN = 15
+CONDITIONS_SHOWN = 5
+
+
+def prevalence_errors(
+    real_prevalence: np.ndarray, synthetic_prevalence: np.ndarray, tokens: list[str],
+    names: dict[str, tuple[str, str]],
+) -> dict:
+    """Relative error (synthetic - real) / real of each concept in >= 5% of real patients: the share
+    within +-25%, the worst 15, and the most under- and over-generated conditions (domain Condition)."""
+    codes = np.flatnonzero(real_prevalence >= PREVALENCE_ERROR_MIN_REAL)
+    errors = (synthetic_prevalence[codes] - real_prevalence[codes]) / real_prevalence[codes]
+
+    def row(position: int) -> dict:
+        token = tokens[codes[position]]
+        name, domain = names.get(token, ("", ""))
+        return {"concept_id": token, "name": name, "domain": domain,
+                "real_prevalence": float(real_prevalence[codes[position]]),
+                "synthetic_prevalence": float(synthetic_prevalence[codes[position]]),
+                "relative_error": float(errors[position])}
+
+    worst = np.argsort(-np.abs(errors), kind="stable")[:WORST_SHOWN]
+    conditions = np.array([names.get(tokens[code], ("", ""))[1] == "Condition" for code in codes], dtype=bool)
+    by_error = np.argsort(errors, kind="stable")
+    by_error = by_error[conditions[by_error]]
+    return {
+        "min_real_prevalence": PREVALENCE_ERROR_MIN_REAL,
+        "concepts": len(codes),
+        "within_25pct": float((np.abs(errors) <= PREVALENCE_TOLERANCE).mean()) if len(codes) else None,
+        "worst": [row(position) for position in worst],
+        "under_generated_conditions": [row(p) for p in by_error[:CONDITIONS_SHOWN] if errors[p] < 0],
+        "over_generated_conditions": [row(p) for p in by_error[::-1][:CONDITIONS_SHOWN] if errors[p] > 0],
+    }

@@ -153,6 +153,8 @@ class RealData:
     reference_rows: np.ndarray  # rows of train used as the nearest-neighbour reference
     heldout_rows: np.ndarray  # rows of the held-out facts used as queries
     heldout_count: int  # real sequences the model never saw: test/, or the ones set aside
+    heldout: Sequences  # test/, or train itself when there is no split
+    heldout_candidates: np.ndarray  # rows of `heldout` the model never saw (all of test/, or the set-aside)
     split_note: str
     description: str
 
@@ -190,5 +192,8 @@ def load_real(real_dir: Path, vocabulary: Vocabulary, sample_size: int, seed: in
         )
     description = f"{real_dir} ({train.count:,} training sequences)"
     heldout_count = heldout_facts.count if has_split else len(heldout_rows)
-    return RealData(train, train_facts, heldout_facts, reference_rows, heldout_rows, heldout_count, note, description)
+    heldout_sequences = heldout if has_split else train
+    candidates = np.arange(heldout.count) if has_split else heldout_rows
+    return RealData(train, train_facts, heldout_facts, reference_rows, heldout_rows, heldout_count,
+                    heldout_sequences, candidates, note, description)
 

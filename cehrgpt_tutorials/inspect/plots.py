@@ -157,6 +157,51 @@ def write_plots(
     )
     axis.legend(fontsize=8)
     plots["validity"] = _save(figure, folder, "validity.png")
+
+    # The worst per-concept relative prevalence errors (concepts in >= 5% of real patients).
+    worst = report["prevalence_errors"]["worst"]
+    if worst:
+        figure, axis = plt.subplots(figsize=(9, 0.35 * len(worst) + 1.5))
+        errors = [100 * row["relative_error"] for row in worst]
+        labels = [token_label(row["concept_id"], names, 38) for row in worst]
+        positions = np.arange(len(worst))
+        axis.barh(positions, errors, color=[REAL_COLOUR if e < 0 else SYNTHETIC_COLOUR for e in errors])
+        axis.axvspan(-25, 25, color="grey", alpha=0.15, label="within +-25%")
+        axis.axvline(0, color="grey", linewidth=1)
+        axis.set_yticks(positions, labels, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlabel("relative prevalence error, % ((synthetic - real) / real)")
+        axis.set_title(
+            f"Worst {len(worst)} of {report['prevalence_errors']['concepts']} frequent concepts; "
+            f"{percent(report['prevalence_errors']['within_25pct'])} within +-25%",
+            fontsize=10,
+        )
+        axis.legend(fontsize=8)
+        plots["prevalence_errors"] = _save(figure, folder, "prevalence_errors.png")
+
+    # Visits per calendar year, real vs synthetic, with the source's last date and today.
+    per_year = report["calendar"].get("visits_per_year")
+    if per_year:
+        figure, axis = plt.subplots(figsize=(10, 4.5))
+        years = np.asarray(per_year["years"])
+        for side, colour in (("real", REAL_COLOUR), ("synthetic", SYNTHETIC_COLOUR)):
+            counts = np.asarray(per_year[side], dtype=np.float64)
+            if counts.sum():
+                axis.plot(years, counts / counts.sum(), color=colour, label=f"{side} ({int(counts.sum()):,} visits)")
+        calendar = report["calendar"]
+        for date, style, label in ((calendar["source_end_date"], "--", "source's last visit"),
+                                   (calendar["run_date"], ":", "report date")):
+            year = int(date[:4]) + (int(date[5:7]) - 1) / 12
+            axis.axvline(year, color="grey", linestyle=style, label=f"{label} {date}")
+        axis.set_xlabel("calendar year of the visit start (as cehrgpt's converter dates it)")
+        axis.set_ylabel("share of visits")
+        axis.set_title(
+            f"Visits per calendar year: {percent(calendar['visits_after_source_end_fraction'])} of synthetic visits "
+            "after the source's last date",
+            fontsize=10,
+        )
+        axis.legend(fontsize=8)
+        plots["calendar"] = _save(figure, folder, "visits_per_year.png")
     return plots
 
 

@@ -7,6 +7,14 @@ import math
 import numpy as np
 
 from cehrgpt_tutorials.inspect.fidelity import TOP_PAIRS
+from cehrgpt_tutorials.inspect.report_sections import (
+    _get,
+    attack_lines,
+    calendar_lines,
+    prevalence_error_lines,
+    print_new_metrics,
+    utility_lines,
+)
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES
 
 # One line per metric: printed by --help and written into report.md, so the numbers explain themselves.
@@ -27,6 +35,32 @@ METRICS = {
     "real patient, near 0 = copies",
     "converted_fraction": "share of synthetic sequences that cehrgpt's converter turned into OMOP persons "
     "(from --restored-omop-dir, or the run's restored_omop/)",
+    "prevalence_within_25pct": "share of the concepts in >= 5% of real training patients whose synthetic "
+    "prevalence is within +-25% (relative) of the real one",
+    "visits_after_source_end_fraction": "share of synthetic visits (as generated, dated the way cehrgpt's "
+    "converter dates them) that start after the source data's last visit date",
+    "membership_inference": "cehrgpt's membership inference: synthetic patients' distances to sampled training "
+    "vs held-out real patients, 'member' below a squared distance of 5; accuracy 0.5 = chance",
+    "attribute_inference": "cehrgpt's attribute inference: a training patient's sensitive concepts guessed from "
+    "the synthetic patient nearest on demographics and common concepts (F1), vs the same guess from held-out "
+    "real patients (f1_baseline)",
+    "dimension_wise_auroc": "medGAN's dimension-wise prediction: per common concept, a logistic regression from "
+    "the other concepts, trained on synthetic vs on real patients, AUROC on held-out real patients",
+}
+
+# What value of each privacy and utility number should worry you: one line each, in report.md.
+READINGS = {
+    "nn_distance_ratio": "well below 1 (say under 0.8): synthetic patients sit closer to training patients than "
+    "new real patients do, a sign of memorization",
+    "membership_inference": "accuracy near 0.5 is what an attacker gets by guessing; above ~0.6 the synthetic "
+    "data tells members from non-members",
+    "attribute_inference": "f1_synthetic at or below f1_baseline: the synthetic patients reveal no more than "
+    "real strangers would; clearly above it (towards f1_train_train) they leak training patients' concepts",
+    "dimension_wise_auroc": "a ratio near 1: as useful as the real data for these predictions; well below 1 "
+    "(say under 0.9): relations between concepts were lost",
+    "visits_after_source_end_fraction": "0% in real data; more than a few % means synthetic patients live in "
+    "the future (the restore step censors them at the source's last date)",
+    "prevalence_within_25pct": "below ~0.8: frequent concepts, which analyses depend on, are mis-generated",
 }
 
 
@@ -89,6 +123,7 @@ def print_metrics(report: dict, distributions: dict) -> None:
         f"{number(nn['synthetic_mean_distance'])} vs held-out->real {number(nn['heldout_mean_distance'])}; "
         f"{nn['synthetic_queries']:,} and {nn['heldout_queries']:,} sampled queries against {nn['reference_sequences']:,} real)"
     )
+    print_new_metrics(report)
     if report["converted_fraction"] is not None:
         persons = report["restored_omop"]["rows"]["person"] or 0
         print(
@@ -118,6 +153,17 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"| clinical_exact_copy_fraction | {percent(report['clinical_exact_copy_fraction'])} | the same, clinical concepts only |",
         f"| nn_distance_ratio | {number(report['nn_distance_ratio'], 2)} | {METRICS['nn_distance_ratio']} |",
         f"| converted_fraction | {percent(report['converted_fraction'])} | {METRICS['converted_fraction']} |",
+        f"| heldout_real_sequences | {report['heldout_real_sequences']:,} | real sequences the model never saw, "
+        "the reference of the privacy and utility checks |",
+        f"| prevalence_within_25pct | {percent(report['prevalence_within_25pct'])} | {METRICS['prevalence_within_25pct']} |",
+        f"| visits_after_source_end_fraction | {percent(report['visits_after_source_end_fraction'])} | "
+        f"{METRICS['visits_after_source_end_fraction']} |",
+        f"| membership_inference accuracy | {number(_get(report['membership_inference'], 'accuracy'))} | "
+        f"{METRICS['membership_inference']} |",
+        f"| attribute_inference f1 (synthetic / baseline) | {number(_get(report['attribute_inference'], 'f1_synthetic'))}"
+        f" / {number(_get(report['attribute_inference'], 'f1_baseline'))} | {METRICS['attribute_inference']} |",
+        f"| dimension_wise_auroc_synthetic / dimension_wise_auroc_real | {number(report['dimension_wise_auroc_synthetic'])} / "
+        f"{number(report['dimension_wise_auroc_real'])} | {METRICS['dimension_wise_auroc']} |",
         "",
         "## 1. Structural validity",
         "",
@@ -154,6 +200,10 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
             f"| {row['concept_id']} | {row['name'] or '(name unknown)'} | {percent(row['real_prevalence'])} | "
             f"{percent(row['synthetic_prevalence'])} |"
         )
+    lines += [
+        "",
+    ]
+    lines += prevalence_error_lines(report, plots)
     lines += [
         "",
         "## 3. Distributions",
@@ -193,7 +243,10 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"{percent(nn['heldout_zero_distance_fraction'])} at distance 0). To stay fast at 100k x 100k it uses samples: "
         f"{nn['synthetic_queries']:,} synthetic and {nn['heldout_queries']:,} held-out query sequences (patients with "
         f"at least one concept) against {nn['reference_sequences']:,} real reference sequences, as sparse matrix "
-        f"products. Split: {nn['split']}.",
+        f"products. Split: {nn['split']}. Reading: {READINGS['nn_distance_ratio']}.",
+    ]
+    lines += attack_lines(report)
+    lines += [
         "",
         "## 6. Conversion to OMOP",
         "",
@@ -214,6 +267,8 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
             f"| {table} | {'(no folder)' if count is None else f'{count:,}'} |"
             for table, count in rows.items()
         ]
+    lines += utility_lines(report)
+    lines += calendar_lines(report, plots)
     lines.append("")
     return "\n".join(lines)
 

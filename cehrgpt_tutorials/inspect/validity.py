@@ -60,6 +60,11 @@ class Facts:
     concepts_per_patient: np.ndarray
     whole_hashes: np.ndarray  # a 64-bit fingerprint per sequence (see sequence_hashes)
     clinical_hashes: np.ndarray  # the same over the clinical concepts only
+    # Every [VS]: its token position, its sequence, and its day as cehrgpt's converter dates it (days
+    # since 1 January of the sequence's year token: the sum of the time tokens before it).
+    visit_positions: np.ndarray
+    visit_sequence: np.ndarray
+    visit_days: np.ndarray
     clinical_lengths: np.ndarray
 
 
@@ -212,6 +217,12 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
     size = len(vocabulary)
     keys = np.unique(np.repeat(np.arange(count, dtype=np.int64), clinical_lengths) * size + clinical_codes)
 
+    # Day of each visit start: the converter moves its date cursor by every between-visit (D/W/M/LT) and
+    # inpatient (i-D) time token, from 1 January of the year token. A malformed token moves nothing.
+    is_time = (kind == TIME) | (kind == INPATIENT_TIME)
+    elapsed = np.cumsum(np.where(is_time, np.nan_to_num(number_of[codes]), 0.0))
+    before_sequence = np.concatenate(([0.0], elapsed))[starts]
+
     return Facts(
         count=count,
         lengths=lengths,
@@ -229,5 +240,8 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
         whole_hashes=sequence_hashes(codes, offsets),
         clinical_hashes=sequence_hashes(clinical_codes, clinical_offsets),
         clinical_lengths=clinical_lengths,
+        visit_positions=starts_at,
+        visit_sequence=sequence_of(starts_at),
+        visit_days=elapsed[starts_at] - before_sequence[sequence_of(starts_at)],
     )
 
