@@ -280,6 +280,11 @@ def main() -> None:
         f"  = {elapsed / floor:.1f}x the floor's wall time"
     )
     print(f"goal: <= 60 s -> {'met' if elapsed <= 60 else 'NOT met'}")
+    sections = report.get("seconds") or {}
+    print("of which: " + ", ".join(f"{name} {value:.1f} s" for name, value in sections.items()))
+    membership = report.get("membership_inference") or {}
+    print(f"privacy attacks sampled {membership.get('sample_per_set', 'n/a')} patients per set; utility trained on "
+          f"{(report.get('utility') or {}).get('train_rows_synthetic', 'n/a')} rows per side")
     print(
         f"sanity: valid {report['valid_fraction']:.3f} (expected ~0.95), exact copies {report['exact_copy_fraction']:.3f} "
         f"(planted 0.010), prevalence r {report['prevalence_pearson_r']:.3f}, nn ratio {report['nn_distance_ratio']:.2f}"

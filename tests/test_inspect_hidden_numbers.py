@@ -237,3 +237,16 @@ def test_a_synthetic_set_without_a_concept_scores_it_as_chance():
     result = utility_of(without, train, heldout)
     row = next(row for row in result["concepts"] if row["concept_id"] == "1001")
     assert row["auroc_synthetic"] == 0.5 and not row["synthetic_trainable"]
+
+
+def test_censoring_without_a_source_visit_table_fails_with_one_line(tmp_path, pipeline_env):
+    from conftest import run_script
+
+    folder = tmp_path / "generated_sequences"
+    folder.mkdir()
+    pq.write_table(pa.table({"concept_ids": pa.array([LATE], pa.list_(pa.string()))}), folder / "part-0.parquet")
+    result = run_script(["-m", "cehrgpt_tutorials.inspect.timeline", "censor", str(folder), str(tmp_path / "out"),
+                         "--source-visits", str(tmp_path / "nowhere")], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: no visit_occurrence Parquet files in {tmp_path / 'nowhere'}")
+    assert not (tmp_path / "out").exists()

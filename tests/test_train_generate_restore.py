@@ -30,6 +30,7 @@ from cehrgpt_tutorials.omop_restore import (
     fill_empty_tables,
     skip_reason,
 )
+from cehrgpt_tutorials.plausibility import CHECKS as PLAUSIBILITY_CHECKS
 
 SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
 PATIENTS_ASKED = 5
@@ -240,7 +241,11 @@ def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cd
     result = restored["result"]
     assert result.returncode == 0, output_of(result)
     counts = summary_counts(result.stdout)
-    assert counts["generated"] == restored["total"]
+    # Censored at the source's last visit date first: sequences whose first visit is later are left out.
+    censored = re.search(r"Censored at (\S+): [\d,]+ of ([\d,]+) sequences cut .*?, ([\d,]+) left out", result.stdout)
+    assert censored, output_of(result)
+    assert int(censored.group(2).replace(",", "")) == restored["total"]
+    assert counts["generated"] == restored["total"] - int(censored.group(3).replace(",", ""))
     assert counts["converted"] + counts["skipped"] == counts["generated"]
     assert sum(counts["reasons"]) == counts["skipped"]
     assert counts["converted"] >= 1 and counts["skipped"] >= 1
@@ -262,6 +267,104 @@ def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cd
     assert re.search(r'psql "postgresql://[^"]+"', result.stdout)
     assert "FROM cdm.person" in result.stdout and "FROM synthetic_cdm.person" in result.stdout
     assert "synthetic_pct" in result.stdout
+
+    # The plausibility checks ran on both schemas; after censoring no synthetic visit is after the
+    # source's last date (the date censoring used), and the real CDM has none by definition.
+    lines = result.stdout.splitlines()
+    table = lines[[index for index, line in enumerate(lines) if line.startswith("Plausibility")][0] + 2:]
+    checks = {line.split()[0]: line.split()[1:] for line in table if line.startswith("  ") and len(line.split()) == 3}
+    assert set(checks) == set(PLAUSIBILITY_CHECKS), result.stdout
+    assert checks["visits_after_source_end"] == ["0", "0"]
+    assert f"source's last visit {censored.group(1)}" in result.stdout
+
+
+# The clinical tables cehrgpt's converter fills, as the OHDSI CDM v5.4 PostgreSQL DDL defines them
+# (OMOPCDM_postgresql_5.4_ddl.sql and _primary_keys.sql, https://github.com/OHDSI/CommonDataModel):
+# types, NOT NULLs and primary keys, written out here rather than taken from cdm_schema.py, which
+# leaves NOT NULLs out on purpose.
+CDM54_DDL = """
+CREATE TABLE {s}.person (person_id integer NOT NULL, gender_concept_id integer NOT NULL,
+  year_of_birth integer NOT NULL, month_of_birth integer NULL, day_of_birth integer NULL,
+  birth_datetime TIMESTAMP NULL, race_concept_id integer NOT NULL, ethnicity_concept_id integer NOT NULL,
+  location_id integer NULL, provider_id integer NULL, care_site_id integer NULL,
+  person_source_value varchar(50) NULL, gender_source_value varchar(50) NULL, gender_source_concept_id integer NULL,
+  race_source_value varchar(50) NULL, race_source_concept_id integer NULL, ethnicity_source_value varchar(50) NULL,
+  ethnicity_source_concept_id integer NULL);
+CREATE TABLE {s}.observation_period (observation_period_id integer NOT NULL, person_id integer NOT NULL,
+  observation_period_start_date date NOT NULL, observation_period_end_date date NOT NULL,
+  period_type_concept_id integer NOT NULL);
+CREATE TABLE {s}.visit_occurrence (visit_occurrence_id integer NOT NULL, person_id integer NOT NULL,
+  visit_concept_id integer NOT NULL, visit_start_date date NOT NULL, visit_start_datetime TIMESTAMP NULL,
+  visit_end_date date NOT NULL, visit_end_datetime TIMESTAMP NULL, visit_type_concept_id Integer NOT NULL,
+  provider_id integer NULL, care_site_id integer NULL, visit_source_value varchar(50) NULL,
+  visit_source_concept_id integer NULL, admitted_from_concept_id integer NULL,
+  admitted_from_source_value varchar(50) NULL, discharged_to_concept_id integer NULL,
+  discharged_to_source_value varchar(50) NULL, preceding_visit_occurrence_id integer NULL);
+CREATE TABLE {s}.condition_occurrence (condition_occurrence_id integer NOT NULL, person_id integer NOT NULL,
+  condition_concept_id integer NOT NULL, condition_start_date date NOT NULL, condition_start_datetime TIMESTAMP NULL,
+  condition_end_date date NULL, condition_end_datetime TIMESTAMP NULL, condition_type_concept_id integer NOT NULL,
+  condition_status_concept_id integer NULL, stop_reason varchar(20) NULL, provider_id integer NULL,
+  visit_occurrence_id integer NULL, visit_detail_id integer NULL, condition_source_value varchar(50) NULL,
+  condition_source_concept_id integer NULL, condition_status_source_value varchar(50) NULL);
+CREATE TABLE {s}.drug_exposure (drug_exposure_id integer NOT NULL, person_id integer NOT NULL,
+  drug_concept_id integer NOT NULL, drug_exposure_start_date date NOT NULL, drug_exposure_start_datetime TIMESTAMP NULL,
+  drug_exposure_end_date date NOT NULL, drug_exposure_end_datetime TIMESTAMP NULL, verbatim_end_date date NULL,
+  drug_type_concept_id integer NOT NULL, stop_reason varchar(20) NULL, refills integer NULL, quantity NUMERIC NULL,
+  days_supply integer NULL, sig TEXT NULL, route_concept_id integer NULL, lot_number varchar(50) NULL,
+  provider_id integer NULL, visit_occurrence_id integer NULL, visit_detail_id integer NULL,
+  drug_source_value varchar(50) NULL, drug_source_concept_id integer NULL, route_source_value varchar(50) NULL,
+  dose_unit_source_value varchar(50) NULL);
+CREATE TABLE {s}.procedure_occurrence (procedure_occurrence_id integer NOT NULL, person_id integer NOT NULL,
+  procedure_concept_id integer NOT NULL, procedure_date date NOT NULL, procedure_datetime TIMESTAMP NULL,
+  procedure_end_date date NULL, procedure_end_datetime TIMESTAMP NULL, procedure_type_concept_id integer NOT NULL,
+  modifier_concept_id integer NULL, quantity integer NULL, provider_id integer NULL, visit_occurrence_id integer NULL,
+  visit_detail_id integer NULL, procedure_source_value varchar(50) NULL, procedure_source_concept_id integer NULL,
+  modifier_source_value varchar(50) NULL);
+CREATE TABLE {s}.measurement (measurement_id integer NOT NULL, person_id integer NOT NULL,
+  measurement_concept_id integer NOT NULL, measurement_date date NOT NULL, measurement_datetime TIMESTAMP NULL,
+  measurement_time varchar(10) NULL, measurement_type_concept_id integer NOT NULL, operator_concept_id integer NULL,
+  value_as_number NUMERIC NULL, value_as_concept_id integer NULL, unit_concept_id integer NULL, range_low NUMERIC NULL,
+  range_high NUMERIC NULL, provider_id integer NULL, visit_occurrence_id integer NULL, visit_detail_id integer NULL,
+  measurement_source_value varchar(50) NULL, measurement_source_concept_id integer NULL,
+  unit_source_value varchar(50) NULL, unit_source_concept_id integer NULL, value_source_value varchar(50) NULL,
+  measurement_event_id bigint NULL, meas_event_field_concept_id integer NULL);
+CREATE TABLE {s}.death (person_id integer NOT NULL, death_date date NOT NULL, death_datetime TIMESTAMP NULL,
+  death_type_concept_id integer NULL, cause_concept_id integer NULL, cause_source_value varchar(50) NULL,
+  cause_source_concept_id integer NULL);
+CREATE TABLE {s}.condition_era (condition_era_id integer NOT NULL, person_id integer NOT NULL,
+  condition_concept_id integer NOT NULL, condition_era_start_date date NOT NULL, condition_era_end_date date NOT NULL,
+  condition_occurrence_count integer NULL);
+ALTER TABLE {s}.person ADD CONSTRAINT xpk_person PRIMARY KEY (person_id);
+ALTER TABLE {s}.observation_period ADD CONSTRAINT xpk_observation_period PRIMARY KEY (observation_period_id);
+ALTER TABLE {s}.visit_occurrence ADD CONSTRAINT xpk_visit_occurrence PRIMARY KEY (visit_occurrence_id);
+ALTER TABLE {s}.condition_occurrence ADD CONSTRAINT xpk_condition_occurrence PRIMARY KEY (condition_occurrence_id);
+ALTER TABLE {s}.drug_exposure ADD CONSTRAINT xpk_drug_exposure PRIMARY KEY (drug_exposure_id);
+ALTER TABLE {s}.procedure_occurrence ADD CONSTRAINT xpk_procedure_occurrence PRIMARY KEY (procedure_occurrence_id);
+ALTER TABLE {s}.measurement ADD CONSTRAINT xpk_measurement PRIMARY KEY (measurement_id);
+ALTER TABLE {s}.condition_era ADD CONSTRAINT xpk_condition_era PRIMARY KEY (condition_era_id);
+"""
+
+
+@pytest.mark.slow
+def test_the_synthetic_cdm_loads_into_the_ohdsi_cdm54_ddl(restored):
+    assert restored["result"].returncode == 0, output_of(restored["result"])
+    with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
+        cursor.execute("DROP SCHEMA IF EXISTS cdm54_ddl CASCADE; CREATE SCHEMA cdm54_ddl")
+        cursor.execute(CDM54_DDL.format(s="cdm54_ddl"))
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'cdm54_ddl'")
+        tables = sorted(row[0] for row in cursor.fetchall())
+        loaded = {}
+        for table in tables:
+            cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'synthetic_cdm' "
+                           "AND table_name = %s", (table,))
+            columns = [row[0] for row in cursor.fetchall()]
+            assert columns, f"synthetic_cdm has no {table}"
+            column_list = ", ".join(columns)
+            # Types, NOT NULLs and primary keys are checked by PostgreSQL on the way in.
+            cursor.execute(f"INSERT INTO cdm54_ddl.{table} ({column_list}) SELECT {column_list} FROM synthetic_cdm.{table}")
+            loaded[table] = cursor.rowcount
+        cursor.execute("DROP SCHEMA cdm54_ddl CASCADE")
+    assert loaded["person"] >= 1 and loaded["visit_occurrence"] >= 1, loaded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +442,9 @@ def test_extra_runner_arguments_come_last_so_they_win(pipeline_env, tmp_path):
         ("omop_pipeline.sh", ["--patient-sequence-folder=/nonexistent", "-o", "/tmp/x", "-s", "/tmp/y"],
          "patient sequence folder '/nonexistent' does not exist"),
         ("restore_synthetic.sh", ["--schema", "cdm"], "--schema cdm is the real CDM's schema"),
+        ("restore_synthetic.sh", ["--censor-date", "2019"], "--censor-date must look like YYYY-MM-DD, got '2019'"),
+        ("restore_synthetic.sh", ["--censor-date", "2019-01-09", "--no-censor"],
+         "--censor-date and --no-censor contradict each other"),
     ],
 )
 def test_bad_command_lines_get_one_clear_line(script, arguments, message, pipeline_env):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def inspect_run(
         nn_ratio = float(synthetic_distances.mean() / heldout_distances.mean())
 
     # 5b. The CEHR-GPT authors' attacks, against the real patients the model never saw.
+    clock = time.perf_counter()
     train_set = (real.train, real.reference_rows)
     heldout_set = (real.heldout, real.heldout_candidates)
     synthetic_set = (synthetic, np.arange(synthetic.count))
@@ -161,10 +163,14 @@ def inspect_run(
     attributes = attribute_inference(train_set, heldout_set, synthetic_set, vocabulary, attributes_known,
                                      options.privacy_sample, options.seed)
 
+    seconds = {"privacy_attacks": time.perf_counter() - clock}
+    clock = time.perf_counter()
     # 7. Utility: train on synthetic vs train on real, tested on held-out real patients.
     utility = dimension_wise_prediction(real.train_facts, real.reference_rows, facts, real.heldout_facts,
                                         real.heldout_rows, size, tokens, names, options.seed)
 
+    seconds["utility"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     # 8. Calendar time: the converter's visit dates against the source's last date and today.
     source_end, source_note = options.source_end_date, options.source_end_note
     if source_end is None:
@@ -175,6 +181,7 @@ def inspect_run(
     calendar = calendar_time(real.train_facts, facts, source_end, datetime.date.today())
     calendar["source_end_from"] = source_note
     errors = prevalence_errors(real_prevalence, synthetic_prevalence, tokens, names)
+    seconds["calendar_and_prevalence_errors"] = time.perf_counter() - clock
 
     # 6. Conversion to OMOP.
     restored = restored_omop_counts(restored_dir) if restored_dir else None
@@ -252,6 +259,7 @@ def inspect_run(
             "valid_fraction": float(real.train_facts.valid.mean()),
             "invalid_reasons": real_invalid,
         },
+        "seconds": seconds,  # of the sections added last (bench/inspect_bench.py prints them)
         "metric_explanations": METRICS,
         "validity_rules": VALIDITY_RULES,
     }
