@@ -202,15 +202,19 @@ def summary(total_seconds: float | None = None) -> None:
     if report is not None:
         numbers = json.loads(report.read_text())
 
-        def show(key: str, label: str) -> None:
-            value = numbers.get(key)
-            shown = "n/a" if value is None else (f"{value:.1%}" if "fraction" in key else f"{value:.3f}")
+        def show(key: str, label: str, value=None) -> None:
+            value = numbers.get(key) if value is None else value
+            shown = "n/a" if value is None else (f"{value:.1%}" if "fraction" in key or "pct" in key else f"{value:.3f}")
             print(f"  {label:<24} {shown}")
 
         show("valid_fraction", "valid sequences")
         show("converted_fraction", "converted to OMOP")
         show("prevalence_pearson_r", "prevalence r")
+        show("prevalence_within_25pct", "prevalence within 25%")
+        show("visits_after_source_end_fraction", "visits after source end")
         show("exact_copy_fraction", "exact copies")
+        show("membership_accuracy", "membership inference", (numbers.get("membership_inference") or {}).get("accuracy"))
+        show("dimension_wise_auroc_ratio", "utility AUROC ratio")
         print(f"  report                   {report.with_name('report.md')}")
     if total_seconds is not None:
         print(f"  total wall time          {format_seconds(total_seconds)}")

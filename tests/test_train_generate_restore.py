@@ -271,7 +271,8 @@ def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cd
     # The plausibility checks ran on both schemas; after censoring no synthetic visit is after the
     # source's last date (the date censoring used), and the real CDM has none by definition.
     lines = result.stdout.splitlines()
-    table = lines[[index for index, line in enumerate(lines) if line.startswith("Plausibility")][0] + 2:]
+    first = [index for index, line in enumerate(lines) if line.startswith("Plausibility")][0] + 2
+    table = lines[first:first + len(PLAUSIBILITY_CHECKS)]
     checks = {line.split()[0]: line.split()[1:] for line in table if line.startswith("  ") and len(line.split()) == 3}
     assert set(checks) == set(PLAUSIBILITY_CHECKS), result.stdout
     assert checks["visits_after_source_end"] == ["0", "0"]
