@@ -239,6 +239,17 @@ def test_a_synthetic_set_without_a_concept_scores_it_as_chance():
     assert row["auroc_synthetic"] == 0.5 and not row["synthetic_trainable"]
 
 
+def test_censoring_drops_late_sequences_even_when_no_sequence_closes_a_visit(tmp_path):
+    folder = tmp_path / "generated_sequences"
+    folder.mkdir()
+    unclosed = [LATE[:-1], PROMPT + ["[VS]", "9202", "1001", "D400", "[VS]", "9202"]]  # no [VE] anywhere
+    pq.write_table(pa.table({"concept_ids": pa.array(unclosed, pa.list_(pa.string()))}), folder / "part-0.parquet")
+    totals = censor_folder(folder, tmp_path / "censored", datetime.date(2010, 6, 30))
+    # The first starts in 2030; the second's 2010 visit is kept but never closed, so nothing is left of it.
+    assert totals == {"sequences": 2, "cut": 0, "dropped": 2, "visits_removed": 3}
+    assert pq.read_table(tmp_path / "censored").num_rows == 0
+
+
 def test_censoring_without_a_source_visit_table_fails_with_one_line(tmp_path, pipeline_env):
     from conftest import run_script
 

@@ -109,7 +109,9 @@ def censored_lengths(facts: Facts, kinds: np.ndarray, offsets: np.ndarray, censo
     has_kept = (first_late > 0) & (facts.visit_sequence[np.maximum(previous, 0)] == sequences)
     # The kept visit ends at the last [VE] before the late [VS] (which also drops the time token between).
     closing = np.searchsorted(ends_at, facts.visit_positions[first_late]) - 1
-    end_position = np.where(closing >= 0, ends_at[np.maximum(closing, 0)], -1)
+    end_position = np.full(len(first_late), -1, dtype=np.int64)
+    if len(ends_at):  # a batch of sequences may hold no [VE] at all (an untrained model's)
+        end_position = np.where(closing >= 0, ends_at[np.maximum(closing, 0)], -1)
     valid_end = has_kept & (end_position >= facts.visit_positions[np.maximum(previous, 0)])
     new_lengths[sequences] = np.where(valid_end, end_position + 1 - offsets[sequences], 0)
     return new_lengths
