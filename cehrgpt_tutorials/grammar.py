@@ -211,7 +211,7 @@ def compile_grammar(classes: tuple[TokenClass, ...]) -> CompiledGrammar:
     changed = True
     while changed:
         through = np.where(clean[:, :end], distance[next_state[:, :end]] + 1, np.iinfo(np.int32).max)
-        best = np.minimum(distance, through.min(axis=1))
+        best = np.minimum(distance, through.min(axis=1, initial=np.iinfo(np.int32).max))
         changed = bool((best < distance).any())
         distance = best
     reachable_end = distance < np.iinfo(np.int32).max
