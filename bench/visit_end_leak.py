@@ -58,14 +58,14 @@ def tokenizer_folder(model_dir: Path) -> Path:
 
 
 def allowed_after_visit_end(vocabulary: dict[str, int]) -> np.ndarray:
-    """True for the token ids inspect_synthetic.py's rules accept right after a [VE].
+    """True for the token ids the report's validity rules (inspect_synthetic.py) accept right after a [VE].
 
     Its own token classifier decides: a between-visit time token (an i-D/i-H token outside an
     inpatient visit, or a malformed one, breaks a rule too), a [VS], or the generator's [END].
     """
     from cehrgpt.models.special_tokens import END_TOKEN
 
-    from inspect_synthetic import TIME, VISIT_START, Vocabulary
+    from cehrgpt_tutorials.inspect.vocabulary import TIME, VISIT_START, Vocabulary
 
     tokens = list(vocabulary)
     classified = Vocabulary()

@@ -67,14 +67,15 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
         Step("sequences", "Step 2: build patient sequences with Spark",
              'sh cehrgpt_tutorials/scripts/create_cehrgpt_pretraining_data.sh --input_folder "$OMOP_DIR" '
              '--output_folder "$CEHR_GPT_DATA_DIR" --start_date 1985-01-01',
-             "runs cehrbert_data's two Spark apps (concept list, then one token sequence per patient) into "
-             "$CEHR_GPT_DATA_DIR/patient_sequence; look at the spark-submit lines it prints"),
+             "holds 15% of the persons out (patient_splits), then runs cehrbert_data's two Spark apps (concept "
+             "list, then one token sequence per patient) into $CEHR_GPT_DATA_DIR/patient_sequence/train and /test; "
+             "look at the spark-submit lines it prints"),
         Step("cleanup", "Step 3: repair malformed time tokens", "python cleanup_tokens.py",
              "removes time tokens cehrgpt cannot parse (e.g. negative i-D-) together with their aligned "
              "values; look at the counts by kind"),
         Step("train", "Step 4: pretrain a small CEHR-XGPT",
              f"sh cehrgpt_tutorials/scripts/train_cehrgpt.sh --profile {profile}",
-             "trains the GPT on the patient sequences into $CEHR_GPT_MODEL_DIR (resumes from the last "
+             "trains the GPT on the training patients (patient_sequence/train) into $CEHR_GPT_MODEL_DIR (resumes from the last "
              "checkpoint when re-run); look at the eval loss per epoch"),
         Step("generate", "Step 5a: generate synthetic patients", generate,
              "samples new patient sequences from the model (top_p 0.95) into "

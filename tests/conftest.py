@@ -108,7 +108,8 @@ def demo_omop_parquet(pg_server, pipeline_env, tmp_path_factory) -> Path:
 def demo_patient_sequence(demo_omop_parquet, pipeline_env, tmp_path_factory) -> Path:
     """Patient sequences of the 300-person demo slice, made the tutorial's way: step 2's script
     (both Spark apps, concepts seen in >= 5 patients) then step 3's cleanup_tokens.py.
-    Returns the patient_sequence folder. Shared: copy it before changing anything.
+    Returns the patient_sequence folder: train/ and test/ (the default held-out split, see
+    cehrgpt_tutorials.common.is_test_person). Shared: copy it before changing anything.
     """
     output = tmp_path_factory.mktemp("demo_patient_sequence")
     step2 = subprocess.run(

@@ -16,7 +16,10 @@ import pytest
 from conftest import run_script
 
 import inspect_synthetic
-from inspect_synthetic import Vocabulary, analyse, sequences_from_lists
+from cehrgpt_tutorials.inspect import vocabulary as token_kinds
+from cehrgpt_tutorials.inspect.sequences import sequences_from_lists
+from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, analyse
+from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
 PROMPT = ["year:2011", "age:37", "8507", "8527"]
 # Outpatient visit, inpatient visit (i-D day token, discharge token), ER visit.
@@ -78,7 +81,7 @@ BROKEN = {
 
 
 def test_every_rule_has_a_case():
-    assert set(BROKEN) == set(inspect_synthetic.VALIDITY_RULES)
+    assert set(BROKEN) == set(VALIDITY_RULES)
 
 
 @pytest.mark.parametrize("rule", sorted(BROKEN))
@@ -121,7 +124,7 @@ def test_fast_time_token_verdicts_agree_with_cehrgpt():
         tokens, vocabulary.fact("kind")[codes], vocabulary.fact("number")[codes], strict=True
     ):
         assert is_att_token(token)
-        assert kind in (inspect_synthetic.TIME, inspect_synthetic.INPATIENT_TIME)
+        assert kind in (token_kinds.TIME, token_kinds.INPATIENT_TIME)
         assert days == extract_time_interval_in_days(token), token
     for token in [
         "1001",
@@ -220,6 +223,8 @@ def test_identical_sets_give_r_one_and_zero_distances(tmp_path):
     assert report["nn"]["synthetic_mean_distance"] == 0 and report["nn_distance_ratio"] == 0
     assert report["nn"]["heldout_mean_distance"] > 0
     assert report["real"]["valid_fraction"] == 1.0
+    # The held-out reference is the whole test/ split.
+    assert report["heldout_real_sequences"] == 20 and report["nn"]["heldout_queries"] == 20
 
 
 def test_disjoint_concept_sets(tmp_path):
@@ -261,7 +266,7 @@ def test_counts_per_failure_reason(tmp_path):
     report = inspect(tmp_path, real, synthetic)
     assert report["num_valid"] == 2
     assert report["valid_fraction"] == pytest.approx(2 / len(synthetic))
-    assert report["invalid_reasons"] == {rule: 1 for rule in inspect_synthetic.VALIDITY_RULES}
+    assert report["invalid_reasons"] == {rule: 1 for rule in VALIDITY_RULES}
 
 
 def test_names_and_visit_types_from_the_concept_table(tmp_path, capsys):

@@ -21,7 +21,17 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, run_script
 
-from cehrgpt_tutorials.common import malformed_time_tokens, parallel_list_columns
+from cehrgpt_tutorials.common import (
+    DEFAULT_TEST_FRACTION,
+    SPLIT_MARKER,
+    PipelineError,
+    is_test_person,
+    malformed_time_tokens,
+    parallel_list_columns,
+    split_of,
+    split_position,
+    write_patient_splits,
+)
 from cleanup_tokens import write_hadoop_checksum
 
 SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
@@ -131,6 +141,19 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
     sequences = pq.read_table(output / "patient_sequence")
     persons = pq.read_table(step2_run["input"] / "person").num_rows
     assert 0.8 * persons <= sequences.num_rows <= persons
+
+    # The held-out split: written in the output folder, read by app 2, which wrote train/ and test/
+    # (and nothing else at the top); each person where is_test_person puts them.
+    assert "Held out:      " + str(output / "patient_splits") in result.stdout
+    assert (output / "patient_splits" / SPLIT_MARKER).is_file()
+    assert sorted(p.name for p in (output / "patient_sequence").iterdir() if not p.name.startswith((".", "_"))) == [
+        "test", "train"]
+    train_ids = set(pq.read_table(output / "patient_sequence" / "train", columns=["person_id"])["person_id"].to_pylist())
+    test_ids = set(pq.read_table(output / "patient_sequence" / "test", columns=["person_id"])["person_id"].to_pylist())
+    assert train_ids and test_ids and not train_ids & test_ids
+    assert len(train_ids) + len(test_ids) == sequences.num_rows
+    assert all(is_test_person(person) for person in test_ids)
+    assert not any(is_test_person(person) for person in train_ids)
     assert pc.all(pc.equal(sequences["num_of_concepts"], pc.list_value_length(sequences["concept_ids"]))).as_py()
     # Every list column is a parallel array of concept_ids in every row.
     assert parallel_list_columns(sequences) == {
@@ -146,7 +169,8 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
 def test_cleanup_makes_the_sequences_trainable(step2_run, pipeline_env, tmp_path):
     assert step2_run["result"].returncode == 0
     raw = tmp_path / "raw"
-    shutil.copytree(step2_run["output"] / "patient_sequence", raw)
+    # The training split, what cehrgpt's runner reads (one folder of part files).
+    shutil.copytree(step2_run["output"] / "patient_sequence" / "train", raw)
     raw_tokens = pc.unique(pc.list_flatten(pq.read_table(raw)["concept_ids"])).to_pylist()
     malformed = malformed_time_tokens(raw_tokens)
     assert malformed and all(token.startswith("i-D-") for token in malformed)
@@ -279,6 +303,8 @@ def test_java_17_is_refused_before_spark_starts(pipeline_env, tmp_path):
         (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01", "--verbose"],
          "error: unknown option '--verbose'"),
         (["--input_folder"], "error: --input_folder needs a value"),
+        (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01", "--test_fraction", "1.5"],
+         "error: --test_fraction must be 0 (no split) or a number between 0 and 1 such as 0.15, got '1.5'"),
     ],
 )
 def test_bad_command_lines_get_one_clear_line(pipeline_env, arguments, message):
@@ -305,3 +331,66 @@ def test_help_shows_the_official_command_line(pipeline_env):
     assert result.returncode == 0
     for option in ["--input_folder", "--output_folder", "--start_date", "--min_num_of_patients"]:
         assert option in result.stdout
+    assert "--test_fraction F" in result.stdout and f"(default {DEFAULT_TEST_FRACTION})" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The held-out split (cehrgpt_tutorials.common): one function of person_id, fast tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_holds_out_the_test_fraction_and_is_nested():
+    import numpy as np
+
+    ids = np.arange(1, 100_001, dtype=np.int64)
+    for fraction in (0.1, DEFAULT_TEST_FRACTION, 0.5):
+        assert abs(is_test_person(ids, fraction).mean() - fraction) < 0.005
+    # Growing the fraction only moves train persons to test, never back.
+    assert not (is_test_person(ids, 0.1) & ~is_test_person(ids, 0.15)).any()
+    # Consecutive ids are not split in blocks: both halves of the id range hold out the same share.
+    assert abs(is_test_person(ids[:50_000]).mean() - is_test_person(ids[50_000:]).mean()) < 0.01
+
+
+def test_split_of_one_person_matches_the_array_form_and_survives_a_new_process(pipeline_env):
+    import numpy as np
+
+    ids = [1, 2, 3, 99, 123_456_789, -7, 2**62]
+    array = is_test_person(np.array(ids, dtype=np.int64))
+    assert [split_of(person) for person in ids] == ["test" if flag else "train" for flag in array]
+    assert all(0.0 <= split_position(person) < 1.0 for person in ids)
+    # Not Python's salted hash(): another interpreter gives the same verdicts.
+    other = run_script(["-c", "from cehrgpt_tutorials.common import split_of; "
+                        f"print(' '.join(split_of(p) for p in {ids}))"], pipeline_env, timeout=60)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.split() == [split_of(person) for person in ids]
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
+def test_split_refuses_a_fraction_outside_zero_to_one(fraction):
+    with pytest.raises(PipelineError, match="between 0 and 1"):
+        is_test_person(5, fraction)
+
+
+def test_patient_splits_folder_lists_every_person_once_with_its_split(tmp_path, pipeline_env):
+    person = tmp_path / "person"
+    person.mkdir()
+    ids = list(range(1, 401))
+    pq.write_table(pa.table({"person_id": pa.array(ids + [7], pa.int64()), "year_of_birth": [1980] * 401}),
+                   person / "part-0.parquet")
+    counts = write_patient_splits(person, tmp_path / "patient_splits", test_fraction=0.2)
+    table = pq.read_table(tmp_path / "patient_splits")
+    assert table.schema.names == ["person_id", "split"]
+    assert sorted(table["person_id"].to_pylist()) == ids
+    assert dict(zip(table["person_id"].to_pylist(), table["split"].to_pylist(), strict=True)) == {
+        person_id: split_of(person_id, 0.2) for person_id in ids}
+    assert counts == {"test": sum(split_of(p, 0.2) == "test" for p in ids),
+                      "train": sum(split_of(p, 0.2) == "train" for p in ids)}
+    # The command step 2 runs; a person folder without person_id is one clear line.
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "bad.parquet")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad.parquet").rename(tmp_path / "bad" / "part-0.parquet")
+    result = run_script(["-m", "cehrgpt_tutorials.common", "patient-splits", str(tmp_path / "bad"),
+                         str(tmp_path / "out")], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path / 'bad'} has no person_id column: not an OMOP person table"
+    assert not (tmp_path / "out").exists()

@@ -121,6 +121,8 @@ def test_generation_writes_at_least_the_patients_asked_and_replaces_a_previous_s
             "concept_value_masks", "units"} <= set(table.column_names)
     assert all(len(ids) <= CONTEXT_WINDOW for ids in table.column("concept_ids").to_pylist())
     assert not list(folder.parent.parent.glob(".generate.*")), "staging folder left behind"
+    # Prompts come from the training split only: the held-out test/ patients stay unseen.
+    assert f"--demographic_data_path {generated['arguments'][3]}/train" in result.stdout
 
     # A second run replaces the sample instead of adding files to it.
     first_files = set(folder.iterdir())
@@ -304,6 +306,18 @@ def test_every_profile_is_a_valid_runner_configuration(profile, pipeline_env, tm
     assert (load_best, int(parsed_hidden)) == ("True", hidden)
     # tiny runs a fixed number of steps (runner default applies); the others run their whole schedule
     assert float(threshold) == (0.0 if profile != "tiny" else 0.01)
+
+
+def test_training_reads_only_the_train_split_of_a_split_folder(pipeline_env, tmp_path):
+    split = tmp_path / "split"
+    split.mkdir()
+    train = fake_sequence_folder(tmp_path).rename(split / "train")
+    shutil.copytree(train, split / "test")
+    result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", split, "--model-dir", tmp_path / "model",
+                                         "--print-args"], pipeline_env, timeout=120)
+    assert result.returncode == 0, output_of(result)
+    words = result.stdout.splitlines()
+    assert words[words.index("--data_folder") + 1] == str(train.resolve())
 
 
 def test_extra_runner_arguments_come_last_so_they_win(pipeline_env, tmp_path):

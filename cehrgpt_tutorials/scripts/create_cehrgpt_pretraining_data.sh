@@ -6,11 +6,17 @@
 #      (written to OUTPUT_FOLDER/qualified_concept_list);
 #   2. generate_training_data: one row per patient (OUTPUT_FOLDER/patient_sequence), restricted to
 #      those concepts, with day time tokens between and inside visits.
+# Before them it writes the held-out split: OUTPUT_FOLDER/patient_splits (person_id, split), decided
+# per person by cehrgpt_tutorials.common.is_test_person (--test_fraction, default 0.15), which app 2
+# reads, so it writes patient_sequence/train and patient_sequence/test. Training and generation use
+# train/ only; inspect_synthetic.py uses test/ as the real patients the model never saw. An input
+# folder with its own patient_splits (not written by us) keeps that split; --test_fraction 0: no split.
 #
 # Reads:  INPUT_FOLDER/{person,visit_occurrence,concept,condition_occurrence,procedure_occurrence,
 #         drug_exposure}/ (one Parquet folder per table, as export_omop.py writes them) and death/
 #         when it exists.
-# Writes: OUTPUT_FOLDER/patient_sequence (the result), qualified_concept_list, the apps' intermediate
+# Writes: OUTPUT_FOLDER/patient_sequence/{train,test} (the result; patient_sequence itself with
+#         --test_fraction 0), patient_splits, qualified_concept_list, the apps' intermediate
 #         folders (all_patient_events, events_to_fix, clinical_events, att_events, ...), spark_input/
 #         (links, see below) and logs/<app>.log. Nothing is written into INPUT_FOLDER.
 #
@@ -30,14 +36,16 @@ set -f  # no filename globbing: `--master local[2]` must reach spark-submit as w
 MIN_NUM_OF_PATIENTS=100
 DOMAIN_TABLES="condition_occurrence procedure_occurrence drug_exposure"
 REQUIRED_TABLES="person visit_occurrence concept $DOMAIN_TABLES"
-# Tables the apps read when they are there (drug roll-up, train/test split); linked if present.
-OPTIONAL_TABLES="concept_ancestor concept_relationship patient_splits"
+# Tables the apps read when they are there (drug roll-up); linked if present. patient_splits: below.
+OPTIONAL_TABLES="concept_ancestor concept_relationship"
+TEST_FRACTION=""  # empty: cehrgpt_tutorials.common.DEFAULT_TEST_FRACTION
+SPLIT_MARKER=_cehrgpt_tutorial_split.json  # cehrgpt_tutorials.common.SPLIT_MARKER: our split, not the user's
 LOG_LINES_ON_FAILURE=40
 
 usage() {
     cat <<EOF
 Usage: $0 --input_folder INPUT_FOLDER --output_folder OUTPUT_FOLDER --start_date YYYY-MM-DD
-          [--min_num_of_patients N]
+          [--min_num_of_patients N] [--test_fraction F]
 
 Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's Spark apps.
 
@@ -45,6 +53,9 @@ Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's 
   --output_folder PATH        where qualified_concept_list/ and patient_sequence/ are written
   --start_date DATE           keep events on or after this date (YYYY-MM-DD), e.g. 1985-01-01
   --min_num_of_patients N     keep concepts seen in at least N patients (default $MIN_NUM_OF_PATIENTS)
+  --test_fraction F           share of persons held out as patient_sequence/test, decided per person_id
+                              by cehrgpt_tutorials.common.is_test_person (default 0.15); 0: no split.
+                              An INPUT_FOLDER/patient_splits of your own is used as it is.
   -h, --help                  show this help
 
 Run 'source setup_env.sh' first: it puts spark-submit on PATH, selects Java 11 and sets
@@ -72,12 +83,12 @@ while [ $# -gt 0 ]; do
     option="$1"
     case "$option" in
         -h|--help) usage; exit 0 ;;
-        --input_folder|--output_folder|--start_date|--min_num_of_patients)
+        --input_folder|--output_folder|--start_date|--min_num_of_patients|--test_fraction)
             [ $# -ge 2 ] || die "$option needs a value (see --help)"
             value="$2"
             shift 2
             ;;
-        --input_folder=*|--output_folder=*|--start_date=*|--min_num_of_patients=*)
+        --input_folder=*|--output_folder=*|--start_date=*|--min_num_of_patients=*|--test_fraction=*)
             value="${option#*=}"
             option="${option%%=*}"
             shift
@@ -90,6 +101,7 @@ while [ $# -gt 0 ]; do
         --output_folder) OUTPUT_FOLDER="$value" ;;
         --start_date) START_DATE="$value" ;;
         --min_num_of_patients) MIN_NUM_OF_PATIENTS="$value" ;;
+        --test_fraction) TEST_FRACTION="$value" ;;
     esac
 done
 [ -n "$INPUT_FOLDER" ] || die "--input_folder is required (see --help)"
@@ -100,6 +112,10 @@ printf '%s\n' "$START_DATE" | grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' ||
 case "$MIN_NUM_OF_PATIENTS" in
     ''|*[!0-9]*) die "--min_num_of_patients must be a whole number, got '$MIN_NUM_OF_PATIENTS'" ;;
 esac
+if [ -n "$TEST_FRACTION" ]; then
+    printf '%s\n' "$TEST_FRACTION" | grep -Eq '^(0|0?\.[0-9]+)$' ||
+        die "--test_fraction must be 0 (no split) or a number between 0 and 1 such as 0.15, got '$TEST_FRACTION'"
+fi
 
 # --- Checks before Spark starts (a Spark failure costs a minute and 200 lines of Java) ------------
 [ -d "$INPUT_FOLDER" ] || die "input folder '$INPUT_FOLDER' does not exist (run step 1, export_omop.py)"
@@ -128,6 +144,8 @@ esac
 PYTHON_BIN="${PYSPARK_PYTHON:-python}"
 CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))' 2>/dev/null) ||
     die "cannot import cehrbert_data with $PYTHON_BIN: run 'source setup_env.sh' (or 'make setup')"
+# The split is written by this checkout's cehrgpt_tutorials, wherever the script is run from.
+TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 
 # SPARK_SUBMIT_OPTIONS holds several options, read as shell words (quotes work, as in the official
 # script's eval): --driver-java-options '-Xss4m -Dx=y' stays one value.
@@ -159,6 +177,31 @@ OUTPUT_FOLDER=$(cd "$OUTPUT_FOLDER" && pwd -P) || die "cannot enter output folde
 LOG_DIR="$OUTPUT_FOLDER/logs"
 mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
 
+# --- The held-out split (app 2 reads <its input>/patient_splits) ---------------------------------
+# SPLITS: the patient_splits folder app 2 reads, or empty for no split.
+SPLITS=""
+OUR_SPLITS="$OUTPUT_FOLDER/patient_splits"
+if [ -d "$INPUT_FOLDER/patient_splits" ] && [ ! -f "$INPUT_FOLDER/patient_splits/$SPLIT_MARKER" ]; then
+    [ "$TEST_FRACTION" != 0 ] ||
+        die "--test_fraction 0, but $INPUT_FOLDER/patient_splits (yours) would still split the patients: remove it or pass another --input_folder"
+    [ -z "$TEST_FRACTION" ] ||
+        echo "warning: --test_fraction $TEST_FRACTION is ignored: $INPUT_FOLDER/patient_splits (yours) decides the split" >&2
+    SPLITS="$INPUT_FOLDER/patient_splits"
+    split_note="$SPLITS (your own)"
+elif [ "$TEST_FRACTION" = 0 ]; then
+    # Ours from an earlier run (same folder in and out) would still be read by app 2.
+    if [ -f "$OUR_SPLITS/$SPLIT_MARKER" ]; then
+        rm -rf "$OUR_SPLITS" || die "cannot remove the earlier split $OUR_SPLITS"
+    fi
+    split_note="none (--test_fraction 0): one patient_sequence folder"
+else
+    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.common patient-splits \
+        "$INPUT_FOLDER/person" "$OUR_SPLITS" ${TEST_FRACTION:+--test-fraction "$TEST_FRACTION"} ||
+        die "could not write the patient split $OUR_SPLITS (the message above says why)"
+    SPLITS="$OUR_SPLITS"
+    split_note="$SPLITS (patient_sequence/train and /test)"
+fi
+
 # The second app reads the concept list from its *input* folder. Rather than writing into the
 # user's (possibly read-only) OMOP folder, it reads a folder of links in the output folder: one per
 # input table plus one to the concept list the first app wrote. Same folder in and out: no links needed.
@@ -171,6 +214,9 @@ if [ "$INPUT_FOLDER" != "$OUTPUT_FOLDER" ]; then
             ln -s "$INPUT_FOLDER/$table" "$TRAINING_INPUT/$table" || die "cannot link $INPUT_FOLDER/$table"
         fi
     done
+    if [ -n "$SPLITS" ]; then
+        ln -s "$SPLITS" "$TRAINING_INPUT/patient_splits" || die "cannot link $SPLITS"
+    fi
     ln -s "$OUTPUT_FOLDER/qualified_concept_list" "$TRAINING_INPUT/qualified_concept_list" ||
         die "cannot link the concept list into $TRAINING_INPUT"
     staged_input_note="$TRAINING_INPUT (links to the input tables + the concept list)"
@@ -189,6 +235,7 @@ echo "Output folder: $OUTPUT_FOLDER"
 echo "Start date:    $START_DATE"
 echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
 echo "Java:          $java_bin ($java_version)"
+echo "Held out:      $split_note"
 [ -z "${staged_input_note:-}" ] || echo "App 2 reads:   $staged_input_note"
 
 # run_app NAME APP.py ARG...: print the spark-submit command, run it with its output in
@@ -257,10 +304,22 @@ run_app generate_training_data \
     $DEATH_OPTION \
     --domain_table_list $DOMAIN_TABLES
 
-[ -d "$OUTPUT_FOLDER/patient_sequence" ] ||
-    die "generate_training_data wrote no $OUTPUT_FOLDER/patient_sequence (log: $LOG_DIR/generate_training_data.log)"
+SEQUENCES="$OUTPUT_FOLDER/patient_sequence"
+if [ -n "$SPLITS" ]; then
+    [ -d "$SEQUENCES/train" ] && [ -d "$SEQUENCES/test" ] ||
+        die "generate_training_data wrote no $SEQUENCES/train and /test (log: $LOG_DIR/generate_training_data.log)"
+    # Part files of an earlier run without a split are not overwritten by train/ and test/: remove them,
+    # or readers of the whole folder would see those patients twice.
+    find "$SEQUENCES" -maxdepth 1 -type f \( -name 'part-*' -o -name '.part-*' -o -name '_SUCCESS' -o -name '._SUCCESS.crc' \) \
+        -exec rm -f {} + || die "cannot remove the earlier run's part files from $SEQUENCES"
+    written="$SEQUENCES/train and $SEQUENCES/test"
+else
+    [ -d "$SEQUENCES" ] ||
+        die "generate_training_data wrote no $SEQUENCES (log: $LOG_DIR/generate_training_data.log)"
+    written="$SEQUENCES"
+fi
 
 total=$(($(date +%s) - total_started))
 echo ""
-echo "Patient sequences written to $OUTPUT_FOLDER/patient_sequence (both apps: $((total / 60))m $((total % 60))s)"
+echo "Patient sequences written to $written (both apps: $((total / 60))m $((total % 60))s)"
 echo "Next: python cleanup_tokens.py --patient-sequence-dir $OUTPUT_FOLDER/patient_sequence"

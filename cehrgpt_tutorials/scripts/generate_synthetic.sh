@@ -8,7 +8,8 @@
 # sequence; the generator runs whole batches, so it writes a little more than asked.
 #
 # Reads:  MODEL_DIR (default $CEHR_GPT_MODEL_DIR): model and tokenizer from step 4
-#         the real sequences for the prompts (default $CEHR_GPT_DATA_DIR/patient_sequence)
+#         the real sequences for the prompts (default $CEHR_GPT_DATA_DIR/patient_sequence, its
+#         train/ when step 2 split the patients)
 # Writes: OUTPUT_DIR/top_p9500/generated_sequences/*.parquet (default OUTPUT_DIR =
 #         $SYNTHETIC_DATA_OUTPUT_DIR; the folder name follows the sampling settings). The previous
 #         OUTPUT_DIR/top_p9500 (sequences and anything made from them) is replaced only once the
@@ -44,7 +45,7 @@ Samples synthetic patient sequences from a trained CEHR-GPT and prints where the
   --sampling-strategy S   TopPStrategy (default), TopKStrategy or TopMixStrategy
   --model-dir DIR         trained model and tokenizer (default \$CEHR_GPT_MODEL_DIR)
   --prompt-data DIR       real sequences whose first 4 tokens prompt each patient
-                          (default \$CEHR_GPT_DATA_DIR/patient_sequence)
+                          (default \$CEHR_GPT_DATA_DIR/patient_sequence; its train/ when split)
   --output-dir DIR        default \$SYNTHETIC_DATA_OUTPUT_DIR
   GENERATOR_ARGS          anything else goes to the generator, e.g. --temperature 0.9 --top_k 50
   -h, --help              show this help
@@ -111,10 +112,9 @@ esac
 
 [ -f "$MODEL_DIR/config.json" ] ||
     die "no trained model in '$MODEL_DIR' (no config.json): run step 4, train_cehrgpt.sh, or pass --model-dir"
-if [ -z "$PROMPT_DATA" ]; then
-    PROMPT_DATA="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
-    [ -d "$PROMPT_DATA/train" ] && PROMPT_DATA="$PROMPT_DATA/train"
-fi
+[ -n "$PROMPT_DATA" ] || PROMPT_DATA="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
+# Prompts come from the training patients only: the held-out test/ patients stay unseen.
+[ -d "$PROMPT_DATA/train" ] && PROMPT_DATA="$PROMPT_DATA/train"
 [ -d "$PROMPT_DATA" ] || die "no real sequences for the prompts at '$PROMPT_DATA' (pass --prompt-data)"
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"

@@ -4,7 +4,7 @@
 # Runs cehrgpt's own runner (python -m cehrgpt.runners.hf_cehrgpt_pretrain_runner) with the
 # settings of a named profile, and prints the full command first so you can copy and change it.
 #
-# Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence, or its train/ split when present)
+# Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence); its train/ split when it has one
 # Writes: MODEL_DIR (default $CEHR_GPT_MODEL_DIR): the tokenizer, the tokenized dataset
 #         (dataset_prepared/), per-epoch checkpoints and, at the end, the model itself.
 #
@@ -36,7 +36,8 @@ Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints th
                       seed: the seed tutorial's architecture (hidden 192, 4 layers, 4 heads,
                             context 512) with a learning rate that trains it; for a GPU or a long run
                       tiny: 150 steps of a very small model, for the tests
-  --data-folder DIR   patient sequences (default \$CEHR_GPT_DATA_DIR/patient_sequence)
+  --data-folder DIR   patient sequences (default \$CEHR_GPT_DATA_DIR/patient_sequence); a folder with
+                      train/ and test/ (step 2's split) trains on train/ only
   --model-dir DIR     output: tokenizer, checkpoints, model (default \$CEHR_GPT_MODEL_DIR)
   --fresh             delete MODEL_DIR's previous run and start over instead of resuming
   --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
@@ -122,11 +123,10 @@ case "$PROFILE" in
 esac
 
 # --- Inputs ---------------------------------------------------------------------------------
-if [ -z "$DATA_FOLDER" ]; then
-    DATA_FOLDER="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
-    # With a patient_splits table the Spark step writes train/ and test/; train on train only.
-    [ -d "$DATA_FOLDER/train" ] && DATA_FOLDER="$DATA_FOLDER/train"
-fi
+[ -n "$DATA_FOLDER" ] || DATA_FOLDER="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
+# Step 2 splits the patients (patient_sequence/train and /test): train on train/ only, so test/ stays
+# patients the model never saw (the runner's own evaluation split is taken from within train/).
+[ -d "$DATA_FOLDER/train" ] && DATA_FOLDER="$DATA_FOLDER/train"
 [ -d "$DATA_FOLDER" ] || die "no patient sequences at '$DATA_FOLDER' (run step 2, create_cehrgpt_pretraining_data.sh, or pass --data-folder)"
 ls "$DATA_FOLDER" | grep -q '\.parquet$' ||
     die "'$DATA_FOLDER' has no .parquet files (expected cehrbert_data's patient_sequence output)"

@@ -1,0 +1,232 @@
+"""One run, end to end: read its sequences, compute every metric against the real ones, print them and
+write the report folder (report.json, report.md, plots) atomically."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cehrgpt_tutorials.common import PipelineError, atomic_directory, patient_sequence_files
+from cehrgpt_tutorials.inspect.fidelity import (
+    concept_matrix,
+    cooccurrence_r,
+    distribution_metrics,
+    pearson_r,
+    prevalence,
+)
+from cehrgpt_tutorials.inspect.inputs import (
+    RealData,
+    Run,
+    converted_share,
+    read_concepts,
+    restored_omop_counts,
+)
+from cehrgpt_tutorials.inspect.plots import write_plots
+from cehrgpt_tutorials.inspect.privacy import (
+    NN_SAMPLE_SIZE,
+    copied_rows,
+    nearest_neighbour_distances,
+    sample_rows,
+)
+from cehrgpt_tutorials.inspect.report import (
+    METRICS,
+    json_ready,
+    markdown_report,
+    print_metrics,
+    token_label,
+)
+from cehrgpt_tutorials.inspect.sequences import read_sequences
+from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, analyse
+from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+
+TOP_TABLE_SIZE = 20
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the command line decides for every run (inspect_synthetic.py fills it from its arguments)."""
+
+    real_dir: Path
+    concept_dir: Path | None = None  # None: concepts shown by id only
+    nn_sample: int = NN_SAMPLE_SIZE
+    seed: int = 0
+
+
+def inspect_run(
+    run: Run, real: RealData, vocabulary: Vocabulary, options: ReportOptions, report_dir: Path,
+    restored_dir: Path | None,
+) -> dict:
+    """Print the summary and the metrics of one run, write its report; returns report.json's content."""
+    files = patient_sequence_files(run.sequence_dir)
+    if not files:
+        raise PipelineError(f"no Parquet files in {run.sequence_dir}: did generation finish?")
+    synthetic = read_sequences(files, vocabulary, f"reading {run.name}")
+    if synthetic.count == 0:
+        raise PipelineError(f"no sequences in {run.sequence_dir}: its Parquet files have no rows")
+    facts = analyse(synthetic, vocabulary)
+    tokens = vocabulary.tokens
+    size = len(vocabulary)
+
+    # Concept names and domains for every concept id in the vocabulary (one filtered read).
+    numeric_ids = [int(token) for token in tokens if token.isdigit() and len(token) < 19]
+    names = read_concepts(options.concept_dir, numeric_ids) if options.concept_dir else {}
+
+    # The seed's summary.
+    lengths = synthetic.lengths
+    print(f"\n== {run.name}: {run.sequence_dir}")
+    print(f"Number of sequences: {synthetic.count:,}")
+    print(f"Sequence length: min {lengths.min()}, max {lengths.max()}, mean {lengths.mean():.1f}")
+    after_start, after_counts = np.unique(facts.visit_types, return_counts=True)
+    common = [
+        (tokens[code], int(n))
+        for code, n in sorted(zip(after_start, after_counts, strict=True), key=lambda item: -item[1])[:5]
+    ]
+    print(
+        "Most common tokens after [VS]: "
+        + (", ".join(f"{token_label(t, names)} ({n:,})" for t, n in common) or "none")
+    )
+    print("First 50 tokens of sequence 0: " + " ".join(synthetic.tokens(0, vocabulary)[:50]))
+
+    # 1. Validity.
+    valid_count = int(facts.valid.sum())
+    invalid_reasons = {rule: int(flags.sum()) for rule, flags in facts.problems.items()}
+    real_invalid = {rule: int(flags.sum()) for rule, flags in real.train_facts.problems.items()}
+
+    # 2. Prevalence.
+    real_prevalence, synthetic_prevalence = prevalence(real.train_facts, size), prevalence(facts, size)
+    seen = (real_prevalence > 0) | (synthetic_prevalence > 0)
+    prevalence_r = pearson_r(real_prevalence[seen], synthetic_prevalence[seen])
+    top = [
+        code
+        for code in np.argsort(-real_prevalence, kind="stable")[:TOP_TABLE_SIZE]
+        if real_prevalence[code] > 0
+    ]
+    top_concepts = [
+        {
+            "concept_id": tokens[code],
+            "name": names.get(tokens[code], ("", ""))[0],
+            "real_prevalence": float(real_prevalence[code]),
+            "synthetic_prevalence": float(synthetic_prevalence[code]),
+        }
+        for code in top
+    ]
+
+    # 3. Distributions. 4. Co-occurrence.
+    distributions = distribution_metrics(real.train_facts, facts)
+    pairs_r, pair_count = cooccurrence_r(real.train_facts, facts, size)
+
+    # 5. Memorization: exact copies over everything, nearest neighbours on samples.
+    copies = copied_rows(facts.whole_hashes, real.train_facts.whole_hashes)
+    has_clinical = facts.clinical_lengths > 0
+    clinical_copies = (
+        copied_rows(
+            facts.clinical_hashes, real.train_facts.clinical_hashes[real.train_facts.clinical_lengths > 0]
+        )
+        & has_clinical
+    )
+    reference = concept_matrix(real.train_facts, size, real.reference_rows)
+    synthetic_rows = sample_rows(
+        synthetic.count, options.nn_sample, options.seed, facts.concepts_per_patient > 0
+    )
+    synthetic_distances = nearest_neighbour_distances(concept_matrix(facts, size, synthetic_rows), reference)
+    heldout_distances = nearest_neighbour_distances(
+        concept_matrix(real.heldout_facts, size, real.heldout_rows), reference
+    )
+    nn_ratio = None
+    if len(synthetic_distances) and len(heldout_distances) and heldout_distances.mean() > 0:
+        nn_ratio = float(synthetic_distances.mean() / heldout_distances.mean())
+
+    # 6. Conversion to OMOP.
+    restored = restored_omop_counts(restored_dir) if restored_dir else None
+    converted_fraction = None
+    if restored is not None:
+        converted_fraction = converted_share(
+            restored_dir, synthetic.person_ids, synthetic.count, restored["person"] or 0
+        )
+
+    report = {
+        "run": run.name,
+        "synthetic_dir": str(run.sequence_dir),
+        "real_dir": str(options.real_dir),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "num_sequences": synthetic.count,
+        "heldout_real_sequences": real.heldout_count,
+        "num_valid": valid_count,
+        "valid_fraction": valid_count / synthetic.count,
+        "invalid_reasons": invalid_reasons,
+        "prevalence_pearson_r": prevalence_r,
+        "cooccurrence_pearson_r": pairs_r,
+        "cooccurrence_pairs": pair_count,
+        "length_ks": distributions["sequence_length"]["distance"],
+        "visit_type_js": distributions["visit_types"]["distance"],
+        "distributions": {
+            name: {
+                key: value
+                for key, value in metric.items()
+                if key in ("test", "distance", "real_mean", "synthetic_mean")
+            }
+            for name, metric in distributions.items()
+        },
+        "exact_copy_fraction": float(copies.mean()),
+        "exact_copies": int(copies.sum()),
+        "clinical_exact_copy_fraction": float(clinical_copies.mean()),
+        "nn_distance_ratio": nn_ratio,
+        "nn": {
+            "metric": "Jaccard distance on binary clinical-concept vectors",
+            "synthetic_queries": len(synthetic_distances),
+            "heldout_queries": len(heldout_distances),
+            "reference_sequences": int(reference.shape[0]),
+            "synthetic_mean_distance": float(synthetic_distances.mean())
+            if len(synthetic_distances)
+            else None,
+            "heldout_mean_distance": float(heldout_distances.mean()) if len(heldout_distances) else None,
+            "synthetic_median_distance": float(np.median(synthetic_distances))
+            if len(synthetic_distances)
+            else None,
+            "heldout_median_distance": float(np.median(heldout_distances))
+            if len(heldout_distances)
+            else None,
+            "synthetic_zero_distance_fraction": float((synthetic_distances == 0).mean())
+            if len(synthetic_distances)
+            else None,
+            "heldout_zero_distance_fraction": float((heldout_distances == 0).mean())
+            if len(heldout_distances)
+            else None,
+            "split": real.split_note,
+        },
+        "converted_fraction": converted_fraction,
+        "restored_omop": None if restored is None else {"dir": str(restored_dir), "rows": restored},
+        "top_concepts": top_concepts,
+        "real": {
+            "num_sequences": real.train.count,
+            "valid_fraction": float(real.train_facts.valid.mean()),
+            "invalid_reasons": real_invalid,
+        },
+        "metric_explanations": METRICS,
+        "validity_rules": VALIDITY_RULES,
+    }
+
+    print_metrics(report, distributions)
+    with atomic_directory(report_dir) as staging:
+        plots = write_plots(
+            staging,
+            real_prevalence,
+            synthetic_prevalence,
+            seen,
+            prevalence_r,
+            real.train_facts,
+            facts,
+            distributions,
+            report,
+            tokens,
+            names,
+        )
+        (staging / "report.json").write_text(json.dumps(json_ready(report), indent=2) + "\n")
+        (staging / "report.md").write_text(markdown_report(report, distributions, plots, tokens, names))
+    print(f"Report: {report_dir / 'report.md'}")
+    return report
+

@@ -1,0 +1,170 @@
+"""The report's plots (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cehrgpt_tutorials.inspect.report import number, percent, token_label
+from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, Facts
+
+REAL_COLOUR, SYNTHETIC_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+def write_plots(
+    folder,
+    real_prevalence,
+    synthetic_prevalence,
+    seen,
+    prevalence_r,
+    real: Facts,
+    synthetic: Facts,
+    distributions,
+    report,
+    tokens,
+    names,
+) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+
+    # Prevalence scatter.
+    figure, axis = plt.subplots(figsize=(6, 6))
+    x, y = real_prevalence[seen], synthetic_prevalence[seen]
+    axis.scatter(x, y, s=16, alpha=0.6, color=SYNTHETIC_COLOUR, edgecolors="none")
+    limit = max(float(x.max(initial=0)), float(y.max(initial=0)), 0.01) * 1.05
+    axis.plot([0, limit], [0, limit], color="grey", linewidth=1, linestyle="--", label="same prevalence")
+    codes = np.flatnonzero(seen)
+    # Name the concepts the model gets most wrong (when anything is visibly off the diagonal).
+    for index in np.argsort(-np.abs(x - y))[:5]:
+        if abs(x[index] - y[index]) > 0.02:
+            axis.annotate(
+                token_label(tokens[codes[index]], names, 28),
+                (x[index], y[index]),
+                fontsize=7,
+                alpha=0.8,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    axis.set(
+        xlim=(0, limit),
+        ylim=(0, limit),
+        xlabel="real: share of patients",
+        ylabel="synthetic: share of patients",
+    )
+    axis.set_title(f"Concept prevalence, {seen.sum():,} concepts (Pearson r = {number(prevalence_r)})")
+    axis.legend(loc="upper left")
+    plots["prevalence"] = _save(figure, folder, "prevalence_scatter.png")
+
+    # Overlaid histograms.
+    numeric = [name for name, metric in distributions.items() if metric["test"] == "KS"]
+    values = {
+        "sequence_length": (real.lengths, synthetic.lengths),
+        "visits_per_patient": (real.visits, synthetic.visits),
+        "days_between_visits": (real.days_between_visits, synthetic.days_between_visits),
+        "age_at_first_visit": (real.age, synthetic.age),
+        "start_year": (real.start_year, synthetic.start_year),
+        "concepts_per_patient": (real.concepts_per_patient, synthetic.concepts_per_patient),
+    }
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for axis, name in zip(axes.ravel(), numeric, strict=False):
+        real_values, synthetic_values = (np.asarray(v, dtype=np.float64) for v in values[name])
+        real_values, synthetic_values = (
+            real_values[np.isfinite(real_values)],
+            synthetic_values[np.isfinite(synthetic_values)],
+        )
+        both = np.concatenate((real_values, synthetic_values))
+        if len(both):
+            low, high = np.percentile(both, [0.5, 99.5])
+            high = max(high, low + 1)
+            if np.all(both == np.round(both)):  # whole numbers: bins of whole widths, centred on them
+                width = max(1, math.ceil((high - low) / 40))
+                bins = np.arange(math.floor(low), math.ceil(high) + width + 1, width) - 0.5
+            else:
+                bins = np.linspace(low, high, 41)
+            # Real filled, synthetic as an outline on top: both stay visible where they agree.
+            # (np.histogram + stairs: one artist per histogram instead of one per bar.)
+            for data, style in (
+                (real_values, dict(fill=True, alpha=0.5, color=REAL_COLOUR, label="real")),
+                (synthetic_values, dict(linewidth=1.6, color=SYNTHETIC_COLOUR, label="synthetic")),
+            ):
+                if len(data):
+                    density, _ = np.histogram(np.clip(data, bins[0], bins[-1]), bins=bins, density=True)
+                    axis.stairs(density, bins, **style)
+        axis.set_title(
+            f"{name.replace('_', ' ')} (KS {number(distributions[name]['distance'], 2)})", fontsize=10
+        )
+        axis.set_ylabel("density", fontsize=8)
+        axis.tick_params(labelsize=8)
+    axes.ravel()[0].legend(fontsize=8)
+    figure.suptitle("Real vs synthetic distributions (0.5-99.5 percentile range)")
+    plots["distributions"] = _save(figure, folder, "distributions.png")
+
+    # Categorical bars: visit types; gender and race.
+    def bars(axis, metric, title, limit=12):
+        categories = metric["categories"][:limit]
+        labels = [token_label(tokens[code], names, 30) for code in categories]
+        positions = np.arange(len(categories))
+        axis.barh(positions - 0.2, metric["real_shares"][:limit], height=0.4, color=REAL_COLOUR, label="real")
+        axis.barh(
+            positions + 0.2,
+            metric["synthetic_shares"][:limit],
+            height=0.4,
+            color=SYNTHETIC_COLOUR,
+            label="synthetic",
+        )
+        axis.set_yticks(positions, labels, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlabel("share")
+        axis.set_title(f"{title} (JS {number(metric['distance'], 2)})", fontsize=10)
+        axis.legend(fontsize=8)
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    bars(axis, distributions["visit_types"], "Token after [VS]: visit types")
+    plots["visit_types"] = _save(figure, folder, "visit_types.png")
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bars(left, distributions["gender"], "Gender (3rd token)")
+    bars(right, distributions["race"], "Race (4th token)")
+    plots["demographics"] = _save(figure, folder, "demographics.png")
+
+    # Validity: share of sequences failing each rule, synthetic vs real.
+    figure, axis = plt.subplots(figsize=(9, 5))
+    rules = list(VALIDITY_RULES)
+    positions = np.arange(len(rules))
+    synthetic_share = [report["invalid_reasons"][rule] / report["num_sequences"] for rule in rules]
+    real_share = [report["real"]["invalid_reasons"][rule] / report["real"]["num_sequences"] for rule in rules]
+    axis.barh(positions - 0.2, real_share, height=0.4, color=REAL_COLOUR, label="real")
+    axis.barh(positions + 0.2, synthetic_share, height=0.4, color=SYNTHETIC_COLOUR, label="synthetic")
+    for position, rule in zip(positions, rules, strict=True):
+        failing = report["invalid_reasons"][rule]
+        if failing:
+            axis.annotate(
+                f" {failing:,}", (synthetic_share[position], position + 0.2), va="center", fontsize=7
+            )
+    axis.set_yticks(positions, [rule.replace("_", " ") for rule in rules], fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlim(0, max(max(synthetic_share + real_share), 0.01) * 1.1)
+    axis.set_xlabel("share of sequences failing the rule")
+    axis.set_title(
+        f"Structural validity: {percent(report['valid_fraction'])} of synthetic sequences pass every rule",
+        fontsize=10,
+    )
+    axis.legend(fontsize=8)
+    plots["validity"] = _save(figure, folder, "validity.png")
+    return plots
+
+
+def _save(figure, folder: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(folder / name, dpi=110)
+    plt.close(figure)
+    return name
+
