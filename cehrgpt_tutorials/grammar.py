@@ -1,11 +1,12 @@
 """The patient-sequence grammar, once: the report's validity rules as a transition table.
 
-inspect_synthetic.py's structural rules (VALIDITY_RULES) and the generator's constrained sampler
-(cehrgpt_tutorials/generate.py) both run this table, so "valid" means the same thing to both:
+The report's structural rules (VALIDITY_RULES, checked by cehrgpt_tutorials/inspect/validity.py for
+inspect_synthetic.py) and the generator's constrained sampler (cehrgpt_tutorials/generate.py) both
+run this table, so "valid" means the same thing to both:
 
     state x token class -> next state, and the rules that token breaks there
 
-A token class is what the rules can tell about a token: its kind from inspect_synthetic.Vocabulary's
+A token class is what the rules can tell about a token: its kind from the report's Vocabulary
 classifier (visit start/end, [DEATH], time, inpatient time, concept, ...) plus its facts (visit type,
 inpatient visit type, discharge, gender-like, race-like). A state is what the rules remember about
 the tokens so far: position in the 4-token demographic prompt, visit depth, whether a [VE] was seen,
@@ -19,7 +20,7 @@ The visit depth is exact between -DEPTH_LIMIT and +DEPTH_LIMIT and saturates bey
 with more than DEPTH_LIMIT nested or unmatched visits could be judged differently rule by rule
 (it is invalid either way).
 
-Used by: inspect_synthetic.py (analyse), cehrgpt_tutorials/generate.py (the logits processor).
+Used by: cehrgpt_tutorials/inspect/validity.py (analyse), cehrgpt_tutorials/generate.py (the logits processor).
 """
 
 from __future__ import annotations
@@ -30,18 +31,36 @@ from functools import lru_cache
 
 import numpy as np
 
-from inspect_synthetic import (
+from cehrgpt_tutorials.inspect.vocabulary import (
     AGE,
     DEATH,
     INPATIENT_TIME,
     MALFORMED_TIME,
     TIME,
-    VALIDITY_RULES,
     VISIT_END,
     VISIT_START,
     YEAR,
     Vocabulary,
 )
+
+# Structural rules: a sequence fails a rule when any of its tokens breaks it; reported per rule
+# by inspect_synthetic.py, enforced at every step by the constrained sampler; step() below decides.
+VALIDITY_RULES = {
+    "demographic_prompt": "does not start with the 4 demographic tokens year:YYYY, age:N, gender, race",
+    "nested_visit": "[VS] while a visit is still open",
+    "unmatched_visit_end": "[VE] without an open visit",
+    "missing_visit_type": "[VS] not followed by a visit type (a visit concept id or Visit/0) or [DEATH]",
+    "time_token_not_between_visits": "a day/week/month/LT token inside a visit or before the first visit",
+    "inpatient_time_token_outside_inpatient_visit": "an i-D/i-H token outside an inpatient visit "
+    "(visit concepts 9201, 262, 8971, 8920)",
+    "missing_discharge": "an inpatient visit whose [VE] is not preceded by a discharge token "
+    "(Discharge/0 or a discharge concept)",
+    "event_outside_visit": "a concept (or other token) between a [VE] and the next [VS]",
+    "death_not_at_end": "[DEATH] anywhere but in a final [VS] [DEATH] [VE]",
+    "not_ending_with_visit_end": "the last token is not [VE]",
+    "malformed_time_token": "a time token cehrgpt's own parser rejects (e.g. i-D-3)",
+}
+
 
 RULES = tuple(VALIDITY_RULES)  # bit i of a rule mask = RULES[i]
 RULE_BIT = {rule: 1 << index for index, rule in enumerate(RULES)}
