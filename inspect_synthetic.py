@@ -3,7 +3,7 @@ well formed, and did the model copy anyone? A fidelity, validity and privacy rep
 
 Reads:
   --synthetic-dir  cehrgpt's generator output: a run folder such as
-                   $SYNTHETIC_DATA_OUTPUT_DIR/top_p9500 (its generated_sequences/*.parquet), or the
+                   $SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained (its generated_sequences/*.parquet), or the
                    parent holding several top_* runs (each is inspected, newest first).
   --real-dir       the training sequences, cehrbert_data's patient_sequence (part files; train/ and
                    test/ subfolders when the OMOP folder had patient_splits).
@@ -17,8 +17,8 @@ one-line error when a folder is missing or empty, or when no run has a structura
 
 Example:
     python inspect_synthetic.py
-    python inspect_synthetic.py --synthetic-dir omop_synthea/synthetic_data/top_p9500 \\
-        --restored-omop-dir omop_synthea/synthetic_data/top_p9500/restored_omop
+    python inspect_synthetic.py --synthetic-dir omop_synthea/synthetic_data/top_p10000_constrained \\
+        --restored-omop-dir omop_synthea/synthetic_data/top_p10000_constrained/restored_omop
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def parse_arguments(argv=None):
         "--synthetic-dir",
         type=Path,
         default=None,
-        help="a run folder (top_p9500), its generated_sequences folder, or the parent of several top_* runs "
+        help="a run folder (top_p10000_constrained), its generated_sequences folder, or the parent of several top_* runs "
         "(default: $SYNTHETIC_DATA_OUTPUT_DIR)",
     )
     parser.add_argument(
         "--run",
         default=None,
-        help="inspect only the run with this name (e.g. top_p9500) under --synthetic-dir",
+        help="inspect only the run with this name (e.g. top_p10000_constrained) under --synthetic-dir",
     )
     parser.add_argument(
         "--real-dir",

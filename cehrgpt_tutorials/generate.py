@@ -121,22 +121,31 @@ class GrammarLogitsProcessor:
         return result
 
 
-def grammar_for_tokenizer(tokenizer, visit_concept_ids: frozenset[str]):
-    """The compiled grammar and the class of every token id ([END] -> END_OF_SEQUENCE)."""
+def grammar_for_tokens(tokens: list[str], visit_concept_ids: frozenset[str] = frozenset()):
+    """The compiled grammar and the class of every token id (tokens[i] has id i; [END] -> END_OF_SEQUENCE)."""
     from cehrgpt.models.special_tokens import END_TOKEN
 
     from cehrgpt_tutorials.grammar import compile_grammar, token_classes
     from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
-    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     vocabulary = Vocabulary(visit_concept_ids)
-    codes = vocabulary.codes([token for token, _ in by_id])
+    codes = vocabulary.codes(tokens)
     classes, class_of_code = token_classes(vocabulary)
     grammar = compile_grammar(classes)
-    size = max(token_id for _, token_id in by_id) + 1
-    class_of_token = np.full(size, len(classes) + 1, dtype=np.int32)  # unknown ids: the "never" column
-    for (token, token_id), code in zip(by_id, codes, strict=True):
-        class_of_token[token_id] = grammar.end_of_sequence if token == END_TOKEN else class_of_code[code]
+    class_of_token = class_of_code[codes]
+    class_of_token[[index for index, token in enumerate(tokens) if token == END_TOKEN]] = grammar.end_of_sequence
+    return grammar, class_of_token
+
+
+def grammar_for_tokenizer(tokenizer, visit_concept_ids: frozenset[str]):
+    """grammar_for_tokens over a cehrgpt tokenizer's vocabulary (ids without a token are never allowed)."""
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    tokens = [""] * (by_id[-1][1] + 1)
+    known = np.zeros(len(tokens), dtype=bool)
+    for token, token_id in by_id:
+        tokens[token_id], known[token_id] = token, True
+    grammar, class_of_token = grammar_for_tokens(tokens, visit_concept_ids)
+    class_of_token[~known] = len(grammar.classes) + 1  # the processor's "never" column
     return grammar, class_of_token
 
 
