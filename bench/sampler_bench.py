@@ -6,7 +6,7 @@ with inspect_synthetic.py and adds the share of frequent real concepts (in >= 5%
 whose synthetic prevalence is within +-25% of the real one. Repeats go round the settings (repeat 1
 of each, then repeat 2, ...), so an interrupted run still compares like with like. Prints one row
 per setting (mean and range over the repeats) and the generation time of each setting against the
-first one (the baseline of this run).
+raw sampler at the same top-p and temperature, measured in the same run (the baseline).
 
 Reads:  --model-dir (default $CEHR_GPT_MODEL_DIR), the real sequences (default
         $CEHR_GPT_DATA_DIR/patient_sequence), --concept-dir (default $OMOP_DIR/concept)
@@ -52,6 +52,7 @@ COLUMNS = [
     ("nn_distance_ratio", "NN ratio", "{:.2f}"),
     ("exact_copy_fraction", "exact copies", "{:.1%}"),
     ("seconds", "generation s", "{:.0f}"),
+    ("processor_share", "grammar share of generate()", "{:.1%}"),
 ]
 
 
@@ -118,15 +119,22 @@ def run_sample(setting: dict, repeat: int, arguments) -> dict:
                   processor_seconds=float(timing.group(2)) if timing and timing.group(2) else None,
                   frequent_within_25=share, frequent_concepts=frequent, invalid_reasons=report["invalid_reasons"],
                   num_sequences=report["num_sequences"])
+    if result["processor_seconds"] is not None and result["generate_seconds"]:
+        result["processor_share"] = result["processor_seconds"] / result["generate_seconds"]
     print(f"  {setting['name']} rep {repeat}: valid {result['valid_fraction']:.1%}, frequent +-25% {share:.0%} "
           f"of {frequent}, {seconds:.0f} s", flush=True)
     return result
 
 
 def summary(results: list[dict], settings: list[dict]) -> str:
-    header = "| setting | samples | " + " | ".join(label for _, label, _ in COLUMNS) + " | time vs first |"
+    """One row per setting: mean (min-max) over its samples; time against raw at the same top-p/temperature."""
+    header = "| setting | samples | " + " | ".join(label for _, label, _ in COLUMNS) + " | time vs raw |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
-    baseline = None
+
+    def mean_seconds(name: str) -> float | None:
+        rows = [r["seconds"] for r in results if r["setting"] == name]
+        return float(np.mean(rows)) if rows else None
+
     for setting in settings:
         rows = [r for r in results if r["setting"] == setting["name"]]
         if not rows:
@@ -139,16 +147,18 @@ def summary(results: list[dict], settings: list[dict]) -> str:
                 continue
             mean = fmt.format(float(np.mean(values)))
             cells.append(mean if len(values) == 1 else f"{mean} ({fmt.format(min(values))}-{fmt.format(max(values))})")
-        seconds = float(np.mean([r["seconds"] for r in rows]))
-        baseline = baseline or seconds
-        lines.append(f"| {setting['name']} | {len(rows)} | " + " | ".join(cells) + f" | {seconds / baseline:.2f}x |")
+        raw = next((other["name"] for other in settings if other["sampler"] == "raw"
+                    and (other["top_p"], other["temperature"]) == (setting["top_p"], setting["temperature"])), None)
+        baseline = mean_seconds(raw) if raw else None
+        ratio = f"{mean_seconds(setting['name']) / baseline:.2f}x" if baseline else "-"
+        lines.append(f"| {setting['name']} | {len(rows)} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--settings", nargs="+", default=["raw:0.95", "raw:1.0", "constrained:1.0"],
-                        help="sampler:top_p[:temperature] (default: %(default)s); the first is the time baseline")
+                        help="sampler:top_p[:temperature] (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="samples per setting (default: %(default)s)")
     parser.add_argument("--num-patients", type=int, default=500, help="patients per sample (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, default=cehr_gpt_model_dir(), help="default: %(default)s")
