@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["raw:0.95", "raw:1.0", "constrained:1.0"],
                         help="sampler:top_p[:temperature] (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="samples per setting (default: %(default)s)")
+    parser.add_argument("--first-repeat", type=int, default=1,
+                        help="number (and generation seed) of the first repeat, to add samples later (default: 1)")
     parser.add_argument("--num-patients", type=int, default=500, help="patients per sample (default: %(default)s)")
     parser.add_argument("--model-dir", type=Path, default=cehr_gpt_model_dir(), help="default: %(default)s")
     parser.add_argument("--real-dir", type=Path, default=cehr_gpt_data_dir() / "patient_sequence",
@@ -176,11 +178,12 @@ def main() -> None:
         if not arguments.concept_dir.is_dir():
             arguments.concept_dir = None
         arguments.output_dir.mkdir(parents=True, exist_ok=True)
-        results = []
-        for repeat in range(1, arguments.repeats + 1):
+        results_file = arguments.output_dir / "results.json"
+        results = json.loads(results_file.read_text()) if arguments.first_repeat > 1 and results_file.exists() else []
+        for repeat in range(arguments.first_repeat, arguments.first_repeat + arguments.repeats):
             for setting in settings:
                 results.append(run_sample(setting, repeat, arguments))
-                (arguments.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                results_file.write_text(json.dumps(results, indent=2) + "\n")
     except PipelineError as error:
         fail(str(error))
     print(summary(results, settings))
