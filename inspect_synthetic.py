@@ -4,7 +4,7 @@ calendar? A fidelity, validity, privacy and utility report with plots (cehrgpt_t
 
 Reads:
   --synthetic-dir  cehrgpt's generator output: a run folder such as
-                   $SYNTHETIC_DATA_OUTPUT_DIR/top_p9500 (its generated_sequences/*.parquet), or the
+                   $SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained (its generated_sequences/*.parquet), or the
                    parent holding several top_* runs (each is inspected, newest first).
   --real-dir       the training sequences, cehrbert_data's patient_sequence (part files; train/ and
                    test/ subfolders: step 2's held-out split, the real patients the model never saw).
@@ -20,8 +20,8 @@ one-line error when a folder is missing or empty, or when no run has a structura
 
 Example:
     python inspect_synthetic.py
-    python inspect_synthetic.py --synthetic-dir omop_synthea/synthetic_data/top_p9500 \\
-        --restored-omop-dir omop_synthea/synthetic_data/top_p9500/restored_omop
+    python inspect_synthetic.py --synthetic-dir omop_synthea/synthetic_data/top_p10000_constrained \\
+        --restored-omop-dir omop_synthea/synthetic_data/top_p10000_constrained/restored_omop
 """
 
 from __future__ import annotations
@@ -74,13 +74,13 @@ def parse_arguments(argv=None):
         "--synthetic-dir",
         type=Path,
         default=None,
-        help="a run folder (top_p9500), its generated_sequences folder, or the parent of several top_* runs "
+        help="a run folder (top_p10000_constrained), its generated_sequences folder, or the parent of several top_* runs "
         "(default: $SYNTHETIC_DATA_OUTPUT_DIR)",
     )
     parser.add_argument(
         "--run",
         default=None,
-        help="inspect only the run with this name (e.g. top_p9500) under --synthetic-dir",
+        help="inspect only the run with this name (e.g. top_p10000_constrained) under --synthetic-dir",
     )
     parser.add_argument(
         "--real-dir",

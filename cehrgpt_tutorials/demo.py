@@ -78,8 +78,8 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
              "trains the GPT on the training patients (patient_sequence/train) into $CEHR_GPT_MODEL_DIR (resumes from the last "
              "checkpoint when re-run); look at the eval loss per epoch"),
         Step("generate", "Step 5a: generate synthetic patients", generate,
-             "samples new patient sequences from the model (top_p 0.95) into "
-             "$SYNTHETIC_DATA_OUTPUT_DIR/top_p9500/generated_sequences"),
+             "samples new patient sequences from the model (top-p 1.0, grammar-constrained) into "
+             "$SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained/generated_sequences"),
         Step("restore", "Step 5b: convert them back to OMOP and load them into PostgreSQL",
              "sh cehrgpt_tutorials/scripts/restore_synthetic.sh",
              "converts the generated sequences into OMOP tables and loads them into schema synthetic_cdm "

@@ -1,6 +1,7 @@
-"""The structural rules a patient sequence must follow (VALIDITY_RULES: what cehrbert_data writes and
-cehrgpt's OMOP converter expects), and `analyse`: every rule and every per-sequence fact the metrics
-need, in a few whole-array numpy passes."""
+"""`analyse`: which structural rules each patient sequence breaks (VALIDITY_RULES, checked by
+cehrgpt_tutorials/grammar.py's transition table, the same one the constrained sampler masks with:
+what cehrbert_data writes and cehrgpt's OMOP converter expects), and every per-sequence fact the
+metrics need, in a few whole-array numpy passes."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cehrgpt_tutorials.grammar import VALIDITY_RULES, check_sequences
 from cehrgpt_tutorials.inspect.sequences import Sequences
 from cehrgpt_tutorials.inspect.vocabulary import (
     AGE,
     CONCEPT,
-    DEATH,
     DEMOGRAPHIC_PROMPT_SIZE,
-    INPATIENT_TIME,
-    MALFORMED_TIME,
     TIME,
     VISIT_END,
     VISIT_START,
@@ -23,22 +22,7 @@ from cehrgpt_tutorials.inspect.vocabulary import (
     Vocabulary,
 )
 
-# Structural rules: a sequence fails a rule when any of its tokens breaks it; reported per rule.
-VALIDITY_RULES = {
-    "demographic_prompt": "does not start with the 4 demographic tokens year:YYYY, age:N, gender, race",
-    "nested_visit": "[VS] while a visit is still open",
-    "unmatched_visit_end": "[VE] without an open visit",
-    "missing_visit_type": "[VS] not followed by a visit type (a visit concept id or Visit/0) or [DEATH]",
-    "time_token_not_between_visits": "a day/week/month/LT token inside a visit or before the first visit",
-    "inpatient_time_token_outside_inpatient_visit": "an i-D/i-H token outside an inpatient visit "
-    "(visit concepts 9201, 262, 8971, 8920)",
-    "missing_discharge": "an inpatient visit whose [VE] is not preceded by a discharge token "
-    "(Discharge/0 or a discharge concept)",
-    "event_outside_visit": "a concept (or other token) between a [VE] and the next [VS]",
-    "death_not_at_end": "[DEATH] anywhere but in a final [VS] [DEATH] [VE]",
-    "not_ending_with_visit_end": "the last token is not [VE]",
-    "malformed_time_token": "a time token cehrgpt's own parser rejects (e.g. i-D-3)",
-}
+__all__ = ["VALIDITY_RULES", "Facts", "analyse", "sequence_hashes"]  # VALIDITY_RULES: defined with the grammar
 
 
 @dataclass
@@ -88,9 +72,10 @@ def sequence_hashes(codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
-    """Validity per rule and the distributions of every sequence, in a few whole-array numpy passes.
+    """Validity per rule (the grammar's table) and the distributions of every sequence, in a few
+    whole-array numpy passes.
 
-    Only the token kinds and the visit depth are computed for every token; the other checks look at
+    Only the token kinds and the visit depth are computed for every token; the other facts look at
     the positions of the tokens they concern ([VS], [VE], time tokens, ...), found with searchsorted.
     """
     codes, offsets, count, lengths = sequences.codes, sequences.offsets, sequences.count, sequences.lengths
@@ -98,22 +83,12 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
     total = len(codes)
     non_empty = lengths > 0
     kind_of, number_of = vocabulary.fact("kind"), vocabulary.fact("number")
-    visit_type_of, inpatient_of = vocabulary.fact("visit_type"), vocabulary.fact("inpatient_visit")
-    discharge_of, gender_of, race_of = (
-        vocabulary.fact("discharge"),
-        vocabulary.fact("gender"),
-        vocabulary.fact("race"),
-    )
+    inpatient_of, discharge_of = vocabulary.fact("inpatient_visit"), vocabulary.fact("discharge")
 
     sequence_index = np.repeat(np.arange(count, dtype=np.int32), lengths)  # of every token
 
     def sequence_of(positions: np.ndarray) -> np.ndarray:
         return sequence_index[positions]
-
-    def sequences_with(positions: np.ndarray) -> np.ndarray:
-        flags = np.zeros(count, dtype=bool)
-        flags[sequence_of(positions)] = True
-        return flags
 
     kind = kind_of[codes]
     is_start, is_end = kind == VISIT_START, kind == VISIT_END
@@ -138,8 +113,6 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
     starts_at = np.flatnonzero(is_start)
     ends_at = np.flatnonzero(is_end)
     time_at = np.flatnonzero(kind == TIME)
-    inpatient_time_at = np.flatnonzero(kind == INPATIENT_TIME)
-    death_at = np.flatnonzero(kind == DEATH)
 
     def visit_of(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For tokens at `positions`: whether they are inside a visit, and whether it is inpatient."""
@@ -153,47 +126,15 @@ def analyse(sequences: Sequences, vocabulary: Vocabulary) -> Facts:
         has_type = inside & (start + 1 < ends[sequence])
         return inside, has_type & inpatient_of[codes[type_position]]
 
-    problems = {}
-    prompt_ok = lengths >= DEMOGRAPHIC_PROMPT_SIZE
-    for offset, check in enumerate((kind_of == YEAR, kind_of == AGE, gender_of, race_of)):
-        present = lengths > offset
-        prompt_ok[present] &= check[codes[starts[present] + offset]]
-    problems["demographic_prompt"] = ~prompt_ok
-    problems["nested_visit"] = sequences_with(starts_at[depth_before[starts_at] >= 1])
-    problems["unmatched_visit_end"] = sequences_with(ends_at[depth_before[ends_at] <= 0])
+    # The structural rules: one table lookup per token (cehrgpt_tutorials/grammar.py).
+    rule_masks, grammar = check_sequences(codes, offsets, vocabulary)
+    problems = grammar.rule_flags(rule_masks)
+    problems = {rule: problems[rule] for rule in VALIDITY_RULES}
+    # Facts the metrics need: the visit type after each [VS], the discharge before an inpatient [VE].
     after_start = np.minimum(starts_at + 1, total - 1)
-    typed = ~is_last[starts_at] & (visit_type_of[codes[after_start]] | (kind[after_start] == DEATH))
-    problems["missing_visit_type"] = sequences_with(starts_at[~typed])
-    ends_before_time = np.searchsorted(ends_at, time_at) - np.searchsorted(
-        ends_at, starts[sequence_of(time_at)]
-    )
-    problems["time_token_not_between_visits"] = sequences_with(
-        time_at[(depth_before[time_at] != 0) | (ends_before_time == 0)]
-    )
-    problems["inpatient_time_token_outside_inpatient_visit"] = sequences_with(
-        inpatient_time_at[~visit_of(inpatient_time_at)[1]]
-    )
     _, inpatient_end = visit_of(ends_at)
     before_end = np.maximum(ends_at - 1, 0)
     discharged = ~is_first[ends_at] & discharge_of[codes[before_end]]
-    problems["missing_discharge"] = sequences_with(ends_at[inpatient_end & ~discharged])
-    allowed_outside = np.zeros(256, dtype=bool)
-    allowed_outside[[VISIT_START, VISIT_END, TIME, INPATIENT_TIME, MALFORMED_TIME, DEATH]] = True
-    outside = (depth_before <= 0) & ~in_prompt & ~allowed_outside[kind]
-    problems["event_outside_visit"] = sequences_with(np.flatnonzero(outside))
-    death_ok = (
-        ~is_first[death_at]
-        & ~is_last[death_at]
-        & (kind[np.maximum(death_at - 1, 0)] == VISIT_START)
-        & (kind[np.minimum(death_at + 1, total - 1)] == VISIT_END)
-        & is_last[np.minimum(death_at + 1, total - 1)]
-    )
-    problems["death_not_at_end"] = sequences_with(death_at[~death_ok])
-    last_kind = np.full(count, -1)
-    last_kind[non_empty] = kind[ends[non_empty] - 1]
-    problems["not_ending_with_visit_end"] = last_kind != VISIT_END
-    problems["malformed_time_token"] = sequences_with(np.flatnonzero(kind == MALFORMED_TIME))
-    problems = {rule: problems[rule] for rule in VALIDITY_RULES}
     valid = ~np.logical_or.reduce(list(problems.values())) if count else np.zeros(0, dtype=bool)
 
     def prompt_value(offset: int, values: np.ndarray, missing):

@@ -1,30 +1,36 @@
 #!/bin/sh
 # Step 5a of the CEHR-XGPT tutorial: sample synthetic patient sequences from the trained model.
 #
-# Runs cehrgpt's generator (python -m cehrgpt.generation.generate_batch_hf_gpt_sequence) with the
-# seed's settings (500 patients, context window 512, top-p 0.95) plus the two arguments its
-# argparse requires and the seed's README leaves out (--batch_size, --sampling_strategy).
+# Runs cehrgpt's generator loop through our thin driver (python -m cehrgpt_tutorials.generate, same
+# arguments as cehrgpt.generation.generate_batch_hf_gpt_sequence) with 500 patients, context window
+# 512 and top-p 1.0 (the model's full distribution), plus the two arguments cehrgpt's argparse
+# requires and the seed's README leaves out (--batch_size, --sampling_strategy).
+# --sampler constrained (default) samples only the tokens the sequence grammar allows at each step
+# (cehrgpt_tutorials/grammar.py: the rules inspect_synthetic.py reports); --sampler raw is cehrgpt's
+# own sampler, unchanged (the seed used it with --top-p 0.95).
 # Each patient is prompted with the first 4 tokens (year, age, gender, race) of a random real
 # sequence; the generator runs whole batches, so it writes a little more than asked.
 #
 # Reads:  MODEL_DIR (default $CEHR_GPT_MODEL_DIR): model and tokenizer from step 4
 #         the real sequences for the prompts (default $CEHR_GPT_DATA_DIR/patient_sequence, its
 #         train/ when step 2 split the patients)
-# Writes: OUTPUT_DIR/top_p9500/generated_sequences/*.parquet (default OUTPUT_DIR =
-#         $SYNTHETIC_DATA_OUTPUT_DIR; the folder name follows the sampling settings). The previous
-#         OUTPUT_DIR/top_p9500 (sequences and anything made from them) is replaced only once the
-#         new sequences are complete.
+# Writes: OUTPUT_DIR/top_p10000_constrained/generated_sequences/*.parquet (default OUTPUT_DIR =
+#         $SYNTHETIC_DATA_OUTPUT_DIR; the folder name follows the sampling settings: top_p9500 for
+#         --sampler raw --top-p 0.95). The previous folder of the same name (sequences and anything
+#         made from them) is replaced only once the new sequences are complete.
 #
 # Example (after `source setup_env.sh`):
 #   sh cehrgpt_tutorials/scripts/generate_synthetic.sh
 #   sh cehrgpt_tutorials/scripts/generate_synthetic.sh --num-patients 50 --batch-size 25
+#   sh cehrgpt_tutorials/scripts/generate_synthetic.sh --sampler raw --top-p 0.95   # the seed's sampler
 
 set -u
 
 NUM_PATIENTS=500
 BATCH_SIZE=""  # default: 50, or fewer when fewer patients are asked
 CONTEXT_WINDOW=512
-TOP_P=0.95
+TOP_P=1.0
+SAMPLER=constrained
 SAMPLING_STRATEGY=TopPStrategy
 MODEL_DIR="${CEHR_GPT_MODEL_DIR:-omop_synthea/cehrgpt_model}"
 PROMPT_DATA=""
@@ -32,7 +38,7 @@ OUTPUT_DIR="${SYNTHETIC_DATA_OUTPUT_DIR:-omop_synthea/synthetic_data}"
 
 usage() {
     cat <<EOF
-Usage: $0 [--num-patients N] [--batch-size N] [--context-window N] [--top-p P]
+Usage: $0 [--num-patients N] [--batch-size N] [--context-window N] [--top-p P] [--sampler constrained|raw]
           [--sampling-strategy TopPStrategy|TopKStrategy|TopMixStrategy] [--model-dir DIR]
           [--prompt-data DIR] [--output-dir DIR] [GENERATOR_ARGS...]
 
@@ -41,13 +47,15 @@ Samples synthetic patient sequences from a trained CEHR-GPT and prints where the
   --num-patients N        patients to generate (default $NUM_PATIENTS; whole batches, so up to one batch more)
   --batch-size N          sequences generated together (default 50, at most --num-patients)
   --context-window N      longest sequence in tokens (default $CONTEXT_WINDOW; at most the model's context)
-  --top-p P               nucleus sampling threshold (default $TOP_P)
+  --top-p P               nucleus sampling threshold (default $TOP_P: the model's full distribution)
+  --sampler S             constrained (default): only tokens the sequence grammar allows at each step;
+                          raw: cehrgpt's own sampler, unchanged
   --sampling-strategy S   TopPStrategy (default), TopKStrategy or TopMixStrategy
   --model-dir DIR         trained model and tokenizer (default \$CEHR_GPT_MODEL_DIR)
   --prompt-data DIR       real sequences whose first 4 tokens prompt each patient
                           (default \$CEHR_GPT_DATA_DIR/patient_sequence; its train/ when split)
   --output-dir DIR        default \$SYNTHETIC_DATA_OUTPUT_DIR
-  GENERATOR_ARGS          anything else goes to the generator, e.g. --temperature 0.9 --top_k 50
+  GENERATOR_ARGS          anything else goes to the generator, e.g. --temperature 0.9 --seed 1
   -h, --help              show this help
 EOF
 }
@@ -79,10 +87,10 @@ while [ $# -gt 0 ]; do
     option="$1"
     case "$option" in
         -h|--help) usage; exit 0 ;;
-        --num-patients|--batch-size|--context-window|--top-p|--sampling-strategy|--model-dir|--prompt-data|--output-dir)
+        --num-patients|--batch-size|--context-window|--top-p|--sampler|--sampling-strategy|--model-dir|--prompt-data|--output-dir)
             [ $# -ge 2 ] || die "$option needs a value (see --help)"
             value="$2"; shift 2 ;;
-        --num-patients=*|--batch-size=*|--context-window=*|--top-p=*|--sampling-strategy=*|--model-dir=*|--prompt-data=*|--output-dir=*)
+        --num-patients=*|--batch-size=*|--context-window=*|--top-p=*|--sampler=*|--sampling-strategy=*|--model-dir=*|--prompt-data=*|--output-dir=*)
             value="${option#*=}"; option="${option%%=*}"; shift ;;
         *) EXTRA="$EXTRA
 $option"; shift; continue ;;
@@ -92,6 +100,7 @@ $option"; shift; continue ;;
         --batch-size) BATCH_SIZE="$value" ;;
         --context-window) CONTEXT_WINDOW="$value" ;;
         --top-p) TOP_P="$value" ;;
+        --sampler) SAMPLER="$value" ;;
         --sampling-strategy) SAMPLING_STRATEGY="$value" ;;
         --model-dir) MODEL_DIR="$value" ;;
         --prompt-data) PROMPT_DATA="$value" ;;
@@ -105,6 +114,10 @@ if [ -z "$BATCH_SIZE" ]; then
 fi
 positive_integer --batch-size "$BATCH_SIZE"
 positive_integer --context-window "$CONTEXT_WINDOW"
+case "$SAMPLER" in
+    constrained|raw) ;;
+    *) die "--sampler must be constrained or raw, got '$SAMPLER'" ;;
+esac
 case "$SAMPLING_STRATEGY" in
     TopPStrategy|TopKStrategy|TopMixStrategy) ;;
     *) die "--sampling-strategy must be TopPStrategy, TopKStrategy or TopMixStrategy, got '$SAMPLING_STRATEGY'" ;;
@@ -130,7 +143,8 @@ trap 'exit 130' INT TERM
 # batch size divides the number (500 with batch 50 -> 550). Asking it for N - 1 gives the fewest
 # whole batches that reach N.
 asked_of_generator=$((NUM_PATIENTS - 1))
-set -- "$PYTHON_BIN" -u -m cehrgpt.generation.generate_batch_hf_gpt_sequence \
+set -- "$PYTHON_BIN" -u -m cehrgpt_tutorials.generate \
+    --sampler "$SAMPLER" \
     --model_folder "$MODEL_DIR" \
     --tokenizer_folder "$MODEL_DIR" \
     --output_folder "$staging" \
@@ -153,7 +167,8 @@ started=$(date +%s)
 "$@" || die "generation failed (exit $?); the generator's messages are above"
 elapsed=$(( $(date +%s) - started ))
 
-# The generator names its folder after the sampling settings (top_p9500 for top-p 0.95).
+# The generator names its folder after the sampling settings (top_p10000_constrained for the default,
+# top_p9500 for --sampler raw --top-p 0.95).
 sample_folder=$(ls "$staging")
 [ -n "$sample_folder" ] && [ -d "$staging/$sample_folder/generated_sequences" ] ||
     die "the generator exited 0 but wrote no generated_sequences folder under $staging"

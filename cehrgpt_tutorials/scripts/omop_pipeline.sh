@@ -19,8 +19,8 @@
 #
 # Example (after `source setup_env.sh`):
 #   sh cehrgpt_tutorials/scripts/omop_pipeline.sh \
-#       --patient-sequence-folder "$SYNTHETIC_DATA_OUTPUT_DIR/top_p9500/generated_sequences" \
-#       --omop-folder "$SYNTHETIC_DATA_OUTPUT_DIR/top_p9500/restored_omop" \
+#       --patient-sequence-folder "$SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained/generated_sequences" \
+#       --omop-folder "$SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained/restored_omop" \
 #       --source-omop-folder "$OMOP_DIR" --cpu-cores 2
 
 set -u

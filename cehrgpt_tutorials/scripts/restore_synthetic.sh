@@ -16,7 +16,7 @@
 # 4. prints the psql URI and two example queries comparing cdm and synthetic_cdm, with answers.
 # It never writes into the real CDM's schema: a --schema equal to --source-schema is refused.
 #
-# Reads:  SAMPLE_FOLDER/generated_sequences (default $SYNTHETIC_DATA_OUTPUT_DIR/top_p9500)
+# Reads:  SAMPLE_FOLDER/generated_sequences (default $SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained)
 #         SOURCE_OMOP_FOLDER/concept ... (default $OMOP_DIR, step 1's export)
 # Writes: SAMPLE_FOLDER/censored_sequences/ (unless --no-censor), SAMPLE_FOLDER/restored_omop/<table>/
 #         and schema synthetic_cdm in the database
@@ -28,7 +28,7 @@
 
 set -u
 
-SAMPLE_FOLDER="${SYNTHETIC_DATA_OUTPUT_DIR:-omop_synthea/synthetic_data}/top_p9500"
+SAMPLE_FOLDER="${SYNTHETIC_DATA_OUTPUT_DIR:-omop_synthea/synthetic_data}/top_p10000_constrained"
 SOURCE_OMOP_FOLDER="${OMOP_DIR:-omop_synthea}"
 SCHEMA=synthetic_cdm
 SOURCE_SCHEMA=cdm
@@ -47,7 +47,7 @@ Usage: $0 [--sample-folder DIR] [--source-omop-folder DIR] [--schema NAME] [--so
 
 Converts generated patients to OMOP and loads them into PostgreSQL beside the real CDM.
 
-  --sample-folder DIR       folder holding generated_sequences/ (default \$SYNTHETIC_DATA_OUTPUT_DIR/top_p9500)
+  --sample-folder DIR       folder holding generated_sequences/ (default \$SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained)
   --source-omop-folder DIR  exported OMOP tables with the vocabulary (default \$OMOP_DIR)
   --schema NAME             schema for the synthetic CDM (default $SCHEMA)
   --source-schema NAME      the real CDM's schema: never written, used by the example queries (default $SOURCE_SCHEMA)
