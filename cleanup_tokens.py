@@ -21,7 +21,8 @@ Reads and rewrites: PATIENT_SEQUENCE_DIR/**/*.parquet (Spark part files, train/ 
 Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
 Spark's .crc checksum beside it is rewritten too (Spark refuses a file whose checksum is stale).
 Files without malformed tokens are not touched, so a second run changes nothing. Files are cleaned
---jobs at a time, each read once, whole, with pyarrow (no Python loop over tokens).
+--jobs at a time, each streamed in record batches of about 128k tokens with pyarrow (no Python loop
+over tokens), so memory stays bounded however big the part files grow.
 
 Example:
     python cleanup_tokens.py                                   # $CEHR_GPT_DATA_DIR/patient_sequence
@@ -63,6 +64,10 @@ from cehrgpt_tutorials.common import (
 )
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
+# A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
+# cleaned, whatever the size of the file or its row groups (bench/RESULTS.md, issue 15).
+TOKENS_PER_BATCH = 128 * 1024
+READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
 PERSON_COLUMN = "person_id"
 
@@ -103,6 +108,9 @@ class CleanupReport:
 # any other token goes to cehrgpt's own functions. tests/test_cleanup_tokens.py checks the shortcut
 # against cehrgpt's verdict.
 CERTAINLY_FINE_TOKEN = re.compile(r"\d+|[DWMY]\d+|LT|i-D\d+|VS-D\d+-VE|\[[A-Z]+\]|(?:year|age):\d+|[A-Za-z]+/\d+")
+# ...and the one malformed shape step 2 writes (a negative inpatient day gap): cehrgpt calls it a time
+# token and cannot parse it. Knowing it spares the import on the usual dirty data too.
+CERTAINLY_NEGATIVE_INPATIENT_DAYS = re.compile(r"i-D-\d+")
 
 
 class TokenOracle:
@@ -118,16 +126,21 @@ class TokenOracle:
             if token is None:
                 continue
             if token not in self.verdicts:
-                if CERTAINLY_FINE_TOKEN.fullmatch(token):
-                    self.verdicts[token] = None
-                    continue
-                problem = time_token_problem(token)
-                if problem is not None and token.startswith("i-D-"):
-                    problem = "negative i-D"
-                self.verdicts[token] = problem
+                self.verdicts[token] = self._verdict(token)
             if self.verdicts[token] is not None:
                 found[token] = self.verdicts[token]
         return found
+
+    @staticmethod
+    def _verdict(token: str) -> str | None:
+        if CERTAINLY_FINE_TOKEN.fullmatch(token):
+            return None
+        if CERTAINLY_NEGATIVE_INPATIENT_DAYS.fullmatch(token):
+            return "negative i-D"
+        problem = time_token_problem(token)  # imports cehrgpt (and torch): seconds, once
+        if problem is not None and token.startswith("i-D-"):
+            return "negative i-D"
+        return problem
 
 
 def _exclusive_cumsum(lengths: np.ndarray) -> np.ndarray:
@@ -222,15 +235,19 @@ def _clean_parallel_column(name, column, keep, keep_numpy, removed_per_row, toke
     return _rebuild_list(column, column.flatten().filter(pa.array(item_keep)), new_lengths)
 
 
-def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool) -> bool:
+def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool,
+               tokens_per_batch: int = TOKENS_PER_BATCH) -> bool:
     """Clean one Parquet file in place (atomically); returns whether it had malformed tokens.
 
-    The whole file is read once; a file without malformed tokens is left untouched (not rewritten).
+    The file is streamed in record batches of about `tokens_per_batch` tokens, twice: concept_ids
+    alone to find its distinct tokens, then (only when some are malformed) every column, each batch
+    cleaned and written out before the next is read. So memory follows the batch, not the file or
+    its row groups. A file without malformed tokens is left untouched (not rewritten).
     """
-    parquet_file = pq.ParquetFile(path)
-    schema = parquet_file.schema_arrow
+    plain_file = pq.ParquetFile(path)
+    schema = plain_file.schema_arrow
     check_patient_sequence_schema(schema, path)
-    metadata = parquet_file.metadata
+    metadata = plain_file.metadata
     if metadata.num_rows == 0:
         return False
     compression = metadata.row_group(0).column(0).compression.lower()
@@ -240,35 +257,53 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
     # building and re-hashing every string (most of a rewrite's cost). Files from pyarrow are read
     # and written the plain way, with their Arrow schema.
     spark_written = b"ARROW:schema" not in key_value_metadata
-    string_columns = [column.path for column in parquet_file.schema if column.physical_type == "BYTE_ARRAY"]
-    table = pq.read_table(path, read_dictionary=string_columns if spark_written else None)
+    string_columns = [column.path for column in plain_file.schema if column.physical_type == "BYTE_ARRAY"]
+    # buffer_size: a buffered stream reads the pages a batch needs, not a whole row group up front
+    # (pre-buffering a 50k-row group of a big part file cost gigabytes).
+    parquet_file = pq.ParquetFile(path, read_dictionary=string_columns if spark_written else None,
+                                  buffer_size=READ_BUFFER_BYTES)
+    token_leaf = next(index for index, column in enumerate(plain_file.schema)
+                      if column.path.split(".")[0] == SEQUENCE_TOKEN_COLUMN)
+    batch_rows = _rows_per_batch(metadata, token_leaf, tokens_per_batch)
 
     distinct_tokens = set()
-    for chunk in table[SEQUENCE_TOKEN_COLUMN].chunks:
-        flat = chunk.flatten()
-        distinct_tokens.update((flat.dictionary if pa.types.is_dictionary(flat.type) else pc.unique(flat)).to_pylist())
+    for batch in _record_batches(parquet_file, batch_rows, columns=[SEQUENCE_TOKEN_COLUMN]):
+        flat = batch.column(0).flatten()
+        if pa.types.is_dictionary(flat.type):
+            # Only the entries in use (a row group's dictionary may hold values of rows outside this batch).
+            distinct_tokens.update(flat.dictionary.take(pc.unique(flat.indices).drop_null()).to_pylist())
+        else:
+            distinct_tokens.update(pc.unique(flat).to_pylist())
     token_kinds = oracle.malformed(distinct_tokens)
     if not token_kinds:
         return False
     malformed = pa.array(sorted(token_kinds), pa.string())
     file_report = CleanupReport()
-    cleaned_batches = [clean_batch(batch, malformed, file_report, token_kinds) for batch in table.to_batches()]
-    if file_report.tokens_removed == 0:  # only in an unused dictionary entry
-        return False
     file_report.files_changed.append(path)
-    report.add(file_report)
+    batches = _record_batches(parquet_file, batch_rows)
     if dry_run:
+        for batch in batches:
+            clean_batch(batch, malformed, file_report, token_kinds)
+        report.add(file_report)
         return True
 
-    cleaned = pa.Table.from_batches(cleaned_batches, schema=table.schema)
     new_checksum = None
     try:
         with atomic_file(path, suffix=".parquet") as temporary:
-            with pq.ParquetWriter(temporary, cleaned.schema, store_schema=not spark_written,
-                                  compression=None if compression == "uncompressed" else compression) as writer:
-                writer.write_table(cleaned)
+            writer = None
+            try:
+                for batch in batches:
+                    cleaned = clean_batch(batch, malformed, file_report, token_kinds)
+                    if writer is None:
+                        writer_schema = cleaned.schema.with_metadata(schema.metadata)
+                        writer = pq.ParquetWriter(temporary, writer_schema, store_schema=not spark_written,
+                                                  compression=None if compression == "uncompressed" else compression)
+                    writer.write_batch(cleaned)
                 if spark_written and key_value_metadata:
                     writer.add_key_value_metadata(key_value_metadata)
+            finally:
+                if writer is not None:
+                    writer.close()
             written_schema = pq.read_schema(temporary)
             if not written_schema.equals(schema, check_metadata=True):
                 raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
@@ -281,7 +316,23 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
         raise
     if new_checksum is not None:
         os.replace(new_checksum, hadoop_checksum_path(path))
+    report.add(file_report)
     return True
+
+
+def _record_batches(parquet_file: pq.ParquetFile, batch_rows: int, columns: list[str] | None = None):
+    """The file's record batches, row group by row group: a batch spanning two row groups would hold two
+    dictionaries per string column, which pyarrow cannot return for a list column."""
+    for group in range(parquet_file.metadata.num_row_groups):
+        yield from parquet_file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+
+
+def _rows_per_batch(metadata, token_leaf: int, tokens_per_batch: int) -> int:
+    """Rows holding about `tokens_per_batch` tokens, from the file's metadata (tokens per row group)."""
+    tokens = sum(metadata.row_group(group).column(token_leaf).num_values
+                 for group in range(metadata.num_row_groups))
+    tokens_per_row = max(1, tokens // max(1, metadata.num_rows))
+    return max(1, tokens_per_batch // tokens_per_row)
 
 
 def hadoop_checksum_path(path: Path) -> Path:
@@ -357,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
                              "else omop_synthea/patient_sequence)")
     parser.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
-                        help="files cleaned at the same time (default: cores, at most 4; each holds one file in memory)")
+                        help="files cleaned at the same time (default: cores, at most 4; each holds one record batch in memory)")
     arguments = parser.parse_args(argv)
     if arguments.jobs < 1:
         parser.error("--jobs must be at least 1")
