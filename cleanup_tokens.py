@@ -14,6 +14,9 @@ column is aligned in a row when it has as many items as concept_ids there), and 
 updated. A column that is aligned in some rows only is cut in those rows and left as it is in the
 others (the script says how many); every other column, the schema and its metadata are kept.
 
+Null items of `ages` (step 2 leaves them on its artificial visits) are filled with the neighbouring
+events' ages, so that the runner's tokenization can use several workers; see NULL_FILLS.
+
 Positional columns (orders, record_ranks, ...) keep their values: the surviving tokens keep their
 order, with a gap where a token was removed.
 
@@ -64,6 +67,14 @@ from cehrgpt_tutorials.common import (
 )
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
+# Null items in these integer columns are filled: pandas turns a list of ints holding a null into
+# floats, so with several preprocessing workers the runner's tokenization gets int ages in some shards
+# and float in others and cannot join them ("The features can't be aligned because the key ages...").
+# Step 2 leaves ages null on the events of the artificial visits it builds (Visit/0): their time
+# token, [VS], [VE] (and visit_concept_ids null on the disconnected record, but the runner drops that
+# column before tokenizing). A null age takes the age of the row's next event (the visit's own), else
+# the previous one. Another column could get a constant: {"name": value}.
+NULL_FILLS = {"ages": "neighbours"}
 # A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
 # cleaned, whatever the size of the file or its row groups (bench/RESULTS.md, issue 15).
 TOKENS_PER_BATCH = 128 * 1024
@@ -85,6 +96,7 @@ class CleanupReport:
     # column name -> rows where it had a malformed token to drop but was not aligned with concept_ids
     unaligned_rows: collections.Counter = field(default_factory=collections.Counter)
     realigned_columns: set = field(default_factory=set)
+    filled_items: collections.Counter = field(default_factory=collections.Counter)  # column -> null items filled
 
     @property
     def tokens_removed(self) -> int:
@@ -100,6 +112,7 @@ class CleanupReport:
         self.files_changed += other.files_changed
         self.unaligned_rows.update(other.unaligned_rows)
         self.realigned_columns |= other.realigned_columns
+        self.filled_items.update(other.filled_items)
 
 
 # Shapes cehrgpt's parser certainly accepts (or does not treat as time tokens): concept ids, D/W/M/Y<n>,
@@ -235,6 +248,44 @@ def _clean_parallel_column(name, column, keep, keep_numpy, removed_per_row, toke
     return _rebuild_list(column, column.flatten().filter(pa.array(item_keep)), new_lengths)
 
 
+def fill_null_items(batch: pa.RecordBatch, report: CleanupReport) -> pa.RecordBatch:
+    """Fill the null items of the NULL_FILLS columns (see there), row by row."""
+    columns = list(batch.columns)
+    changed = False
+    for name, rule in NULL_FILLS.items():
+        if name not in batch.schema.names:
+            continue
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index)
+        if not is_list_type(column.type):
+            continue
+        values = column.flatten()
+        if values.null_count == 0:
+            continue
+        report.filled_items[name] += values.null_count
+        if rule == "neighbours":
+            filled = _fill_from_neighbours(values, pc.list_parent_indices(column).to_numpy())
+        else:
+            filled = pc.fill_null(values, pa.scalar(rule, values.type))
+        columns[index] = _rebuild_list(column, filled, _list_lengths(column))
+        changed = True
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema) if changed else batch
+
+
+def _fill_from_neighbours(values: pa.Array, rows: np.ndarray) -> pa.Array:
+    """Each null takes the next value of its row, else the previous one, else 0 (a row of nulls only)."""
+    numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    position = np.arange(len(numbers))
+    following = np.minimum.accumulate(np.where(valid, position, len(numbers))[::-1])[::-1]
+    preceding = np.maximum.accumulate(np.where(valid, position, -1))
+    same_row_after = (following < len(numbers)) & (rows[np.minimum(following, len(numbers) - 1)] == rows)
+    same_row_before = (preceding >= 0) & (rows[np.maximum(preceding, 0)] == rows)
+    source = np.where(same_row_after, following, np.where(same_row_before, preceding, -1))
+    filled = np.where(valid, numbers, np.where(source >= 0, numbers[np.maximum(source, 0)], 0))
+    return pa.array(filled, values.type)
+
+
 def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool,
                tokens_per_batch: int = TOKENS_PER_BATCH) -> bool:
     """Clean one Parquet file in place (atomically); returns whether it had malformed tokens.
@@ -258,24 +309,27 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
     # and written the plain way, with their Arrow schema.
     spark_written = b"ARROW:schema" not in key_value_metadata
     string_columns = [column.path for column in plain_file.schema if column.physical_type == "BYTE_ARRAY"]
-    # buffer_size: a buffered stream reads the pages a batch needs, not a whole row group up front
-    # (pre-buffering a 50k-row group of a big part file cost gigabytes).
+    # A buffered stream, not pre-buffered (pyarrow's default): it reads the pages a batch needs, not a
+    # whole row group up front (pre-buffering a 50k-row group of a big part file cost gigabytes).
     parquet_file = pq.ParquetFile(path, read_dictionary=string_columns if spark_written else None,
-                                  buffer_size=READ_BUFFER_BYTES)
+                                  buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
     token_leaf = next(index for index, column in enumerate(plain_file.schema)
                       if column.path.split(".")[0] == SEQUENCE_TOKEN_COLUMN)
     batch_rows = _rows_per_batch(metadata, token_leaf, tokens_per_batch)
 
+    fill_columns = [name for name in NULL_FILLS if name in schema.names and is_list_type(schema.field(name).type)]
     distinct_tokens = set()
-    for batch in _record_batches(parquet_file, batch_rows, columns=[SEQUENCE_TOKEN_COLUMN]):
-        flat = batch.column(0).flatten()
+    null_items = 0
+    for batch in _record_batches(parquet_file, batch_rows, columns=[SEQUENCE_TOKEN_COLUMN, *fill_columns]):
+        flat = batch.column(SEQUENCE_TOKEN_COLUMN).flatten()
         if pa.types.is_dictionary(flat.type):
             # Only the entries in use (a row group's dictionary may hold values of rows outside this batch).
             distinct_tokens.update(flat.dictionary.take(pc.unique(flat.indices).drop_null()).to_pylist())
         else:
             distinct_tokens.update(pc.unique(flat).to_pylist())
+        null_items += sum(batch.column(name).flatten().null_count for name in fill_columns)
     token_kinds = oracle.malformed(distinct_tokens)
-    if not token_kinds:
+    if not token_kinds and not null_items:
         return False
     malformed = pa.array(sorted(token_kinds), pa.string())
     file_report = CleanupReport()
@@ -283,7 +337,7 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
     batches = _record_batches(parquet_file, batch_rows)
     if dry_run:
         for batch in batches:
-            clean_batch(batch, malformed, file_report, token_kinds)
+            fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report)
         report.add(file_report)
         return True
 
@@ -293,7 +347,7 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
             writer = None
             try:
                 for batch in batches:
-                    cleaned = clean_batch(batch, malformed, file_report, token_kinds)
+                    cleaned = fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report)
                     if writer is None:
                         writer_schema = cleaned.schema.with_metadata(schema.metadata)
                         writer = pq.ParquetWriter(temporary, writer_schema, store_schema=not spark_written,
@@ -379,7 +433,8 @@ def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
 def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run: bool) -> None:
     verb = "to remove (dry run)" if dry_run else "removed"
     if report.tokens_removed == 0:
-        print(f"No malformed time tokens in {len(files)} file(s) under {folder}: nothing to change.")
+        print(f"No malformed time tokens in {len(files)} file(s) under {folder}"
+              + ("." if report.filled_items else ": nothing to change."))
     else:
         print(f"Malformed time tokens {verb}, by kind:")
         for kind, count in report.tokens_by_kind.most_common():
@@ -392,6 +447,10 @@ def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run
             if rows:
                 print(f"warning: {column} is not aligned with concept_ids in {rows} touched row(s); "
                       "those rows were left as they were")
+    if report.filled_items:
+        filled = ", ".join(f"{name} {count}" for name, count in sorted(report.filled_items.items()))
+        print(f"Null items {'to fill' if dry_run else 'filled'} (so every worker reads them as integers): {filled}")
+    if report.tokens_removed or report.filled_items:
         action = "would rewrite" if dry_run else "rewrote"
         print(f"Files: {action} {len(report.files_changed)} of {len(files)}")
     if dry_run:

@@ -230,6 +230,32 @@ def test_negative_inpatient_days_are_removed_without_importing_cehrgpt(tmp_path,
     assert "imported: []" in result.stdout
 
 
+def test_null_ages_are_filled_so_every_worker_reads_integers(tmp_path, pipeline_env):
+    """Step 2 leaves ages null on its artificial visits (Visit/0); pandas makes such a row's list float, so
+    two tokenization workers disagree on the type. Filled from the row's next event (else the previous),
+    even in a file with no malformed token; other columns' nulls are kept."""
+    tokens = [["year:2011", "age:40", "8507", "[VS]", "9202", "40213154", "[VE]", "D660", "[VS]", "Visit/0",
+               "260139", "[VE]"], ["year:2011", "age:41", "8507", "[VS]", "Visit/0", "260139", "[VE]"]]
+    ages = [[40, 40, 40, 40, 40, 40, 40, None, None, None, 42, None], [None, 41, 41, None, None, 43, None]]
+    visits = [[0, 0, 0, 9202, 9202, 9202, 9202, 0, 0, 0, None, 0], [0, 0, 0, 0, 0, None, 0]]
+    table = pa.table({"person_id": [1, 2], "concept_ids": pa.array(tokens, pa.list_(pa.string())),
+                      "ages": pa.array(ages, pa.list_(pa.int64())),
+                      "visit_concept_ids": pa.array(visits, pa.list_(pa.int32())),
+                      "num_of_concepts": pa.array([12, 7], pa.int64())})
+    folder = tmp_path / "patient_sequence"
+    folder.mkdir()
+    write_like_spark(table, folder / "part-00000.parquet")
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert "Null items filled (so every worker reads them as integers): ages 8" in result.stdout
+    cleaned = pq.read_table(folder)
+    assert cleaned["ages"].to_pylist() == [[40, 40, 40, 40, 40, 40, 40, 42, 42, 42, 42, 42],
+                                           [41, 41, 41, 43, 43, 43, 43]]
+    assert cleaned["visit_concept_ids"].to_pylist() == visits
+    assert cleaned["concept_ids"].to_pylist() == tokens
+    assert cleaned.schema.equals(table.schema)
+
+
 def dirty_files_of(paths: list[Path]) -> list[Path]:
     return [path for path in paths
             if MALFORMED & {token for tokens in pq.read_table(path)["concept_ids"].to_pylist() for token in tokens}]
