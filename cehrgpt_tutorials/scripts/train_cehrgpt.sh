@@ -147,27 +147,31 @@ MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P)
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
 
+# Counted before OMP_NUM_THREADS is set below (nproc follows it).
+CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 # A GPU, when visible, is used by the Trainer anyway; give it data loader workers so collation
 # keeps up. On CPU, workers would only compete with the training threads for the same cores.
 if "$PYTHON_BIN" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     DEVICE=cuda
     LOADER_ARGS="--dataloader_num_workers 4 --dataloader_prefetch_factor 4"
 else
-    DEVICE="cpu ($(nproc 2>/dev/null || echo '?') cores)"
+    DEVICE="cpu ($CORES cores)"
     LOADER_ARGS="--dataloader_num_workers 0"
 fi
 # Several processes: NCCL between GPUs, gloo on CPU, where the processes share the cores (torchrun
-# would give each a single thread).
+# would give each a single thread). --use_cpu: without it the Trainer on a machine without a GPU
+# leaves torchrun's processes unaware of each other, each training on all the data.
 if [ "$NPROC" -gt 1 ]; then
     if [ "$DEVICE" = cuda ]; then
         LOADER_ARGS="$LOADER_ARGS --ddp_backend nccl"
     else
-        LOADER_ARGS="$LOADER_ARGS --ddp_backend gloo"
-        threads=$(( $(nproc 2>/dev/null || echo "$NPROC") / NPROC ))
+        LOADER_ARGS="$LOADER_ARGS --use_cpu true --ddp_backend gloo"
+        threads=$((CORES / NPROC))
         [ "$threads" -ge 1 ] || threads=1
         export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
     fi
     DEVICE="$DEVICE, $NPROC processes"
+    export PYTHONUNBUFFERED=1  # -u reaches torchrun only; its runners' lines should come as they happen
 fi
 
 # --- The runner command -----------------------------------------------------------------------
@@ -176,7 +180,6 @@ fi
 # some ages null, pandas makes those rows' ages float, and shards of int and float ages cannot be
 # joined ("The features can't be aligned because the key ages ..."). cleanup_tokens.py (step 3) fills
 # them, so sequences that went through step 3 tokenize with any number of workers.
-CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 PREPROCESSING_WORKERS=$CORES
 # Positional parameters hold the command word by word (POSIX sh has no arrays).
 if [ "$NPROC" -gt 1 ]; then
