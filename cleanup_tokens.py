@@ -423,6 +423,7 @@ def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
     os.close(descriptor)
     try:
         write_hadoop_checksum(temporary, Path(name), max(1, bytes_per_checksum))
+        shutil.copymode(checksum, name)  # Spark's own permissions, not mkstemp's 0600
         checksum.unlink()
     except BaseException:
         Path(name).unlink(missing_ok=True)

@@ -183,6 +183,7 @@ def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, lay
         assert set(pq.read_metadata(path).metadata) == set(key_value_metadata[path])
         # Spark's checksum file matches the new content (Spark refuses a file whose .crc does not).
         assert checksum_of(path).read_bytes() == hadoop_crc(path.read_bytes())
+        assert oct(checksum_of(path).stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
 
