@@ -206,7 +206,7 @@ def plot(all_results: list[dict], path: Path) -> None:
     times = [r["times"] for r in all_results]
     for name in STEPS:
         axis.plot(times, [r["steps"][name]["seconds"] for r in all_results], marker="o", label=name)
-    if len(times) > 1:  # a linear reference through the export's first point
+    if len(times) > 1:  # a linear reference through step 2's first point
         first = all_results[0]["steps"]["step2"]["seconds"]
         axis.plot(times, [first * k / times[0] for k in times], "k:", label="linear (from step2)")
     axis.set_xscale("log")
