@@ -126,7 +126,7 @@ def test_training_under_torchrun_with_two_cpu_processes_writes_one_model_that_ge
     assert "--ddp_backend gloo" in train.stdout
     # Two processes, each its per-device batch of 8: the Trainer counts 16 per step.
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in logs
-    assert "--preprocessing_num_workers 2 " in train.stdout or os.cpu_count() != 2
+    assert f"--preprocessing_num_workers {len(os.sched_getaffinity(0))} " in train.stdout  # one per core
     # Written once, by the first process only.
     assert logs.count(f"Model weights saved in {model_dir}/model.safetensors") == 1
     assert len(list(model_dir.glob("checkpoint-*"))) == 1
