@@ -14,6 +14,9 @@ column is aligned in a row when it has as many items as concept_ids there), and 
 updated. A column that is aligned in some rows only is cut in those rows and left as it is in the
 others (the script says how many); every other column, the schema and its metadata are kept.
 
+Null items of `ages` (step 2 leaves them on its artificial visits) are filled with the neighbouring
+events' ages, so that the runner's tokenization can use several workers; see NULL_FILLS.
+
 Positional columns (orders, record_ranks, ...) keep their values: the surviving tokens keep their
 order, with a gap where a token was removed.
 
@@ -21,7 +24,8 @@ Reads and rewrites: PATIENT_SEQUENCE_DIR/**/*.parquet (Spark part files, train/ 
 Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
 Spark's .crc checksum beside it is rewritten too (Spark refuses a file whose checksum is stale).
 Files without malformed tokens are not touched, so a second run changes nothing. Files are cleaned
---jobs at a time, each read once, whole, with pyarrow (no Python loop over tokens).
+--jobs at a time, each streamed in record batches of about 128k tokens with pyarrow (no Python loop
+over tokens), so memory stays bounded however big the part files grow.
 
 Example:
     python cleanup_tokens.py                                   # $CEHR_GPT_DATA_DIR/patient_sequence
@@ -63,6 +67,18 @@ from cehrgpt_tutorials.common import (
 )
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
+# Null items in these integer columns are filled: pandas turns a list of ints holding a null into
+# floats, so with several preprocessing workers the runner's tokenization gets int ages in some shards
+# and float in others and cannot join them ("The features can't be aligned because the key ages...").
+# Step 2 leaves ages null on the events of the artificial visits it builds (Visit/0): their time
+# token, [VS], [VE] (and visit_concept_ids null on the disconnected record, but the runner drops that
+# column before tokenizing). A null age takes the age of the row's next event (the visit's own), else
+# the previous one. Another column could get a constant: {"name": value}.
+NULL_FILLS = {"ages": "neighbours"}
+# A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
+# cleaned, whatever the size of the file or its row groups (bench/RESULTS.md, issue 15).
+TOKENS_PER_BATCH = 128 * 1024
+READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
 PERSON_COLUMN = "person_id"
 
@@ -80,6 +96,7 @@ class CleanupReport:
     # column name -> rows where it had a malformed token to drop but was not aligned with concept_ids
     unaligned_rows: collections.Counter = field(default_factory=collections.Counter)
     realigned_columns: set = field(default_factory=set)
+    filled_items: collections.Counter = field(default_factory=collections.Counter)  # column -> null items filled
 
     @property
     def tokens_removed(self) -> int:
@@ -95,6 +112,7 @@ class CleanupReport:
         self.files_changed += other.files_changed
         self.unaligned_rows.update(other.unaligned_rows)
         self.realigned_columns |= other.realigned_columns
+        self.filled_items.update(other.filled_items)
 
 
 # Shapes cehrgpt's parser certainly accepts (or does not treat as time tokens): concept ids, D/W/M/Y<n>,
@@ -103,6 +121,9 @@ class CleanupReport:
 # any other token goes to cehrgpt's own functions. tests/test_cleanup_tokens.py checks the shortcut
 # against cehrgpt's verdict.
 CERTAINLY_FINE_TOKEN = re.compile(r"\d+|[DWMY]\d+|LT|i-D\d+|VS-D\d+-VE|\[[A-Z]+\]|(?:year|age):\d+|[A-Za-z]+/\d+")
+# ...and the one malformed shape step 2 writes (a negative inpatient day gap): cehrgpt calls it a time
+# token and cannot parse it. Knowing it spares the import on the usual dirty data too.
+CERTAINLY_NEGATIVE_INPATIENT_DAYS = re.compile(r"i-D-\d+")
 
 
 class TokenOracle:
@@ -118,16 +139,21 @@ class TokenOracle:
             if token is None:
                 continue
             if token not in self.verdicts:
-                if CERTAINLY_FINE_TOKEN.fullmatch(token):
-                    self.verdicts[token] = None
-                    continue
-                problem = time_token_problem(token)
-                if problem is not None and token.startswith("i-D-"):
-                    problem = "negative i-D"
-                self.verdicts[token] = problem
+                self.verdicts[token] = self._verdict(token)
             if self.verdicts[token] is not None:
                 found[token] = self.verdicts[token]
         return found
+
+    @staticmethod
+    def _verdict(token: str) -> str | None:
+        if CERTAINLY_FINE_TOKEN.fullmatch(token):
+            return None
+        if CERTAINLY_NEGATIVE_INPATIENT_DAYS.fullmatch(token):
+            return "negative i-D"
+        problem = time_token_problem(token)  # imports cehrgpt (and torch): seconds, once
+        if problem is not None and token.startswith("i-D-"):
+            return "negative i-D"
+        return problem
 
 
 def _exclusive_cumsum(lengths: np.ndarray) -> np.ndarray:
@@ -222,15 +248,57 @@ def _clean_parallel_column(name, column, keep, keep_numpy, removed_per_row, toke
     return _rebuild_list(column, column.flatten().filter(pa.array(item_keep)), new_lengths)
 
 
-def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool) -> bool:
+def fill_null_items(batch: pa.RecordBatch, report: CleanupReport) -> pa.RecordBatch:
+    """Fill the null items of the NULL_FILLS columns (see there), row by row."""
+    columns = list(batch.columns)
+    changed = False
+    for name, rule in NULL_FILLS.items():
+        if name not in batch.schema.names:
+            continue
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index)
+        if not is_list_type(column.type):
+            continue
+        values = column.flatten()
+        if values.null_count == 0:
+            continue
+        report.filled_items[name] += values.null_count
+        if rule == "neighbours":
+            filled = _fill_from_neighbours(values, pc.list_parent_indices(column).to_numpy())
+        else:
+            filled = pc.fill_null(values, pa.scalar(rule, values.type))
+        columns[index] = _rebuild_list(column, filled, _list_lengths(column))
+        changed = True
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema) if changed else batch
+
+
+def _fill_from_neighbours(values: pa.Array, rows: np.ndarray) -> pa.Array:
+    """Each null takes the next value of its row, else the previous one, else 0 (a row of nulls only)."""
+    numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    position = np.arange(len(numbers))
+    following = np.minimum.accumulate(np.where(valid, position, len(numbers))[::-1])[::-1]
+    preceding = np.maximum.accumulate(np.where(valid, position, -1))
+    same_row_after = (following < len(numbers)) & (rows[np.minimum(following, len(numbers) - 1)] == rows)
+    same_row_before = (preceding >= 0) & (rows[np.maximum(preceding, 0)] == rows)
+    source = np.where(same_row_after, following, np.where(same_row_before, preceding, -1))
+    filled = np.where(valid, numbers, np.where(source >= 0, numbers[np.maximum(source, 0)], 0))
+    return pa.array(filled, values.type)
+
+
+def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: bool,
+               tokens_per_batch: int = TOKENS_PER_BATCH) -> bool:
     """Clean one Parquet file in place (atomically); returns whether it had malformed tokens.
 
-    The whole file is read once; a file without malformed tokens is left untouched (not rewritten).
+    The file is streamed in record batches of about `tokens_per_batch` tokens, twice: concept_ids
+    alone to find its distinct tokens, then (only when some are malformed) every column, each batch
+    cleaned and written out before the next is read. So memory follows the batch, not the file or
+    its row groups. A file without malformed tokens is left untouched (not rewritten).
     """
-    parquet_file = pq.ParquetFile(path)
-    schema = parquet_file.schema_arrow
+    plain_file = pq.ParquetFile(path)
+    schema = plain_file.schema_arrow
     check_patient_sequence_schema(schema, path)
-    metadata = parquet_file.metadata
+    metadata = plain_file.metadata
     if metadata.num_rows == 0:
         return False
     compression = metadata.row_group(0).column(0).compression.lower()
@@ -240,35 +308,56 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
     # building and re-hashing every string (most of a rewrite's cost). Files from pyarrow are read
     # and written the plain way, with their Arrow schema.
     spark_written = b"ARROW:schema" not in key_value_metadata
-    string_columns = [column.path for column in parquet_file.schema if column.physical_type == "BYTE_ARRAY"]
-    table = pq.read_table(path, read_dictionary=string_columns if spark_written else None)
+    string_columns = [column.path for column in plain_file.schema if column.physical_type == "BYTE_ARRAY"]
+    # A buffered stream, not pre-buffered (pyarrow's default): it reads the pages a batch needs, not a
+    # whole row group up front (pre-buffering a 50k-row group of a big part file cost gigabytes).
+    parquet_file = pq.ParquetFile(path, read_dictionary=string_columns if spark_written else None,
+                                  buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+    token_leaf = next(index for index, column in enumerate(plain_file.schema)
+                      if column.path.split(".")[0] == SEQUENCE_TOKEN_COLUMN)
+    batch_rows = _rows_per_batch(metadata, token_leaf, tokens_per_batch)
 
+    fill_columns = [name for name in NULL_FILLS if name in schema.names and is_list_type(schema.field(name).type)]
     distinct_tokens = set()
-    for chunk in table[SEQUENCE_TOKEN_COLUMN].chunks:
-        flat = chunk.flatten()
-        distinct_tokens.update((flat.dictionary if pa.types.is_dictionary(flat.type) else pc.unique(flat)).to_pylist())
+    null_items = 0
+    for batch in _record_batches(parquet_file, batch_rows, columns=[SEQUENCE_TOKEN_COLUMN, *fill_columns]):
+        flat = batch.column(SEQUENCE_TOKEN_COLUMN).flatten()
+        if pa.types.is_dictionary(flat.type):
+            # Only the entries in use (a row group's dictionary may hold values of rows outside this batch).
+            distinct_tokens.update(flat.dictionary.take(pc.unique(flat.indices).drop_null()).to_pylist())
+        else:
+            distinct_tokens.update(pc.unique(flat).to_pylist())
+        null_items += sum(batch.column(name).flatten().null_count for name in fill_columns)
     token_kinds = oracle.malformed(distinct_tokens)
-    if not token_kinds:
+    if not token_kinds and not null_items:
         return False
     malformed = pa.array(sorted(token_kinds), pa.string())
     file_report = CleanupReport()
-    cleaned_batches = [clean_batch(batch, malformed, file_report, token_kinds) for batch in table.to_batches()]
-    if file_report.tokens_removed == 0:  # only in an unused dictionary entry
-        return False
     file_report.files_changed.append(path)
-    report.add(file_report)
+    batches = _record_batches(parquet_file, batch_rows)
     if dry_run:
+        for batch in batches:
+            fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report)
+        report.add(file_report)
         return True
 
-    cleaned = pa.Table.from_batches(cleaned_batches, schema=table.schema)
     new_checksum = None
     try:
         with atomic_file(path, suffix=".parquet") as temporary:
-            with pq.ParquetWriter(temporary, cleaned.schema, store_schema=not spark_written,
-                                  compression=None if compression == "uncompressed" else compression) as writer:
-                writer.write_table(cleaned)
+            writer = None
+            try:
+                for batch in batches:
+                    cleaned = fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report)
+                    if writer is None:
+                        writer_schema = cleaned.schema.with_metadata(schema.metadata)
+                        writer = pq.ParquetWriter(temporary, writer_schema, store_schema=not spark_written,
+                                                  compression=None if compression == "uncompressed" else compression)
+                    writer.write_batch(cleaned)
                 if spark_written and key_value_metadata:
                     writer.add_key_value_metadata(key_value_metadata)
+            finally:
+                if writer is not None:
+                    writer.close()
             written_schema = pq.read_schema(temporary)
             if not written_schema.equals(schema, check_metadata=True):
                 raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
@@ -281,7 +370,23 @@ def clean_file(path: Path, oracle: TokenOracle, report: CleanupReport, dry_run: 
         raise
     if new_checksum is not None:
         os.replace(new_checksum, hadoop_checksum_path(path))
+    report.add(file_report)
     return True
+
+
+def _record_batches(parquet_file: pq.ParquetFile, batch_rows: int, columns: list[str] | None = None):
+    """The file's record batches, row group by row group: a batch spanning two row groups would hold two
+    dictionaries per string column, which pyarrow cannot return for a list column."""
+    for group in range(parquet_file.metadata.num_row_groups):
+        yield from parquet_file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+
+
+def _rows_per_batch(metadata, token_leaf: int, tokens_per_batch: int) -> int:
+    """Rows holding about `tokens_per_batch` tokens, from the file's metadata (tokens per row group)."""
+    tokens = sum(metadata.row_group(group).column(token_leaf).num_values
+                 for group in range(metadata.num_row_groups))
+    tokens_per_row = max(1, tokens // max(1, metadata.num_rows))
+    return max(1, tokens_per_batch // tokens_per_row)
 
 
 def hadoop_checksum_path(path: Path) -> Path:
@@ -318,6 +423,7 @@ def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
     os.close(descriptor)
     try:
         write_hadoop_checksum(temporary, Path(name), max(1, bytes_per_checksum))
+        shutil.copymode(checksum, name)  # Spark's own permissions, not mkstemp's 0600
         checksum.unlink()
     except BaseException:
         Path(name).unlink(missing_ok=True)
@@ -328,7 +434,8 @@ def _prepare_hadoop_checksum(path: Path, temporary: Path) -> Path | None:
 def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run: bool) -> None:
     verb = "to remove (dry run)" if dry_run else "removed"
     if report.tokens_removed == 0:
-        print(f"No malformed time tokens in {len(files)} file(s) under {folder}: nothing to change.")
+        print(f"No malformed time tokens in {len(files)} file(s) under {folder}"
+              + ("." if report.filled_items else ": nothing to change."))
     else:
         print(f"Malformed time tokens {verb}, by kind:")
         for kind, count in report.tokens_by_kind.most_common():
@@ -341,6 +448,10 @@ def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run
             if rows:
                 print(f"warning: {column} is not aligned with concept_ids in {rows} touched row(s); "
                       "those rows were left as they were")
+    if report.filled_items:
+        filled = ", ".join(f"{name} {count}" for name, count in sorted(report.filled_items.items()))
+        print(f"Null items {'to fill' if dry_run else 'filled'} (so every worker reads them as integers): {filled}")
+    if report.tokens_removed or report.filled_items:
         action = "would rewrite" if dry_run else "rewrote"
         print(f"Files: {action} {len(report.files_changed)} of {len(files)}")
     if dry_run:
@@ -357,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
                              "else omop_synthea/patient_sequence)")
     parser.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
-                        help="files cleaned at the same time (default: cores, at most 4; each holds one file in memory)")
+                        help="files cleaned at the same time (default: cores, at most 4; each holds one record batch in memory)")
     arguments = parser.parse_args(argv)
     if arguments.jobs < 1:
         parser.error("--jobs must be at least 1")

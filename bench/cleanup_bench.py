@@ -3,29 +3,31 @@
 Makes synthetic patient_sequence part files in cehrbert_data 0.1.1's layout (concept_ids plus 17
 parallel list columns, Spark-like files with .crc sidecars), with malformed `i-D-<n>` tokens at a
 realistic rate (1 in 2,000 tokens, about 4% of sequences), then times on fresh
-identical copies (best of --repeats rounds, wall and CPU time), in this run:
+identical copies (best of --repeats rounds), each method a fresh process of its own, so its wall
+time, CPU time and peak memory (RSS) count everything a learner's run pays, imports included:
   seed   the seed's algorithm: pandas, a Python loop over every row's tokens dropping `i-D-` ones from
          concept_ids only (leaving the other columns misaligned), each file rewritten in place
-         (leaving Spark's .crc files stale, as the floors do);
-  ours   cleanup_tokens.py (in-process, cehrgpt already imported; its import time is printed apart),
-         which also rewrites each changed file's .crc;
-  floor  reading each file and writing it back unchanged with pyarrow's defaults: a plain rewrite;
+         (leaving Spark's .crc files stale, as the floors do); --skip-seed leaves it out (slow);
+  ours   `python cleanup_tokens.py --patient-sequence-dir ...`, which also rewrites each changed
+         file's .crc;
+  floor  reading each file whole and writing it back unchanged with pyarrow's defaults: a plain rewrite;
   floor2 the same read and write the way cleanup_tokens.py does them (strings kept as dictionary
          indices, Spark's metadata), one file at a time: the floor for our I/O path.
-Goals (issue 5): ours at least 4x faster than the seed and within 1.3x of the floor.
+Goals: ours at least 4x faster than the seed and within 1.3x of the floor (issue 5); ours' peak RSS
+at most 400 MB whatever the file size (issue 15: it streams record batches, the floors hold whole files).
 
 Example:
     python bench/cleanup_bench.py                       # 200k sequences, files under bench/out/
+    python bench/cleanup_bench.py --sequences 400000 --parts 1 --row-group-rows 50000 --skip-seed
     python bench/cleanup_bench.py --sequences 20000 --keep
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import resource
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,7 +95,7 @@ def make_part(rng: np.random.Generator, first_person: int, sequences: int, malfo
 
 
 def make_dataset(folder: Path, sequences: int, parts: int, malformed_rate: float, seed: int,
-                 tokens_per_sequence: tuple[int, int]) -> list[Path]:
+                 tokens_per_sequence: tuple[int, int], row_group_rows: int = 50_000) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     per_part = -(-sequences // parts)
@@ -101,11 +103,17 @@ def make_dataset(folder: Path, sequences: int, parts: int, malformed_rate: float
     for index in tqdm(range(parts), desc="making sequences", unit="part"):
         count = min(per_part, sequences - index * per_part)
         path = folder / f"part-{index:05d}-bench.snappy.parquet"
-        table = make_part(rng, index * per_part, count, malformed_rate, tokens_per_sequence)
-        # Like Spark's part files: the schema in Parquet terms only (no Arrow schema), Spark's metadata.
-        with pq.ParquetWriter(path, table.schema, compression="snappy", store_schema=False) as writer:
+        # Like Spark's part files: the schema in Parquet terms only (no Arrow schema), Spark's metadata;
+        # made and written one row group at a time, so a big file needs no big memory here either.
+        writer = None
+        for first in range(0, count, row_group_rows):
+            table = make_part(rng, index * per_part + first, min(row_group_rows, count - first), malformed_rate,
+                              tokens_per_sequence)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="snappy", store_schema=False)
             writer.write_table(table)
-            writer.add_key_value_metadata(table.schema.metadata)
+        writer.add_key_value_metadata(table.schema.metadata)
+        writer.close()
         # ...and, like Spark, a Hadoop .crc beside each file, which cleanup_tokens.py keeps in step.
         write_hadoop_checksum(path, path.with_name(f".{path.name}.crc"))
         paths.append(path)
@@ -148,31 +156,33 @@ def dictionary_floor_rewrite(folder: Path) -> None:
             writer.add_key_value_metadata(key_value_metadata)
 
 
-def our_cleanup(folder: Path) -> str:
-    import cleanup_tokens
-
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        cleanup_tokens.main(["--patient-sequence-dir", str(folder)])
-    return output.getvalue().strip().splitlines()[-1]
+METHODS = {"floor": floor_rewrite, "floor2": dictionary_floor_rewrite, "seed": seed_cleanup}
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(function, *arguments):
-    """(wall seconds, CPU seconds, result): CPU time is the steadier figure on a shared machine."""
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    result = function(*arguments)
-    return time.perf_counter() - started, cpu_seconds() - cpu_started, result
+def run_method(name: str, folder: Path, log: Path) -> tuple[float, float, float, str]:
+    """Run one method as a fresh process: (wall s, CPU s, peak RSS MB, last line of its output)."""
+    if name == "ours":
+        command = [sys.executable, str(Path(__file__).resolve().parent.parent / "cleanup_tokens.py"),
+                   "--patient-sequence-dir", str(folder)]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--run-method", name, str(folder)]
+    started = time.perf_counter()
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak RSS
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    lines = log.read_text().strip().splitlines() or [""]
+    if process.returncode != 0:
+        raise SystemExit(f"error: {name} failed (exit {process.returncode}): {' | '.join(lines[-5:])}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, lines[-1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequences", type=int, default=200_000)
     parser.add_argument("--parts", type=int, default=8, help="part files, like Spark writes (default 8)")
+    parser.add_argument("--row-group-rows", type=int, default=50_000, help="rows per row group (default 50000)")
     parser.add_argument("--malformed-rate", type=float, default=1 / 2000, help="share of tokens that are i-D-<n>")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "cleanup_bench")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -180,47 +190,58 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs=2, default=(60, 100), metavar=("MIN", "MAX"),
                         help="tokens per sequence, drawn uniformly (default 60 100)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best time of each method counts")
+    parser.add_argument("--skip-seed", action="store_true", help="leave out the seed's (slow) algorithm")
+    parser.add_argument("--run-method", nargs=2, metavar=("NAME", "FOLDER"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.run_method:  # one method in this (fresh) process, for run_method()
+        name, folder = arguments.run_method
+        result = METHODS[name](Path(folder))
+        print(f"{result} i-D- tokens removed from concept_ids only" if name == "seed" else "done")
+        return
 
     shutil.rmtree(arguments.out, ignore_errors=True)
     source = arguments.out / "source"
     paths = make_dataset(source, arguments.sequences, arguments.parts, arguments.malformed_rate, arguments.seed,
-                         tuple(arguments.tokens))
-    tokens = sum(pq.read_metadata(p).num_rows for p in paths)
+                         tuple(arguments.tokens), arguments.row_group_rows)
+    sequences = sum(pq.read_metadata(p).num_rows for p in paths)
     total_tokens = sum(int(pq.read_table(p, columns=["num_of_concepts"])["num_of_concepts"].to_numpy().sum())
                        for p in paths)
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
-    print(f"{tokens} sequences, {total_tokens} tokens, {len(paths)} files, {size_mb:.0f} MB (snappy)")
+    print(f"{sequences} sequences, {total_tokens} tokens, {len(paths)} files, {size_mb:.0f} MB (snappy), "
+          f"row groups of {arguments.row_group_rows} rows")
 
-    import_seconds, _, _ = timed(__import__, "cehrgpt.gpt_utils")  # paid once per run of cleanup_tokens.py
     # The machine is shared: every method runs on a fresh copy in each round, and the best round counts.
-    methods = {"floor": floor_rewrite, "floor2": dictionary_floor_rewrite, "ours": our_cleanup, "seed": seed_cleanup}
-    best_wall = {name: float("inf") for name in methods}
-    best_cpu = {name: float("inf") for name in methods}
+    names = ["floor", "floor2", "ours"] + ([] if arguments.skip_seed else ["seed"])
+    best = {name: {"wall": float("inf"), "CPU": float("inf"), "RSS": float("inf")} for name in names}
     results = {}
     for round_number in range(arguments.repeats):
-        for name, method in methods.items():
+        for name in names:
             copy = arguments.out / name
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(source, copy)
-            wall, cpu, results[name] = timed(method, copy)
-            best_wall[name] = min(best_wall[name], wall)
-            best_cpu[name] = min(best_cpu[name], cpu)
-            print(f"  round {round_number + 1}: {name:6s} {wall:6.1f} s wall {cpu:6.1f} s CPU", flush=True)
+            wall, cpu, rss, results[name] = run_method(name, copy, arguments.out / f"{name}.log")
+            for key, value in (("wall", wall), ("CPU", cpu), ("RSS", rss)):
+                best[name][key] = min(best[name][key], value)
+            print(f"  round {round_number + 1}: {name:6s} {wall:6.1f} s wall {cpu:6.1f} s CPU {rss:7.0f} MB peak RSS",
+                  flush=True)
 
     notes = {
-        "seed": f"{results['seed']} i-D- tokens removed from concept_ids only",
-        "ours": f"{results['ours']}; + {import_seconds:.1f} s to import cehrgpt once",
-        "floor": "read + rewrite, no change, pyarrow defaults",
-        "floor2": "read + rewrite, no change, strings as dictionaries like ours, 1 file at a time",
+        "seed": results.get("seed", ""),
+        "ours": results["ours"],
+        "floor": "read whole + rewrite, no change, pyarrow defaults",
+        "floor2": "read whole + rewrite, no change, strings as dictionaries like ours, 1 file at a time",
     }
-    print(f"best of {arguments.repeats} round(s):           wall        CPU")
-    for name in ("seed", "ours", "floor", "floor2"):
-        print(f"{name:6s} {best_wall[name]:22.1f} s {best_cpu[name]:8.1f} s   ({notes[name]})")
-    for label, best in (("wall", best_wall), ("CPU", best_cpu)):
-        print(f"{label:4s}: seed / ours = {best['seed'] / best['ours']:5.2f}x (goal >= 4), "
-              f"ours / floor = {best['ours'] / best['floor']:4.2f}x (goal <= 1.3), "
-              f"ours / floor2 = {best['ours'] / best['floor2']:4.2f}x")
+    print(f"best of {arguments.repeats} round(s), whole processes:   wall        CPU   peak RSS")
+    for name in names:
+        print(f"{name:6s} {best[name]['wall']:22.1f} s {best[name]['CPU']:8.1f} s {best[name]['RSS']:7.0f} MB"
+              f"   ({notes[name]})")
+    for label in ("wall", "CPU"):
+        seed_ratio = "" if arguments.skip_seed else \
+            f"seed / ours = {best['seed'][label] / best['ours'][label]:5.2f}x (goal >= 4), "
+        print(f"{label:4s}: {seed_ratio}ours / floor = {best['ours'][label] / best['floor'][label]:4.2f}x (goal <= 1.3), "
+              f"ours / floor2 = {best['ours'][label] / best['floor2'][label]:4.2f}x")
+    print(f"peak RSS: ours {best['ours']['RSS']:.0f} MB (goal <= 400), floor {best['floor']['RSS']:.0f} MB, "
+          f"ours / floor = {best['ours']['RSS'] / best['floor']['RSS']:.2f}x")
     if not arguments.keep:
         shutil.rmtree(arguments.out, ignore_errors=True)
 

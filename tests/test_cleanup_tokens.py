@@ -183,6 +183,7 @@ def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, lay
         assert set(pq.read_metadata(path).metadata) == set(key_value_metadata[path])
         # Spark's checksum file matches the new content (Spark refuses a file whose .crc does not).
         assert checksum_of(path).read_bytes() == hadoop_crc(path.read_bytes())
+        assert oct(checksum_of(path).stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
         assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
 
@@ -193,6 +194,67 @@ def test_cleanup_keeps_every_parallel_column_aligned(tmp_path, pipeline_env, lay
     assert "nothing to change" in again.stdout
     assert again.stdout.strip().splitlines()[-1] == "Removed 0 malformed tokens"
     assert {path: path.read_bytes() for path in paths} == contents
+
+
+@pytest.mark.parametrize("spark_like", [True, False], ids=["spark-like", "written-by-pyarrow"])
+def test_streaming_in_small_batches_gives_the_same_cleaned_rows(tmp_path, spark_like):
+    """Batches of ~2 rows cut across row groups of 5: the result is the reference's, row for row."""
+    original = crafted_table(LAYOUT_0_1_1, rows=24)
+    path = tmp_path / "part-00000.snappy.parquet"
+    if spark_like:
+        write_like_spark(original, path, row_group_size=5)
+    else:
+        pq.write_table(original, path, compression="snappy", row_group_size=5)
+    schema_before = pq.read_schema(path)
+    report = cleanup_tokens.CleanupReport()
+    assert cleanup_tokens.clean_file(path, cleanup_tokens.TokenOracle(), report, dry_run=False,
+                                     tokens_per_batch=40)
+    assert pq.read_table(path).sort_by("person_id").to_pydict() == expected_after_cleanup(original)
+    assert pq.read_schema(path).equals(schema_before, check_metadata=True)
+    assert report.tokens_removed == sum(token in MALFORMED for tokens in original["concept_ids"].to_pylist()
+                                        for token in tokens)
+    assert pq.read_metadata(path).num_row_groups > 5  # it did write batch by batch
+
+
+def test_negative_inpatient_days_are_removed_without_importing_cehrgpt(tmp_path, pipeline_env):
+    """Step 2's usual malformed token (i-D-<n>) has a certain verdict: no seconds-long cehrgpt/torch import."""
+    tokens = [["year:2011", "age:40", "8507", "[VS]", "9201", "201826", "i-D-3", "i-D2", "320128", "[VE]", "D7",
+               "[VS]", "9202", "1127433", "[VE]"]] * 6
+    table = pa.table({"person_id": range(6), "concept_ids": pa.array(tokens, pa.list_(pa.string())),
+                      "ages": pa.array([list(range(len(row))) for row in tokens], pa.list_(pa.int64()))})
+    write_like_spark(table, tmp_path / "part-00000.parquet")
+    check = ("import sys, cleanup_tokens; cleanup_tokens.main(sys.argv[1:]); "
+             "print('imported:', sorted({'cehrgpt', 'torch'} & set(sys.modules)))")
+    result = run_script(["-c", check, "--patient-sequence-dir", str(tmp_path)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert "Removed 6 malformed tokens" in result.stdout
+    assert "imported: []" in result.stdout
+
+
+def test_null_ages_are_filled_so_every_worker_reads_integers(tmp_path, pipeline_env):
+    """Step 2 leaves ages null on its artificial visits (Visit/0); pandas makes such a row's list float, so
+    two tokenization workers disagree on the type. Filled from the row's next event (else the previous),
+    even in a file with no malformed token; other columns' nulls are kept."""
+    tokens = [["year:2011", "age:40", "8507", "[VS]", "9202", "40213154", "[VE]", "D660", "[VS]", "Visit/0",
+               "260139", "[VE]"], ["year:2011", "age:41", "8507", "[VS]", "Visit/0", "260139", "[VE]"]]
+    ages = [[40, 40, 40, 40, 40, 40, 40, None, None, None, 42, None], [None, 41, 41, None, None, 43, None]]
+    visits = [[0, 0, 0, 9202, 9202, 9202, 9202, 0, 0, 0, None, 0], [0, 0, 0, 0, 0, None, 0]]
+    table = pa.table({"person_id": [1, 2], "concept_ids": pa.array(tokens, pa.list_(pa.string())),
+                      "ages": pa.array(ages, pa.list_(pa.int64())),
+                      "visit_concept_ids": pa.array(visits, pa.list_(pa.int32())),
+                      "num_of_concepts": pa.array([12, 7], pa.int64())})
+    folder = tmp_path / "patient_sequence"
+    folder.mkdir()
+    write_like_spark(table, folder / "part-00000.parquet")
+    result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
+    assert result.returncode == 0, result.stderr
+    assert "Null items filled (so every worker reads them as integers): ages 8" in result.stdout
+    cleaned = pq.read_table(folder)
+    assert cleaned["ages"].to_pylist() == [[40, 40, 40, 40, 40, 40, 40, 42, 42, 42, 42, 42],
+                                           [41, 41, 41, 43, 43, 43, 43]]
+    assert cleaned["visit_concept_ids"].to_pylist() == visits
+    assert cleaned["concept_ids"].to_pylist() == tokens
+    assert cleaned.schema.equals(table.schema)
 
 
 def dirty_files_of(paths: list[Path]) -> list[Path]:
@@ -377,3 +439,10 @@ def test_oracle_shortcut_agrees_with_cehrgpt():
         assert time_token_problem(token) is None, token
     for token in [*MALFORMED, "i-D-3", "VS-D-2-VE", "i-3mt-6mt", "5m-15m", "i-LT", "D5x", "i-", "VS-"]:
         assert not shortcut.fullmatch(token), token
+    # ...and the ones it calls malformed without asking are ones cehrgpt's parser rejects.
+    negative = cleanup_tokens.CERTAINLY_NEGATIVE_INPATIENT_DAYS
+    for token in ["i-D-1", "i-D-3", "i-D-12", "i-D-400"]:
+        assert negative.fullmatch(token), token
+        assert time_token_problem(token) is not None, token
+    for token in ["i-D3", "i-D-", "i-D-3x", "VS-D-2-VE", "D-5", "i-H-3"]:
+        assert not negative.fullmatch(token), token

@@ -132,6 +132,10 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
                    "--domain_table_list condition_occurrence procedure_occurrence drug_exposure"]:
         assert option in commands[1], option
     assert result.stdout.count(" took ") == 2
+    # The demo slice is small: 2 x cores shuffle partitions, i.e. as many part files.
+    partitions = int(next(line for line in result.stdout.splitlines() if line.startswith("Partitions:")).split()[1])
+    assert f"--conf spark.sql.shuffle.partitions={partitions}" in commands[1]
+    assert len(list((output / "patient_sequence").glob("part-*.parquet"))) == partitions
 
     # Nothing written into the (read-only) input folder; the concept list lives in the output folder.
     listing_after = sorted(str(p.relative_to(step2_run["input"])) for p in step2_run["input"].rglob("*"))
@@ -292,6 +296,49 @@ def test_java_17_is_refused_before_spark_starts(pipeline_env, tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def sparse_input_folder(folder: Path, megabytes_per_table: int) -> Path:
+    """Step 2's input tables as sparse files of the given size (no disk used; Spark never reads them)."""
+    for table in REQUIRED_TABLES:
+        (folder / table).mkdir(parents=True)
+        with open(folder / table / "part-00000.parquet", "wb") as part:
+            part.truncate(megabytes_per_table * 1024 * 1024)
+    return folder
+
+
+def chosen_spark_options(result: subprocess.CompletedProcess) -> tuple[str, str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    return (next(line for line in lines if line.startswith("Spark options:")),
+            next(line for line in lines if line.startswith("Partitions:")))
+
+
+def test_shuffle_partitions_follow_the_input_size_unless_set(pipeline_env, tmp_path):
+    """--dry_run prints what it would run: one partition per 512 MB of input tables, 2 x cores at least."""
+    environment = dict(pipeline_env, SPARK_SUBMIT_OPTIONS="--master local[3] --driver-memory 1g")
+    big = sparse_input_folder(tmp_path / "big", 1500)  # 6 tables: 9000 MB -> 18 partitions
+    arguments = ["--input_folder", str(big), "--output_folder", str(tmp_path / "data"), "--start_date", "1985-01-01",
+                 "--dry_run"]
+    options, partitions = chosen_spark_options(run_step2(arguments, environment, timeout=60))
+    assert "--conf spark.sql.shuffle.partitions=18 " in options
+    assert partitions == "Partitions:    18 (9000 MB of input tables, 3 cores)"
+    assert not (tmp_path / "data").exists()
+
+    small = sparse_input_folder(tmp_path / "small", 10)
+    small_arguments = ["--input_folder", str(small), *arguments[2:]]
+    options, partitions = chosen_spark_options(run_step2(small_arguments, environment, timeout=60))
+    assert "--conf spark.sql.shuffle.partitions=6 " in options  # the floor: 2 x local[3]
+    assert partitions == "Partitions:    6 (60 MB of input tables, 3 cores)"
+
+    options, partitions = chosen_spark_options(run_step2([*arguments, "--shuffle_partitions", "5"], environment,
+                                                         timeout=60))
+    assert "--conf spark.sql.shuffle.partitions=5 " in options
+    yours = dict(environment, SPARK_SUBMIT_OPTIONS=environment["SPARK_SUBMIT_OPTIONS"]
+                 + " --conf spark.sql.shuffle.partitions=7")
+    options, partitions = chosen_spark_options(run_step2(arguments, yours, timeout=60))
+    assert options.count("spark.sql.shuffle.partitions") == 1 and options.endswith("spark.sql.shuffle.partitions=7")
+    assert partitions == "Partitions:    yours (set in SPARK_SUBMIT_OPTIONS)"
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -305,6 +352,8 @@ def test_java_17_is_refused_before_spark_starts(pipeline_env, tmp_path):
         (["--input_folder"], "error: --input_folder needs a value"),
         (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01", "--test_fraction", "1.5"],
          "error: --test_fraction must be 0 (no split) or a number between 0 and 1 such as 0.15, got '1.5'"),
+        (["--input_folder", "in", "--output_folder", "out", "--start_date", "1985-01-01",
+          "--shuffle_partitions", "0"], "error: --shuffle_partitions must be a positive whole number, got '0'"),
     ],
 )
 def test_bad_command_lines_get_one_clear_line(pipeline_env, arguments, message):

@@ -45,7 +45,7 @@ LOG_LINES_ON_FAILURE=40
 usage() {
     cat <<EOF
 Usage: $0 --input_folder INPUT_FOLDER --output_folder OUTPUT_FOLDER --start_date YYYY-MM-DD
-          [--min_num_of_patients N] [--test_fraction F]
+          [--min_num_of_patients N] [--test_fraction F] [--shuffle_partitions N] [--dry_run]
 
 Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's Spark apps.
 
@@ -56,6 +56,9 @@ Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's 
   --test_fraction F           share of persons held out as patient_sequence/test, decided per person_id
                               by cehrgpt_tutorials.common.is_test_person (default 0.15); 0: no split.
                               An INPUT_FOLDER/patient_splits of your own is used as it is.
+  --shuffle_partitions N      Spark's shuffle partitions, i.e. patient_sequence part files (default:
+                              from the input size, 2 x cores at least; see the script's comments)
+  --dry_run                   check the input, print the Spark settings it would use, write nothing
   -h, --help                  show this help
 
 Run 'source setup_env.sh' first: it puts spark-submit on PATH, selects Java 11 and sets
@@ -75,6 +78,8 @@ die() {
 INPUT_FOLDER=""
 OUTPUT_FOLDER=""
 START_DATE=""
+SHUFFLE_PARTITIONS=""
+DRY_RUN=0
 if [ $# -eq 0 ]; then
     usage >&2
     exit 2
@@ -83,12 +88,13 @@ while [ $# -gt 0 ]; do
     option="$1"
     case "$option" in
         -h|--help) usage; exit 0 ;;
-        --input_folder|--output_folder|--start_date|--min_num_of_patients|--test_fraction)
+        --dry_run) DRY_RUN=1; shift; continue ;;
+        --input_folder|--output_folder|--start_date|--min_num_of_patients|--test_fraction|--shuffle_partitions)
             [ $# -ge 2 ] || die "$option needs a value (see --help)"
             value="$2"
             shift 2
             ;;
-        --input_folder=*|--output_folder=*|--start_date=*|--min_num_of_patients=*|--test_fraction=*)
+        --input_folder=*|--output_folder=*|--start_date=*|--min_num_of_patients=*|--test_fraction=*|--shuffle_partitions=*)
             value="${option#*=}"
             option="${option%%=*}"
             shift
@@ -102,6 +108,7 @@ while [ $# -gt 0 ]; do
         --start_date) START_DATE="$value" ;;
         --min_num_of_patients) MIN_NUM_OF_PATIENTS="$value" ;;
         --test_fraction) TEST_FRACTION="$value" ;;
+        --shuffle_partitions) SHUFFLE_PARTITIONS="$value" ;;
     esac
 done
 [ -n "$INPUT_FOLDER" ] || die "--input_folder is required (see --help)"
@@ -116,6 +123,10 @@ if [ -n "$TEST_FRACTION" ]; then
     printf '%s\n' "$TEST_FRACTION" | grep -Eq '^(0|0?\.[0-9]+)$' ||
         die "--test_fraction must be 0 (no split) or a number between 0 and 1 such as 0.15, got '$TEST_FRACTION'"
 fi
+case "$SHUFFLE_PARTITIONS" in
+    '') ;;
+    *[!0-9]*|0) die "--shuffle_partitions must be a positive whole number, got '$SHUFFLE_PARTITIONS'" ;;
+esac
 
 # --- Checks before Spark starts (a Spark failure costs a minute and 200 lines of Java) ------------
 [ -d "$INPUT_FOLDER" ] || die "input folder '$INPUT_FOLDER' does not exist (run step 1, export_omop.py)"
@@ -170,6 +181,46 @@ case "$SPARK_OPTIONS" in
 esac
 if [ "${input_mb:-0}" -le "$QUICK_JIT_MAX_INPUT_MB" ] && [ "$user_java_options" = 0 ]; then
     TUNING_OPTIONS="--driver-java-options -XX:TieredStopAtLevel=1"
+fi
+
+# Shuffle partitions from the size of the tables the apps read. Spark writes one patient_sequence
+# part file per shuffle partition, and each shuffle task holds its share of all events, so a fixed
+# count (setup_env.sh's 2 x cores, right for the demo) makes files and tasks grow with the data:
+# cleanup and the runner's tokenization then hold GBs per file. One partition per
+# INPUT_MB_PER_PARTITION of input keeps part files near 128 MB (the sequences are about a quarter
+# of the tables' size, bench/RESULTS.md issue 15), with 2 x cores as the floor so every core works.
+# Your own setting wins: --shuffle_partitions, or spark.sql.shuffle.partitions in
+# SPARK_SUBMIT_OPTIONS or in spark-defaults.conf outside setup_env.sh's block.
+INPUT_MB_PER_PARTITION=512
+tables_mb=$(for table in $REQUIRED_TABLES $OPTIONAL_TABLES death; do
+        [ -d "$INPUT_FOLDER/$table" ] && find -L "$INPUT_FOLDER/$table" -type f -exec ls -lnL {} +
+    done | awk '{bytes += $5} END {print int(bytes / 1048576)}')
+spark_cores=$(printf '%s\n' "$SPARK_OPTIONS" | sed -n 's/.*local\[\([0-9][0-9]*\)[],].*/\1/p')
+[ -n "$spark_cores" ] || spark_cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+user_partitions=""
+case "$SPARK_OPTIONS" in
+    *spark.sql.shuffle.partitions*) user_partitions="set in SPARK_SUBMIT_OPTIONS" ;;
+    *) if sed '/>>> cehrgpt-tutorial/,/<<< cehrgpt-tutorial/d' "$spark_defaults" 2>/dev/null |
+            grep -Eq '^[[:space:]]*spark\.sql\.shuffle\.partitions'; then
+           user_partitions="set in $spark_defaults"
+       fi ;;
+esac
+if [ -n "$SHUFFLE_PARTITIONS" ]; then
+    partitions_note="$SHUFFLE_PARTITIONS (--shuffle_partitions)"
+elif [ -n "$user_partitions" ]; then
+    partitions_note="yours ($user_partitions)"
+else
+    SHUFFLE_PARTITIONS=$(( (tables_mb + INPUT_MB_PER_PARTITION - 1) / INPUT_MB_PER_PARTITION ))
+    [ "$SHUFFLE_PARTITIONS" -ge $((spark_cores * 2)) ] || SHUFFLE_PARTITIONS=$((spark_cores * 2))
+    partitions_note="$SHUFFLE_PARTITIONS (${tables_mb} MB of input tables, $spark_cores cores)"
+fi
+[ -z "$SHUFFLE_PARTITIONS" ] ||
+    TUNING_OPTIONS="${TUNING_OPTIONS:+$TUNING_OPTIONS }--conf spark.sql.shuffle.partitions=$SHUFFLE_PARTITIONS"
+if [ "$DRY_RUN" = 1 ]; then
+    echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
+    echo "Partitions:    $partitions_note"
+    echo "Dry run: nothing was written"
+    exit 0
 fi
 
 mkdir -p "$OUTPUT_FOLDER" || die "cannot create output folder '$OUTPUT_FOLDER'"
@@ -234,6 +285,7 @@ echo "Input folder:  $INPUT_FOLDER"
 echo "Output folder: $OUTPUT_FOLDER"
 echo "Start date:    $START_DATE"
 echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
+echo "Partitions:    $partitions_note"
 echo "Java:          $java_bin ($java_version)"
 echo "Held out:      $split_note"
 [ -z "${staged_input_note:-}" ] || echo "App 2 reads:   $staged_input_note"

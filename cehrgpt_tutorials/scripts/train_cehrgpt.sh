@@ -16,6 +16,8 @@
 # --overwrite_output_dir is not given). When the training data or the arguments changed since the
 # checkpoint was written, the old run cannot be resumed, so it starts over (see --fresh).
 # A visible GPU is used automatically (the Hugging Face Trainer picks it); nothing to change.
+# --nproc N runs N training processes under torchrun (one per GPU, or N CPU processes sharing the
+# cores), each on its share of every batch; the model is written once, by the first.
 
 set -u
 
@@ -23,12 +25,13 @@ PROFILE=demo
 DATA_FOLDER=""
 MODEL_DIR="${CEHR_GPT_MODEL_DIR:-omop_synthea/cehrgpt_model}"
 FRESH=0
+NPROC=1
 PRINT_ARGS=0
 STAMP_NAME=training_inputs.txt
 
 usage() {
     cat <<EOF
-Usage: $0 [--profile demo|seed|tiny] [--data-folder DIR] [--model-dir DIR] [--fresh] [RUNNER_ARGS...]
+Usage: $0 [--profile demo|seed|tiny] [--data-folder DIR] [--model-dir DIR] [--fresh] [--nproc N] [RUNNER_ARGS...]
 
 Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints the exact command.
 
@@ -40,6 +43,8 @@ Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints th
                       train/ and test/ (step 2's split) trains on train/ only
   --model-dir DIR     output: tokenizer, checkpoints, model (default \$CEHR_GPT_MODEL_DIR)
   --fresh             delete MODEL_DIR's previous run and start over instead of resuming
+  --nproc N           N training processes under torchrun (default 1): one per GPU for several
+                      GPUs (NCCL), or N CPU processes (gloo); per-device batch sizes are per process
   --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
   RUNNER_ARGS         anything else goes to the runner after the profile's arguments, so it wins,
                       e.g. --num_train_epochs 20 --learning_rate 5e-4 (see the runner's --help)
@@ -78,11 +83,17 @@ while [ $# -gt 0 ]; do
         --model-dir) [ $# -ge 2 ] || die "--model-dir needs a value"; MODEL_DIR="$2"; shift 2 ;;
         --model-dir=*) MODEL_DIR="${1#*=}"; shift ;;
         --fresh) FRESH=1; shift ;;
+        --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; NPROC="$2"; shift 2 ;;
+        --nproc=*) NPROC="${1#*=}"; shift ;;
         --print-args) PRINT_ARGS=1; shift ;;
         *) RUNNER_EXTRA="$RUNNER_EXTRA
 $1"; shift ;;
     esac
 done
+
+case "$NPROC" in
+    ''|*[!0-9]*|0) die "--nproc must be a positive whole number, got '$NPROC'" ;;
+esac
 
 # --- Profiles: model size and optimisation. Why these values: bench/RESULTS.md. -----------------
 # hidden_size must be divisible by 3 (the time-token head splits the hidden state in three) and by
@@ -136,22 +147,50 @@ MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P)
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
 
+# Counted before OMP_NUM_THREADS is set below (nproc follows it).
+CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 # A GPU, when visible, is used by the Trainer anyway; give it data loader workers so collation
 # keeps up. On CPU, workers would only compete with the training threads for the same cores.
 if "$PYTHON_BIN" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     DEVICE=cuda
     LOADER_ARGS="--dataloader_num_workers 4 --dataloader_prefetch_factor 4"
 else
-    DEVICE="cpu ($(nproc 2>/dev/null || echo '?') cores)"
+    DEVICE="cpu ($CORES cores)"
     LOADER_ARGS="--dataloader_num_workers 0"
+fi
+# Several processes: NCCL between GPUs, gloo on CPU, where the processes share the cores (torchrun
+# would give each a single thread). --use_cpu: without it the Trainer on a machine without a GPU
+# leaves torchrun's processes unaware of each other, each training on all the data.
+if [ "$NPROC" -gt 1 ]; then
+    if [ "$DEVICE" = cuda ]; then
+        LOADER_ARGS="$LOADER_ARGS --ddp_backend nccl"
+    else
+        LOADER_ARGS="$LOADER_ARGS --use_cpu true --ddp_backend gloo"
+        threads=$((CORES / NPROC))
+        [ "$threads" -ge 1 ] || threads=1
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
+    fi
+    DEVICE="$DEVICE, $NPROC processes"
+    export PYTHONUNBUFFERED=1  # -u reaches torchrun only; its runners' lines should come as they happen
 fi
 
 # --- The runner command -----------------------------------------------------------------------
-# --preprocessing_num_workers 1: with several workers cehrgpt 0.1.9's tokenization gives some shards
-# float ages and others int, and joining them fails ("The features can't be aligned because the key
-# ages ..."); seen on the demo with 2 workers. One worker tokenizes the demo in seconds.
+# --preprocessing_num_workers: one per core. The runner's tokenization (most of the time before the
+# first step on a big CDM) runs that many processes; it used to be pinned to 1 because step 2 leaves
+# some ages null, pandas makes those rows' ages float, and shards of int and float ages cannot be
+# joined ("The features can't be aligned because the key ages ..."). cleanup_tokens.py (step 3) fills
+# them, so sequences that went through step 3 tokenize with any number of workers.
+PREPROCESSING_WORKERS=$CORES
 # Positional parameters hold the command word by word (POSIX sh has no arrays).
-set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner \
+if [ "$NPROC" -gt 1 ]; then
+    # torchrun (torch.distributed.run) starts NPROC copies of the runner on this machine; --standalone
+    # picks a free port for them to meet. The runner tokenizes in the first process only.
+    set -- "$PYTHON_BIN" -u -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+        -m cehrgpt.runners.hf_cehrgpt_pretrain_runner
+else
+    set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner
+fi
+set -- "$@" \
     --model_name_or_path "$MODEL_DIR" \
     --tokenizer_name_or_path "$MODEL_DIR" \
     --output_dir "$MODEL_DIR" \
@@ -165,7 +204,7 @@ set -- "$PYTHON_BIN" -u -m cehrgpt.runners.hf_cehrgpt_pretrain_runner \
     --save_total_limit 1 \
     --logging_steps 10 \
     --report_to none \
-    --preprocessing_num_workers 1
+    --preprocessing_num_workers "$PREPROCESSING_WORKERS"
 # Word-split the profile's and loader's options on whitespace (none contains a space)...
 for word in $PROFILE_ARGS $LOADER_ARGS; do set -- "$@" "$word"; done
 # ...and the user's extra runner arguments one per line, so theirs come last and win.
