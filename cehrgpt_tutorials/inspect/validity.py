@@ -15,6 +15,7 @@ from cehrgpt_tutorials.inspect.vocabulary import (
     AGE,
     CONCEPT,
     DEMOGRAPHIC_PROMPT_SIZE,
+    INPATIENT_TIME,
     TIME,
     VISIT_END,
     VISIT_START,
