@@ -107,17 +107,19 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def run_step(step: Step, root: Path) -> float:
-    """Run one step, echoing its output live and into its log. Returns seconds; exits 1 on failure."""
-    print(f"\n=== {step.title} (make {step.name})\n    {step.explain}\n$ {step.command}", flush=True)
+def run_step(step: Step, root: Path, command: str | None = None) -> float:
+    """Run one step (its command, or `command`), echoing its output live and into its log.
+    Returns seconds; exits 1 on failure."""
+    command = command or step.command
+    print(f"\n=== {step.title} (make {step.name})\n    {step.explain}\n$ {command}", flush=True)
     log = log_path(step)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     with open(log, "w", encoding="utf-8") as log_file:
-        log_file.write(f"$ {step.command}\n")
+        log_file.write(f"$ {command}\n")
         process = subprocess.Popen(
-            ["bash", "-c", step.command], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ["bash", "-c", command], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", bufsize=1,
         )
         assert process.stdout is not None
@@ -143,7 +145,7 @@ def run_step(step: Step, root: Path) -> float:
               file=sys.stderr)
         raise SystemExit(1)
     marker(step).parent.mkdir(parents=True, exist_ok=True)
-    marker(step).write_text(f"{step.command}\nseconds={seconds:.1f}\n")
+    marker(step).write_text(f"{command}\nseconds={seconds:.1f}\n")
     print(f"--- {step.name} done in {format_seconds(seconds)}", flush=True)
     return seconds
 
@@ -165,7 +167,13 @@ def run(target: str, force: bool, root: Path) -> None:
         if marker(step).exists() and not ran_any:
             print(f"=== {step.title}: already done, skipped (marker {marker(step)})", flush=True)
             continue
-        run_step(step, root)
+        command = step.command
+        if step.name == "train" and (force or ran_any) and any(Path(cehr_gpt_model_dir()).glob("*")):
+            # The model was trained on outputs that this run redid: train_cehrgpt.sh would refuse to
+            # resume it. FORCE=1 (or a redone earlier step) asked to start over, so say --fresh: it
+            # moves the old model aside to <model>.old-<time> and says so; nothing is deleted.
+            command += " --fresh"
+        run_step(step, root, command)
         ran_any = True
         # Later steps were built from this step's old outputs: they must run again.
         for later in steps[index + 1:]:

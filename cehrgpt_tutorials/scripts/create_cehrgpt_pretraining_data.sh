@@ -126,8 +126,9 @@ case "$java_version" in
 esac
 
 PYTHON_BIN="${PYSPARK_PYTHON:-python}"
-CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))' 2>/dev/null) ||
-    die "cannot import cehrbert_data with $PYTHON_BIN: run 'source setup_env.sh' (or 'make setup')"
+# The import's own error (a traceback on stderr) is shown above ours, not hidden.
+CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))') ||
+    die "cannot import cehrbert_data with $PYTHON_BIN (the error is above): run 'source setup_env.sh' (or 'make setup')"
 
 # SPARK_SUBMIT_OPTIONS holds several options, read as shell words (quotes work, as in the official
 # script's eval): --driver-java-options '-Xss4m -Dx=y' stays one value.
