@@ -124,6 +124,12 @@ DATA_FOLDER=$(cd "$DATA_FOLDER" && pwd -P) && [ -n "$DATA_FOLDER" ] || die "cann
 mkdir -p "$MODEL_DIR" || die "cannot create model folder '$MODEL_DIR'"
 MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P) && [ -n "$MODEL_DIR" ] || die "cannot enter model folder '$MODEL_DIR'"
 [ "$MODEL_DIR" != / ] || die "--model-dir is the root folder /"
+# A folder this script did not make is neither used nor moved (checked before anything slow).
+if [ "$PRINT_ARGS" = 0 ] && [ ! -f "$MODEL_DIR/$STAMP_NAME" ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
+    [ "$FRESH" = 1 ] &&
+        die "--fresh: '$MODEL_DIR' was not made by this script (no $STAMP_NAME), so it is left as it is; choose another --model-dir"
+    die "'$MODEL_DIR' is not empty and was not made by this script (no $STAMP_NAME): choose another --model-dir or empty it"
+fi
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
 
@@ -233,8 +239,6 @@ describe_changes() {
 
 stamp_file="$MODEL_DIR/$STAMP_NAME"
 if [ "$FRESH" = 1 ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
-    [ -f "$stamp_file" ] ||
-        die "--fresh: '$MODEL_DIR' was not made by this script (no $STAMP_NAME), so it is left as it is; choose another --model-dir"
     previous_run="$MODEL_DIR.old-$(date +%Y%m%d-%H%M%S)"
     [ -e "$previous_run" ] && previous_run="$previous_run-$$"
     mv "$MODEL_DIR" "$previous_run" || die "--fresh: cannot move the previous run in $MODEL_DIR aside to $previous_run"
@@ -252,8 +256,6 @@ elif [ -f "$stamp_file" ]; then
         fi
         die "the run in $MODEL_DIR cannot be resumed with other data or arguments (${changes:-changed}): keep it and train into another --model-dir, or add --fresh to move it aside to $MODEL_DIR.old-<time> and start over"
     fi
-elif [ -n "$(ls -A "$MODEL_DIR")" ]; then
-    die "'$MODEL_DIR' is not empty and was not made by this script (no $STAMP_NAME): choose another --model-dir or empty it"
 fi
 printf '%s\n' "$stamp_now" > "$stamp_file" || die "cannot write $stamp_file"
 
