@@ -416,3 +416,50 @@ def test_the_own_database_section_works_as_written(pg_server, pipeline_env, tmp_
     assert restore[restore.index("--source-schema") + 1] == "omop_54"
     for name in ("CEHR_GPT_DATA_DIR", "CEHR_GPT_MODEL_DIR", "SYNTHETIC_DATA_OUTPUT_DIR"):
         assert Path(folders[name]).is_relative_to(tmp_path), f"{name} is not set by the section"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C during step 3's cleanup: every file is either as it was or fully cleaned
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_cleanup_leaves_each_file_whole(pipeline_env, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "patient_sequence"
+    folder.mkdir()
+    tokens = ["year:2011", "age:30", "8507", "8527", "[VS]", "9201", "201826", "i-D-3", "4329847", "[VE]"]
+    rows = 5_000  # enough per file that cleaning all of them takes a few seconds
+    table = pa.table({"concept_ids": pa.array([tokens] * rows, pa.list_(pa.string())),
+                      "dates": pa.array([list(range(len(tokens)))] * rows, pa.list_(pa.int32()))})
+    files = [folder / f"part-{number:05d}.parquet" for number in range(30)]
+    for path in files:
+        pq.write_table(table, path)
+    original = {path: path.read_bytes() for path in files}
+    process = subprocess.Popen([sys.executable, "cleanup_tokens.py", "--patient-sequence-dir", str(folder),
+                                "--jobs", "1"], cwd=REPO_ROOT, env=pipeline_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while all(path.read_bytes() == original[path] for path in files[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted (files cleaned so far stay cleaned")
+    cleaned = untouched = 0
+    for path in files:
+        if path.read_bytes() == original[path]:
+            untouched += 1
+            continue
+        result = pq.read_table(path)  # whole and readable
+        assert result.num_rows == rows
+        assert not pc.any(pc.equal(pc.list_flatten(result["concept_ids"]), "i-D-3")).as_py()
+        assert pc.all(pc.equal(pc.list_value_length(result["dates"]), len(tokens) - 1)).as_py()
+        cleaned += 1
+    assert cleaned >= 1 and untouched >= 1, "not interrupted mid-run"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(path.name for path in files), "temporary files left"
