@@ -150,6 +150,18 @@ def run_step(step: Step, root: Path, command: str | None = None) -> float:
     return seconds
 
 
+def command_for(step: Step, redo: bool) -> str:
+    """The step's command; the training step's with --fresh when it is redone over an existing model.
+
+    A model trained on outputs this run redid (or that FORCE=1 asked to redo) cannot be resumed, and
+    train_cehrgpt.sh refuses to start over on its own. Redoing it was asked for, so the demo says
+    --fresh: the old model is moved aside to <model dir>.old-<time> (and the script says so), never deleted.
+    """
+    if step.name == "train" and redo and cehr_gpt_model_dir().is_dir() and any(cehr_gpt_model_dir().iterdir()):
+        return f"{step.command} --fresh"
+    return step.command
+
+
 def run(target: str, force: bool, root: Path) -> None:
     steps = demo_steps()
     names = [step.name for step in steps]
@@ -167,13 +179,7 @@ def run(target: str, force: bool, root: Path) -> None:
         if marker(step).exists() and not ran_any:
             print(f"=== {step.title}: already done, skipped (marker {marker(step)})", flush=True)
             continue
-        command = step.command
-        if step.name == "train" and (force or ran_any) and any(Path(cehr_gpt_model_dir()).glob("*")):
-            # The model was trained on outputs that this run redid: train_cehrgpt.sh would refuse to
-            # resume it. FORCE=1 (or a redone earlier step) asked to start over, so say --fresh: it
-            # moves the old model aside to <model>.old-<time> and says so; nothing is deleted.
-            command += " --fresh"
-        run_step(step, root, command)
+        run_step(step, root, command_for(step, redo=force or ran_any))
         ran_any = True
         # Later steps were built from this step's old outputs: they must run again.
         for later in steps[index + 1:]:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import psycopg2
 import pytest
-from conftest import REPO_ROOT, SCRIPTS, output_of, run_script, run_sh, source_setup_env
+from conftest import REPO_ROOT, SCRIPTS, output_of, run_script, run_sh
 from test_environment import clean_user_env
 
 from cehrgpt_tutorials.common import PipelineError
@@ -113,7 +113,6 @@ def test_training_interrupted_mid_run_resumes_from_its_last_checkpoint(demo_pati
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground job
     first_output, _ = process.communicate(timeout=120)
     assert process.returncode != 0, "training finished before it could be interrupted:\n" + first_output[-3000:]
-    assert not (model_dir / "config.json").exists() or list(model_dir.glob("checkpoint-*"))
     saved_steps = sorted(int(path.name.split("-")[1]) for path in model_dir.glob("checkpoint-*")
                          if (path / "trainer_state.json").exists())
     assert saved_steps, first_output[-3000:]
@@ -310,9 +309,15 @@ def readme_commands() -> list[list[str]]:
     commands = []
     for snippet in snippets:
         snippet = snippet.split("  #")[0].strip()
-        if not re.match(r"(python|sh) (\S+\.py|cehrgpt_tutorials/scripts/\S+\.sh)\b", snippet):
-            continue
-        commands.append(shlex.split(snippet))
+        # "`restore_synthetic.sh --sample-folder`": a script named with its option, in a sentence.
+        named = re.match(r"(\w+\.(?:py|sh)) (--.*)$", snippet)
+        if named:
+            script = named.group(1)
+            if not (REPO_ROOT / script).exists():
+                script = f"cehrgpt_tutorials/scripts/{script}"
+            snippet = f"{'sh' if script.endswith('.sh') else 'python'} {script} {named.group(2)}"
+        if re.match(r"(python|sh) (\S+\.py|cehrgpt_tutorials/scripts/\S+\.sh)\b", snippet):
+            commands.append(shlex.split(snippet))
     return commands
 
 
@@ -463,3 +468,16 @@ def test_ctrl_c_during_cleanup_leaves_each_file_whole(pipeline_env, tmp_path):
         cleaned += 1
     assert cleaned >= 1 and untouched >= 1, "not interrupted mid-run"
     assert sorted(path.name for path in folder.iterdir()) == sorted(path.name for path in files), "temporary files left"
+
+
+def test_make_demo_redoing_training_over_a_model_says_fresh(tmp_path, monkeypatch):
+    from cehrgpt_tutorials.demo import command_for, demo_steps
+
+    steps = {step.name: step for step in demo_steps({})}
+    monkeypatch.setenv("CEHR_GPT_MODEL_DIR", str(tmp_path / "model"))
+    assert command_for(steps["train"], redo=True) == steps["train"].command  # nothing there yet
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "training_inputs.txt").write_text("")
+    assert command_for(steps["train"], redo=True) == steps["train"].command + " --fresh"
+    assert command_for(steps["train"], redo=False) == steps["train"].command  # a resumed demo resumes
+    assert command_for(steps["generate"], redo=True) == steps["generate"].command

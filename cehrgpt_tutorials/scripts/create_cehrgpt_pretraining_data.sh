@@ -264,4 +264,5 @@ run_app generate_training_data \
 total=$(($(date +%s) - total_started))
 echo ""
 echo "Patient sequences written to $OUTPUT_FOLDER/patient_sequence (both apps: $((total / 60))m $((total % 60))s)"
-echo "Next: python cleanup_tokens.py --patient-sequence-dir $OUTPUT_FOLDER/patient_sequence"
+# Quoted, so the line can be pasted whatever the folder's name.
+echo "Next: python cleanup_tokens.py --patient-sequence-dir '$(printf '%s' "$OUTPUT_FOLDER/patient_sequence" | sed "s/'/'\\\\''/g")'"

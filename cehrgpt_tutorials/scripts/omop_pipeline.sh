@@ -118,12 +118,10 @@ for table in $DOMAIN_TABLES; do
     esac
 done
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
-PATIENT_SEQUENCE_FOLDER=$(cd "$PATIENT_SEQUENCE_FOLDER" && pwd -P) && [ -n "$PATIENT_SEQUENCE_FOLDER" ] ||
-    die "cannot enter the patient sequence folder"
-SOURCE_OMOP_FOLDER=$(cd "$SOURCE_OMOP_FOLDER" && pwd -P) && [ -n "$SOURCE_OMOP_FOLDER" ] ||
-    die "cannot enter the source OMOP folder"
+PATIENT_SEQUENCE_FOLDER=$(physical_dir "$PATIENT_SEQUENCE_FOLDER") || exit 1
+SOURCE_OMOP_FOLDER=$(physical_dir "$SOURCE_OMOP_FOLDER") || exit 1
 mkdir -p "$OMOP_FOLDER" || die "cannot create '$OMOP_FOLDER'"
-OMOP_FOLDER=$(cd "$OMOP_FOLDER" && pwd -P) && [ -n "$OMOP_FOLDER" ] || die "cannot enter '$OMOP_FOLDER'"
+OMOP_FOLDER=$(physical_dir "$OMOP_FOLDER") || exit 1
 [ "$OMOP_FOLDER" != "$SOURCE_OMOP_FOLDER" ] ||
     die "--omop-folder must differ from --source-omop-folder: its tables are deleted and rewritten"
 

@@ -8,6 +8,8 @@
 #   print_command WORD... the words as one line a learner can paste into a shell
 #   append_word WORD      add WORD, quoted, to $QUOTED_WORDS; `eval "set -- \"\$@\" $QUOTED_WORDS"`
 #                         later restores every word as it was (spaces, globs, empty strings)
+#   physical_dir DIR      DIR as an absolute path without symlinks, or an error line and status 1:
+#                         X=$(physical_dir "$X") || exit 1   (never an empty X on failure)
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -33,4 +35,12 @@ print_command() {
 QUOTED_WORDS=""
 append_word() {
     QUOTED_WORDS="$QUOTED_WORDS $(shell_quote "$1")"
+}
+
+physical_dir() {
+    _dir=$(cd -- "$1" && pwd -P) && [ -n "$_dir" ] || {
+        printf "error: cannot enter folder '%s'\n" "$1" >&2
+        return 1
+    }
+    printf '%s\n' "$_dir"
 }

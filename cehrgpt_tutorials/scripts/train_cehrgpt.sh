@@ -119,10 +119,10 @@ fi
 [ -d "$DATA_FOLDER" ] || die "no patient sequences at '$DATA_FOLDER' (run step 2, create_cehrgpt_pretraining_data.sh, or pass --data-folder)"
 ls "$DATA_FOLDER" | grep -q '\.parquet$' ||
     die "'$DATA_FOLDER' has no .parquet files (expected cehrbert_data's patient_sequence output)"
-DATA_FOLDER=$(cd "$DATA_FOLDER" && pwd -P) && [ -n "$DATA_FOLDER" ] || die "cannot enter data folder '$DATA_FOLDER'"
+DATA_FOLDER=$(physical_dir "$DATA_FOLDER") || exit 1
 [ -n "$MODEL_DIR" ] || die "--model-dir is empty"
 mkdir -p "$MODEL_DIR" || die "cannot create model folder '$MODEL_DIR'"
-MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P) && [ -n "$MODEL_DIR" ] || die "cannot enter model folder '$MODEL_DIR'"
+MODEL_DIR=$(physical_dir "$MODEL_DIR") || exit 1
 [ "$MODEL_DIR" != / ] || die "--model-dir is the root folder /"
 # A folder this script did not make is neither used nor moved (checked before anything slow).
 if [ "$PRINT_ARGS" = 0 ] && [ ! -f "$MODEL_DIR/$STAMP_NAME" ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
