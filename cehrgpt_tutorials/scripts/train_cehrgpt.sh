@@ -6,7 +6,8 @@
 #
 # Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence, or its train/ split when present)
 # Writes: MODEL_DIR (default $CEHR_GPT_MODEL_DIR): the tokenizer, the tokenized dataset
-#         (dataset_prepared/), per-epoch checkpoints and, at the end, the model itself.
+#         (dataset_prepared/), per-epoch checkpoints, training_inputs.txt (the runner arguments and
+#         data checksums the run was started with) and, at the end, the model itself.
 #
 # Example (after `source setup_env.sh`):
 #   sh cehrgpt_tutorials/scripts/train_cehrgpt.sh --profile demo
