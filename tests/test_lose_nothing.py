@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import psycopg2
 import pytest
@@ -381,17 +380,16 @@ def test_the_own_database_section_works_as_written(pg_server, pipeline_env, tmp_
             cursor.execute("CREATE DATABASE hospital_omop")
     finally:
         connection.close()
-    server = urlparse(pg_server)
-    socket_dir, port = parse_qs(server.query)["host"][0], parse_qs(server.query)["port"][0]
-    user = server.username
-    hospital = f"postgresql://{user}@/hospital_omop?host={socket_dir}&port={port}"
+    server = psycopg2.extensions.parse_dsn(pg_server)
+    host, port, user = server["host"], server.get("port", "5432"), server["user"]
+    hospital = f"host={host} port={port} user={user} dbname=hospital_omop"
     load = run_script(["load_omop.py", "--demo", "--schema", "omop_54", "--max-persons", "40", "--dsn", hospital],
                       pipeline_env, timeout=300)
     assert load.returncode == 0, output_of(load)
 
     lines = own_database_block()
     # The reader's values in place of the README's examples, and nothing else changed.
-    replacements = {"/data/": f"{tmp_path}/data/", "PGHOST=db.example.org": f"PGHOST={socket_dir} PGPORT={port}",
+    replacements = {"/data/": f"{tmp_path}/data/", "PGHOST=db.example.org": f"PGHOST={host} PGPORT={port}",
                     "PGDATABASE=omop": "PGDATABASE=hospital_omop", "PGUSER=me": f"PGUSER={user}",
                     "CDM_SCHEMA=cdm": "CDM_SCHEMA=omop_54"}
     script = []
