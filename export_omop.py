@@ -33,6 +33,7 @@ PGPASSWORD, PGSERVICE, ~/.pgpass), else the embedded demo server (make demo-db).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import queue
@@ -418,10 +419,9 @@ def stream_table(
     import pyarrow.csv as pa_csv
 
     read_end, write_end = os.pipe()
-    try:
+    # Refused (a lower pipe size limit, not Linux): the default pipe works, only slower.
+    with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_BYTES)
-    except (OSError, AttributeError):
-        pass  # not Linux, or a lower pipe size limit: the default pipe works, only slower
     copy_result: dict = {}
 
     def copy_into_pipe():
@@ -435,10 +435,8 @@ def stream_table(
             copy_result["error"] = error
         finally:
             # Recorded before closing, so the reader's end-of-data comes after the outcome is known.
-            try:
+            with contextlib.suppress(BrokenPipeError):  # the reader stopped early and closed its end
                 pipe.close()
-            except OSError:
-                pass  # the reader stopped early and closed its end
 
     copier = threading.Thread(target=copy_into_pipe, name=f"copy-{table.name}", daemon=True)
     copier.start()
@@ -461,10 +459,10 @@ def stream_table(
                 read_error = error
                 copy_failed_first = "error" in copy_result
                 if not copy_result:
-                    connection.cancel()  # bad data mid-table: stop the server sending the rest
+                    cancel_copy(connection)  # bad data mid-table: stop the server sending the rest
     except BaseException:
         if not copy_result:
-            connection.cancel()
+            cancel_copy(connection)
         copier.join(timeout=10)
         raise
     copier.join()
@@ -566,12 +564,20 @@ def open_workers(dsn: str | None, coordinator, count: int):
 
 
 def close_all(connections) -> None:
+    # Read only: nothing to commit, and the server ends an open transaction when its connection
+    # closes. close() does not fail on a connection that is already broken or closed.
     for connection in connections:
-        try:
-            connection.rollback()  # read only: nothing to commit
-            connection.close()
-        except Exception:
-            pass
+        connection.close()
+
+
+def cancel_copy(connection) -> None:
+    """Ask the server to stop the COPY running on `connection`; one line on stderr if it cannot be asked."""
+    import psycopg2
+
+    try:
+        connection.cancel()
+    except psycopg2.Error as error:  # closed or broken connection: its COPY ends when it closes
+        print(f"note: could not cancel a running COPY: {describe_error(error)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -636,10 +642,7 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
                     stop.set()
                 for other in connections:
                     if other is not connection:
-                        try:
-                            other.cancel()  # abort the COPY running there
-                        except Exception:
-                            pass
+                        cancel_copy(other)  # abort the COPY running there
                 return
 
     for position, connection in enumerate(connections):
@@ -661,10 +664,7 @@ def run_exports(connections, schema: str, tables: list[TableExport], output_dir:
             failures.insert(0, Failure("", "interrupted", interrupted=True))
             stop.set()
         for connection in connections:
-            try:
-                connection.cancel()
-            except Exception:
-                pass
+            cancel_copy(connection)
         if not all_finished.wait(timeout=60):  # let each remove its temporary folder
             print("error: interrupted; a table did not stop within 60 s (the next export removes its "
                   "hidden temporary folder)", file=sys.stderr, flush=True)

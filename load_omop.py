@@ -242,10 +242,11 @@ def csv_records(source: TableSource, persons: set[int] | None):
                 row = row[:width]  # trailing empty fields (seen in the Synthea demo files)
             if person_position is not None:
                 try:
-                    if int(row[person_position]) not in persons:
-                        continue
+                    person = int(row[person_position])
                 except ValueError:
-                    pass  # not a number: COPY reports it with its line and column
+                    person = None  # not a number: kept, so that COPY reports it with its line and column
+                if person is not None and person not in persons:
+                    continue
             yield line, (row if keep_all else [row[position] for position in keep])
 
 

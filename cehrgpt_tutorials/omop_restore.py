@@ -10,7 +10,8 @@ helpers. The converter's error files are summarised too.
 
 Subcommands (omop_pipeline.sh calls them; they also work on their own):
     python -m cehrgpt_tutorials.omop_restore person-ids SEQUENCES     exit 0 when every
-        sequence has a distinct person_id (then --use_original_person_id maps them one to one)
+        sequence has a distinct person_id (then --use_original_person_id maps them one to one),
+        4 when not, 1 when the sequences cannot be read
     python -m cehrgpt_tutorials.omop_restore summary --sequences SEQUENCES --omop-folder OMOP
         prints generated / converted / skipped and why; exit 3 when nothing converted
     python -m cehrgpt_tutorials.omop_restore fill-empty-tables OMOP
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 from cehrgpt_tutorials.common import PipelineError, atomic_directory, fail
 
 NO_SEQUENCES_EXIT_CODE = 3  # distinct from 1 (bad input) so the shell script can tell them apart
+NO_DISTINCT_PERSON_IDS_EXIT_CODE = 4  # likewise: "person-ids" answers no, as opposed to failing
 SHOWN_EXAMPLES = 3
 
 
@@ -161,14 +163,23 @@ def _kind_of_token(token: str) -> str:
 
 
 def read_error_file(path: Path) -> dict:
-    """concept_errors.txt / export_errors.txt hold a Python dict literal written with str()."""
+    """concept_errors.txt / export_errors.txt hold a Python dict literal written with str().
+
+    A missing file means the converter wrote none (no errors); one that cannot be read or parsed
+    raises PipelineError naming it, rather than passing for "no errors".
+    """
     if not path.exists():
         return {}
     try:
         value = ast.literal_eval(path.read_text() or "{}")
-    except (SyntaxError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    except OSError as error:
+        raise PipelineError(f"cannot read the converter's {path}: {error.strerror or error}") from None
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as error:
+        raise PipelineError(f"the converter's {path} is not the dict it writes ({type(error).__name__}); "
+                            "it may be truncated") from None
+    if not isinstance(value, dict):
+        raise PipelineError(f"the converter's {path} holds a {type(value).__name__}, not the dict it writes")
+    return value
 
 
 def converted_person_ids(omop_folder: Path) -> set[int]:
@@ -283,7 +294,8 @@ def main() -> None:
 
     try:
         if arguments.action == "person-ids":
-            sys.exit(0 if person_ids_are_distinct(read_sequences(arguments.sequences)) else 1)
+            distinct = person_ids_are_distinct(read_sequences(arguments.sequences))
+            sys.exit(0 if distinct else NO_DISTINCT_PERSON_IDS_EXIT_CODE)
         if arguments.action == "summary":
             if summarize(arguments.sequences, arguments.omop_folder, arguments.concept) == 0:
                 sys.exit(NO_SEQUENCES_EXIT_CODE)

@@ -125,6 +125,21 @@ def demo_patient_sequence(demo_omop_parquet, pipeline_env, tmp_path_factory) -> 
     return output / "patient_sequence"
 
 
+def cdm_fingerprint(uri: str, schema: str = "cdm") -> dict[str, tuple]:
+    """Row count and a content checksum of every table in `schema`: equal before and after means untouched."""
+    import psycopg2
+
+    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1", (schema,))
+        tables = [row[0] for row in cursor.fetchall()]
+        fingerprint = {}
+        for table in tables:
+            cursor.execute(f'SELECT count(*), md5(coalesce(string_agg(t::text, \'|\' ORDER BY t::text), \'\')) '
+                           f'FROM "{schema}"."{table}" t')
+            fingerprint[table] = cursor.fetchone()
+    return fingerprint
+
+
 def run_sh(script: str, arguments: list, env: dict[str, str], timeout: float = 900):
     """Run one of cehrgpt_tutorials/scripts/*.sh with sh; returns CompletedProcess (text)."""
     return subprocess.run(["sh", str(SCRIPTS / script), *map(str, arguments)], env=env, cwd=REPO_ROOT,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import run_script
+from conftest import cdm_fingerprint, run_script
 
 from cehrgpt_tutorials.demo import demo_steps
 
@@ -42,16 +42,26 @@ def demo_env(pipeline_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(demo_env):
+    """`make demo` in two goes: the database step alone (to take the fingerprint of cdm as loaded),
+    then `run all`, which resumes after it. Its result holds the output of both."""
+    database = run_script(["-m", "cehrgpt_tutorials.demo", "run", "demo-db"], demo_env, timeout=600)
+    assert database.returncode == 0, database.stdout[-4000:] + database.stderr[-4000:]
+    cdm_before = cdm_fingerprint(server_uri(demo_env))
     result = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=1800)
+    result.stdout = database.stdout + result.stdout
+    result.cdm_before = cdm_before
     yield result
     run_script(["-m", "cehrgpt_tutorials.demo", "clean"], demo_env, timeout=120)
 
 
-def query(demo_env, sql: str):
+def server_uri(demo_env) -> str:
     from cehrgpt_tutorials.common import start_embedded_server
 
-    uri = start_embedded_server(Path(demo_env["OMOP_DIR"]) / "pgdata")
-    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+    return start_embedded_server(Path(demo_env["OMOP_DIR"]) / "pgdata")
+
+
+def query(demo_env, sql: str):
+    with psycopg2.connect(server_uri(demo_env)) as connection, connection.cursor() as cursor:
         cursor.execute(sql)
         return cursor.fetchall()
 
@@ -72,6 +82,9 @@ def test_every_step_runs_in_order_with_its_command(first_run, demo_env):
 def test_synthetic_cdm_beside_an_untouched_cdm(first_run, demo_env):
     assert first_run.returncode == 0
     assert query(demo_env, "SELECT count(*) FROM cdm.person") == [(SLICE_PERSONS,)]
+    # Every table of cdm, row for row, as it was after the database step.
+    assert len(first_run.cdm_before) >= 10
+    assert cdm_fingerprint(server_uri(demo_env)) == first_run.cdm_before, "the chain changed schema cdm"
     synthetic_persons = query(demo_env, "SELECT count(*) FROM synthetic_cdm.person")[0][0]
     assert synthetic_persons > 0
     assert query(demo_env, "SELECT count(*) FROM synthetic_cdm.visit_occurrence")[0][0] > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,12 +23,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT, TINY_STEPS, output_of, run_script, run_sh
+from conftest import REPO_ROOT, TINY_STEPS, cdm_fingerprint, output_of, run_script, run_sh
 
 from cehrgpt_tutorials.omop_restore import (
     add_observation_period_ids,
     entity_schemas,
     fill_empty_tables,
+    load_domain_map,
     skip_reason,
 )
 from cehrgpt_tutorials.plausibility import CHECKS as PLAUSIBILITY_CHECKS
@@ -136,17 +138,24 @@ def test_generation_writes_at_least_the_patients_asked_and_replaces_a_previous_s
 
 
 @pytest.mark.slow
-def test_an_untrained_model_stops_the_pipeline_before_spark_with_the_reasons(generated, demo_omop_parquet,
-                                                                              pipeline_env, tmp_path):
+def test_a_sample_where_nothing_converts_stops_the_pipeline_before_spark_with_the_reasons(
+        generated, demo_omop_parquet, pipeline_env, tmp_path):
     assert generated["result"].returncode == 0, output_of(generated["result"])
+    # The generated sequences, each with a visit opened after its end: whatever the model sampled,
+    # none ends with [VE] now, so the converter takes none of them.
+    table = ds.dataset(generated["folder"], format="parquet").to_table(columns=["person_id", "concept_ids"])
+    cut = [tokens + ["[VS]"] for tokens in table.column("concept_ids").to_pylist()]
+    sequences = tmp_path / "sequences"
+    sequences.mkdir()
+    pq.write_table(table.set_column(1, "concept_ids", pa.array(cut, pa.list_(pa.string()))), sequences / "cut.parquet")
     omop_folder = tmp_path / "restored"
-    result = run_sh("omop_pipeline.sh", ["-p", generated["folder"], "-o", omop_folder, "-s", demo_omop_parquet],
-                    pipeline_env)
+    result = run_sh("omop_pipeline.sh", ["-p", sequences, "-o", omop_folder, "-s", demo_omop_parquet], pipeline_env)
     assert result.returncode == NOTHING_CONVERTED, output_of(result)
     counts = summary_counts(result.stdout)
-    rows = ds.dataset(generated["folder"], format="parquet").count_rows()
+    rows = table.num_rows
     assert counts["generated"] == rows and counts["converted"] == 0 and counts["skipped"] == rows
     assert sum(counts["reasons"]) == rows
+    assert re.search(rf"^\s+{rows}  does not end with \[VE\]", result.stdout, flags=re.M), result.stdout
     assert "no generated sequence could be converted" in result.stderr
     assert "Train longer" in result.stderr
     assert "Traceback" not in result.stderr
@@ -210,9 +219,10 @@ def test_visit_end_leak_names_a_missing_model(pipeline_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def restored(generated, demo_patient_sequence, demo_omop_parquet, demo_cdm, pipeline_env, tmp_path_factory):
-    """Real sequences (which convert) and the tiny model's (which do not) in one sample, restored."""
+    """The tiny model's sequences (some may convert, most do not) and real ones (which all do) in one
+    sample, restored. The sample's folder name has a space: paths must survive the whole chain."""
     assert generated["result"].returncode == 0, output_of(generated["result"])
-    sample = tmp_path_factory.mktemp("sample")
+    sample = tmp_path_factory.mktemp("sample dir")
     sequences = sample / "generated_sequences"
     shutil.copytree(generated["folder"], sequences)
     real = ds.dataset(demo_patient_sequence, format="parquet").to_table(columns=["concept_ids"]).slice(0, REAL_SEQUENCES)
@@ -223,23 +233,13 @@ def restored(generated, demo_patient_sequence, demo_omop_parquet, demo_cdm, pipe
     cdm_before = cdm_fingerprint(demo_cdm["uri"])
     result = run_sh("restore_synthetic.sh", ["--sample-folder", sample, "--source-omop-folder", demo_omop_parquet,
                                              "--dsn", demo_cdm["uri"], "--cpu-cores", 2], pipeline_env)
-    return {"result": result, "total": total, "sample": sample, "cdm_before": cdm_before, "uri": demo_cdm["uri"]}
-
-
-def cdm_fingerprint(uri: str) -> dict[str, tuple]:
-    """Row count and a content checksum of every table in schema cdm."""
-    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'cdm' ORDER BY 1")
-        tables = [row[0] for row in cursor.fetchall()]
-        fingerprint = {}
-        for table in tables:
-            cursor.execute(f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM cdm.{table} t")
-            fingerprint[table] = cursor.fetchone()
-    return fingerprint
+    return {"result": result, "total": total, "sample": sample, "cdm_before": cdm_before, "uri": demo_cdm["uri"],
+            "generated": ds.dataset(generated["folder"], format="parquet").to_table(columns=["person_id", "concept_ids"]),
+            "domains": load_domain_map(demo_omop_parquet / "concept")}
 
 
 @pytest.mark.slow
-def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cdm(restored):
+def test_restore_counts_the_generated_sequences_it_converts_and_leaves_cdm_untouched(restored):
     result = restored["result"]
     assert result.returncode == 0, output_of(result)
     counts = summary_counts(result.stdout)
@@ -250,7 +250,24 @@ def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cd
     assert counts["generated"] == restored["total"] - int(censored.group(3).replace(",", ""))
     assert counts["converted"] + counts["skipped"] == counts["generated"]
     assert sum(counts["reasons"]) == counts["skipped"]
-    assert counts["converted"] >= 1 and counts["skipped"] >= 1
+    # Whatever the model sampled: the sequences the converter's rules accept (skip_reason, checked
+    # against the converter itself below) are exactly the persons in synthetic_cdm, the generated
+    # ones counted apart from the real ones mixed in (person_id from 100,001), which make sure the
+    # chain has something to load.
+    sequences = ds.dataset(restored["sample"] / "generated_sequences", format="parquet").to_table(
+        columns=["person_id", "concept_ids"])
+    accepted = {person_id for person_id, tokens in zip(sequences.column("person_id").to_pylist(),
+                                                       sequences.column("concept_ids").to_pylist(), strict=True)
+                if skip_reason(tokens, restored["domains"]) is None}
+    generated_ids = set(restored["generated"].column("person_id").to_pylist())
+    with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT person_id FROM synthetic_cdm.person")
+        person_ids = {row[0] for row in cursor.fetchall()}
+    assert person_ids & generated_ids == accepted & generated_ids, "generated sequences converted or not as counted"
+    assert person_ids - generated_ids == accepted - generated_ids
+    assert person_ids - generated_ids, "no real sequence converted: the chain loaded nothing"
+    assert counts["converted"] == len(accepted)
+    assert counts["skipped"] == sequences.num_rows - len(accepted)
 
     with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*), count(DISTINCT person_id) FROM synthetic_cdm.person")
@@ -266,6 +283,10 @@ def test_restore_counts_add_up_and_the_synthetic_cdm_sits_beside_an_untouched_cd
     assert orphan_visits == 0
     assert cdm_fingerprint(restored["uri"]) == restored["cdm_before"], "restoring changed schema cdm"
 
+    # Every command it printed can be pasted: the sample's path (with its space) is one word.
+    converter = next(line for line in result.stdout.splitlines() if "omop_converter_batch" in line and line.startswith("$ "))
+    words = shlex.split(converter[2:])
+    assert words[words.index("--patient_sequence_path") + 1] == str((restored["sample"] / "generated_sequences").resolve())
     assert re.search(r'psql "postgresql://[^"]+"', result.stdout)
     assert "FROM cdm.person" in result.stdout and "FROM synthetic_cdm.person" in result.stdout
     assert "synthetic_pct" in result.stdout
@@ -426,14 +447,6 @@ def test_training_reads_only_the_train_split_of_a_split_folder(pipeline_env, tmp
     assert words[words.index("--data_folder") + 1] == str(train.resolve())
 
 
-def test_extra_runner_arguments_come_last_so_they_win(pipeline_env, tmp_path):
-    result = run_sh("train_cehrgpt.sh", ["--profile", "seed", "--data-folder", fake_sequence_folder(tmp_path),
-                                         "--model-dir", tmp_path / "model", "--print-args",
-                                         "--num_train_epochs", "20"], pipeline_env, timeout=120)
-    assert result.returncode == 0, output_of(result)
-    assert result.stdout.splitlines()[-2:] == ["--num_train_epochs", "20"]
-
-
 @pytest.mark.parametrize(
     ("script", "arguments", "message"),
     [
@@ -470,9 +483,7 @@ DOMAINS = {9202: "Visit", 9201: "Visit", 28060: "Condition", 4216643: "Observati
 DEMOGRAPHICS = ["year:2010", "age:40", "8507", "8527"]
 
 
-@pytest.mark.parametrize(
-    ("tokens", "reason"),
-    [
+SKIP_CASES = [
         (DEMOGRAPHICS + ["[VS]", "9202", "28060", "[VE]"], None),
         (DEMOGRAPHICS + ["[VS]", "9202", "28060", "[VE]", "28060", "[VE]"], None),  # tolerated by the converter
         (DEMOGRAPHICS, "no events after the 4 demographic tokens"),
@@ -486,8 +497,10 @@ DEMOGRAPHICS = ["year:2010", "age:40", "8507", "8527"]
         (DEMOGRAPHICS + ["[VS]", "9201", "i-D3", "28060", "[VE]"], None),
         (DEMOGRAPHICS + ["[VS]", "[DEATH]", "[VE]", "D1", "[VS]", "9202", "[VE]"], "[DEATH] not at the end"),
         (DEMOGRAPHICS + ["[VS]", "9202", "4216643", "[VE]"], "'Patient died' discharge outside an inpatient visit"),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize(("tokens", "reason"), SKIP_CASES)
 def test_skip_reasons_follow_the_converter_rules(tokens, reason):
     found = skip_reason(tokens, DOMAINS)
     if reason is None:
@@ -515,3 +528,18 @@ def test_empty_tables_get_the_converter_columns_and_observation_periods_get_ids(
     assert table.column("observation_period_id").to_pylist() == [1, 2]
     assert table.column("person_id").to_pylist() == [1, 3]
     assert add_observation_period_ids(tmp_path) == 2  # a second run changes nothing
+
+
+def test_skip_reasons_agree_with_what_cehrgpts_converter_does(tmp_path):
+    # cehrgpt's converter itself (one worker, in this process) on every case above: a sequence is
+    # skipped exactly when skip_reason gives it a reason.
+    from cehrgpt.generation.omop_converter_batch import gpt_to_omop_converter_batch
+
+    sequences = tmp_path / "sequences.parquet"
+    pq.write_table(pa.table({"person_id": pa.array(range(1, len(SKIP_CASES) + 1), pa.int64()),
+                             "concept_ids": [tokens for tokens, _ in SKIP_CASES]}), sequences)
+    (tmp_path / "omop").mkdir()
+    gpt_to_omop_converter_batch(0, [str(sequences)], DOMAINS, str(tmp_path / "omop"), 1000, True)
+    converted = set(ds.dataset(tmp_path / "omop" / "person", format="parquet").to_table().column("person_id").to_pylist())
+    verdicts = {person_id: skip_reason(tokens, DOMAINS) for person_id, (tokens, _) in enumerate(SKIP_CASES, start=1)}
+    assert converted == {person_id for person_id, reason in verdicts.items() if reason is None}, verdicts

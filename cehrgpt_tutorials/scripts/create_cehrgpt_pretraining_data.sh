@@ -153,8 +153,9 @@ case "$java_version" in
 esac
 
 PYTHON_BIN="${PYSPARK_PYTHON:-python}"
-CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))' 2>/dev/null) ||
-    die "cannot import cehrbert_data with $PYTHON_BIN: run 'source setup_env.sh' (or 'make setup')"
+# The import's own error (a traceback on stderr) is shown above ours, not hidden.
+CEHRBERT_DATA_HOME=$("$PYTHON_BIN" -c 'import os, cehrbert_data; print(os.path.dirname(cehrbert_data.__file__))') ||
+    die "cannot import cehrbert_data with $PYTHON_BIN (the error is above): run 'source setup_env.sh' (or 'make setup')"
 # The split is written by this checkout's cehrgpt_tutorials, wherever the script is run from.
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 
@@ -374,4 +375,5 @@ fi
 total=$(($(date +%s) - total_started))
 echo ""
 echo "Patient sequences written to $written (both apps: $((total / 60))m $((total % 60))s)"
-echo "Next: python cleanup_tokens.py --patient-sequence-dir $OUTPUT_FOLDER/patient_sequence"
+# Quoted, so the line can be pasted whatever the folder's name.
+echo "Next: python cleanup_tokens.py --patient-sequence-dir '$(printf '%s' "$OUTPUT_FOLDER/patient_sequence" | sed "s/'/'\\\\''/g")'"

@@ -25,6 +25,10 @@
 #   sh cehrgpt_tutorials/scripts/generate_synthetic.sh --sampler raw --top-p 0.95   # the seed's sampler
 
 set -u
+set -f  # no filename globbing: generator arguments reach it as written
+
+# shellcheck source=shell_helpers.sh
+. "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 
 NUM_PATIENTS=500
 BATCH_SIZE=""  # default: 50, or fewer when fewer patients are asked
@@ -60,29 +64,12 @@ Samples synthetic patient sequences from a trained CEHR-GPT and prints where the
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-
-print_command() {
-    line=""
-    for word in "$@"; do
-        case "$word" in
-            *[!A-Za-z0-9_./:=+-]*|"") word="'$(printf '%s' "$word" | sed "s/'/'\\\\''/g")'" ;;
-        esac
-        line="$line $word"
-    done
-    printf '%s\n' "${line# }"
-}
-
 positive_integer() {
     case "$2" in
         ''|*[!0-9]*|0) die "$1 must be a positive whole number, got '$2'" ;;
     esac
 }
 
-EXTRA=""
 while [ $# -gt 0 ]; do
     option="$1"
     case "$option" in
@@ -92,8 +79,7 @@ while [ $# -gt 0 ]; do
             value="$2"; shift 2 ;;
         --num-patients=*|--batch-size=*|--context-window=*|--top-p=*|--sampler=*|--sampling-strategy=*|--model-dir=*|--prompt-data=*|--output-dir=*)
             value="${option#*=}"; option="${option%%=*}"; shift ;;
-        *) EXTRA="$EXTRA
-$option"; shift; continue ;;
+        *) append_word "$option"; shift; continue ;;  # kept quoted: spaces, globs, '' survive
     esac
     case "$option" in
         --num-patients) NUM_PATIENTS="$value" ;;
@@ -136,7 +122,8 @@ mkdir -p "$OUTPUT_DIR" || die "cannot create '$OUTPUT_DIR'"
 # The generator appends uuid-named files to OUTPUT/<sampling folder>/generated_sequences, so a
 # second run would mix two samples. It writes into a staging folder instead; we swap it in at the end.
 staging="$OUTPUT_DIR/.generate.$$"
-trap 'rm -rf "$staging"' EXIT
+# The cleanup itself is not interrupted (a second Ctrl-C would leave half a staging folder).
+trap 'trap "" INT TERM; rm -rf "$staging"' EXIT
 trap 'exit 130' INT TERM
 
 # The generator runs (num_of_patients // batch_size + 1) batches: a whole batch too many whenever the
@@ -155,11 +142,7 @@ set -- "$PYTHON_BIN" -u -m cehrgpt_tutorials.generate \
     --sampling_strategy "$SAMPLING_STRATEGY" \
     --top_p "$TOP_P" \
     --demographic_data_path "$PROMPT_DATA"
-old_ifs=$IFS
-IFS='
-'
-for word in $EXTRA; do [ -n "$word" ] && set -- "$@" "$word"; done
-IFS=$old_ifs
+eval "set -- \"\$@\" $QUOTED_WORDS"
 
 echo "generating $NUM_PATIENTS patients in batches of $BATCH_SIZE (the generator runs N // batch + 1 batches, so it is asked for N - 1 = $asked_of_generator)"
 echo "\$ $(print_command "$@")"
@@ -169,16 +152,24 @@ elapsed=$(( $(date +%s) - started ))
 
 # The generator names its folder after the sampling settings (top_p10000_constrained for the default,
 # top_p9500 for --sampler raw --top-p 0.95).
-sample_folder=$(ls "$staging")
+sample_folder=$(ls -A "$staging") || die "cannot read the staging folder $staging"
 [ -n "$sample_folder" ] && [ -d "$staging/$sample_folder/generated_sequences" ] ||
     die "the generator exited 0 but wrote no generated_sequences folder under $staging"
 target="$OUTPUT_DIR/$sample_folder"
+# Interrupts wait until the swap is over: a Ctrl-C between the two renames would leave neither
+# sample in place.
+trap '' INT TERM
 if [ -e "$target" ]; then
     echo "replacing the previous $target (its sequences and anything restored from them)"
     rm -rf "$target.old" && mv "$target" "$target.old" || die "cannot move the previous $target aside"
 fi
-mv "$staging/$sample_folder" "$target" || die "cannot move the new sequences into $target"
-rm -rf "$target.old"
+if ! mv "$staging/$sample_folder" "$target"; then
+    # Put the previous sample back rather than leave it at .old.
+    [ -e "$target.old" ] && mv "$target.old" "$target"
+    die "cannot move the new sequences into $target (the previous sample is where it was)"
+fi
+rm -rf "$target.old" || echo "warning: could not delete the previous sample at $target.old" >&2
+trap 'exit 130' INT TERM
 
 rows=$("$PYTHON_BIN" -c 'import sys, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1], format="parquet").count_rows())' \
     "$target/generated_sequences") || rows="?"

@@ -24,6 +24,10 @@
 #       --source-omop-folder "$OMOP_DIR" --cpu-cores 2
 
 set -u
+set -f  # no filename globbing: paths and table lists are used as written
+
+# shellcheck source=shell_helpers.sh
+. "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 
 BUFFER_SIZE=1280
 CPU_CORES=$(nproc 2>/dev/null || echo 2)
@@ -55,11 +59,6 @@ $NOTHING_CONVERTED_EXIT_CODE no sequence could be converted.
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-
 log() {
     printf '[%s] %s\n' "$(date '+%H:%M:%S')" "$*"
 }
@@ -72,8 +71,8 @@ positive_integer() {
 
 # Runs a command after printing it, so a learner sees (and can copy) what ran.
 run() {
-    printf '$ %s\n' "$*"
-    "$@" || die "step failed (exit $?): $*"
+    printf '$ %s\n' "$(print_command "$@")"
+    "$@" || die "step failed (exit $?): $(print_command "$@")"
 }
 
 PATIENT_SEQUENCE_FOLDER=""
@@ -119,10 +118,10 @@ for table in $DOMAIN_TABLES; do
     esac
 done
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
-PATIENT_SEQUENCE_FOLDER=$(cd "$PATIENT_SEQUENCE_FOLDER" && pwd -P)
-SOURCE_OMOP_FOLDER=$(cd "$SOURCE_OMOP_FOLDER" && pwd -P)
+PATIENT_SEQUENCE_FOLDER=$(physical_dir "$PATIENT_SEQUENCE_FOLDER") || exit 1
+SOURCE_OMOP_FOLDER=$(physical_dir "$SOURCE_OMOP_FOLDER") || exit 1
 mkdir -p "$OMOP_FOLDER" || die "cannot create '$OMOP_FOLDER'"
-OMOP_FOLDER=$(cd "$OMOP_FOLDER" && pwd -P)
+OMOP_FOLDER=$(physical_dir "$OMOP_FOLDER") || exit 1
 [ "$OMOP_FOLDER" != "$SOURCE_OMOP_FOLDER" ] ||
     die "--omop-folder must differ from --source-omop-folder: its tables are deleted and rewritten"
 
@@ -133,9 +132,9 @@ log "source:    $SOURCE_OMOP_FOLDER"
 # --- 1. Fresh output tables, vocabulary copied from the source --------------------------------
 # The converter appends uuid-named files, so the previous run's tables must go first.
 for table in $CONVERTED_TABLES $DERIVED_TABLES $VOCABULARY_TABLES; do
-    rm -rf "${OMOP_FOLDER:?}/$table"
+    rm -rf "${OMOP_FOLDER:?}/$table" || die "cannot remove the previous $OMOP_FOLDER/$table"
 done
-rm -f "$OMOP_FOLDER/concept_errors.txt" "$OMOP_FOLDER/export_errors.txt"
+rm -f "$OMOP_FOLDER/concept_errors.txt" "$OMOP_FOLDER/export_errors.txt" || die "cannot remove the previous error files in $OMOP_FOLDER"
 # The converter's worker processes each create missing table folders (check, then mkdir), and
 # with --cpu-cores > 1 they race: FileExistsError. Creating them first avoids that.
 for table in $CONVERTED_TABLES; do
@@ -153,12 +152,13 @@ log "copied vocabulary tables:$copied"
 # --- 2. Sequences -> OMOP tables ------------------------------------------------------------------
 # With each sequence's own person_id (the generator numbers them 1..N) a converted person can be
 # matched to its sequence, which is how the summary below finds the skipped ones.
-if "$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore person-ids "$PATIENT_SEQUENCE_FOLDER"; then
-    person_id_option=--use_original_person_id
-else
-    person_id_option=""
-    log "note: the sequences have no distinct person_id, so skipped ones cannot be told apart below"
-fi
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore person-ids "$PATIENT_SEQUENCE_FOLDER"
+case $? in
+    0) person_id_option=--use_original_person_id ;;
+    4) person_id_option=""
+       log "note: the sequences have no distinct person_id, so skipped ones cannot be told apart below" ;;
+    *) die "cannot read the sequences' person_id in $PATIENT_SEQUENCE_FOLDER (the message above says why)" ;;
+esac
 log "converting sequences to OMOP"
 # shellcheck disable=SC2086  # person_id_option is one word or none
 run "$PYTHON_BIN" -u -m cehrgpt.generation.omop_converter_batch \

@@ -27,6 +27,7 @@
 #   sh cehrgpt_tutorials/scripts/restore_synthetic.sh --dsn "postgresql://me@db.example.org/omop"
 
 set -u
+set -f  # no filename globbing: paths and names are used as written
 
 SAMPLE_FOLDER="${SYNTHETIC_DATA_OUTPUT_DIR:-omop_synthea/synthetic_data}/top_p10000_constrained"
 SOURCE_OMOP_FOLDER="${OMOP_DIR:-omop_synthea}"
@@ -37,8 +38,10 @@ CENSOR_DATE=""  # empty: the source's last visit date
 CENSOR=1
 CPU_CORES=$(nproc 2>/dev/null || echo 2)
 CLINICAL_TABLES="person visit_occurrence condition_occurrence procedure_occurrence drug_exposure death measurement observation_period condition_era"
-SCRIPTS=$(cd "$(dirname "$0")" && pwd -P)
-ROOT=$(cd "$SCRIPTS/../.." && pwd -P)
+SCRIPTS=$(cd "$(dirname "$0")" && pwd -P) && [ -n "$SCRIPTS" ] || { echo "error: cannot find the folder of $0" >&2; exit 1; }
+ROOT=$(cd "$SCRIPTS/../.." && pwd -P) || { echo "error: cannot find the repository above $SCRIPTS" >&2; exit 1; }
+# shellcheck source=shell_helpers.sh
+. "$SCRIPTS/shell_helpers.sh" || { echo "error: cannot read $SCRIPTS/shell_helpers.sh" >&2; exit 1; }
 
 usage() {
     cat <<EOF
@@ -58,11 +61,6 @@ Converts generated patients to OMOP and loads them into PostgreSQL beside the re
   --no-censor               keep cehrgpt's raw timelines, visits after the source's end included
   -h, --help                show this help
 EOF
-}
-
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
 }
 
 while [ $# -gt 0 ]; do
@@ -126,8 +124,9 @@ for table in $CLINICAL_TABLES; do
     [ -d "$OMOP_FOLDER/$table" ] && tables="${tables:+$tables,}$table"
 done
 set -- "$PYTHON_BIN" "$ROOT/load_omop.py" --input-dir "$OMOP_FOLDER" --schema "$SCHEMA" --tables "$tables" --replace
+# The printed command leaves the DSN out (it may hold a password).
+printf '$ %s%s\n' "$(print_command "$@")" "${DSN:+ --dsn <your dsn>}"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
-printf '$ %s\n' "$*" | sed "s|--dsn .*|--dsn <your dsn>|"
 "$@" || die "loading into schema $SCHEMA failed (exit $?); the message above says why"
 
 set -- "$PYTHON_BIN" -m cehrgpt_tutorials.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA"

@@ -6,7 +6,8 @@
 #
 # Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence); its train/ split when it has one
 # Writes: MODEL_DIR (default $CEHR_GPT_MODEL_DIR): the tokenizer, the tokenized dataset
-#         (dataset_prepared/), per-epoch checkpoints and, at the end, the model itself.
+#         (dataset_prepared/), per-epoch checkpoints, training_inputs.txt (the runner arguments and
+#         data checksums the run was started with) and, at the end, the model itself.
 #
 # Example (after `source setup_env.sh`):
 #   sh cehrgpt_tutorials/scripts/train_cehrgpt.sh --profile demo
@@ -14,12 +15,17 @@
 #
 # Re-running the same command resumes from the last checkpoint (the runner does that when
 # --overwrite_output_dir is not given). When the training data or the arguments changed since the
-# checkpoint was written, the old run cannot be resumed, so it starts over (see --fresh).
+# run in MODEL_DIR was started, it cannot be resumed: the script stops and names what changed.
+# Nothing is ever deleted: --fresh moves the previous run aside to MODEL_DIR.old-<time> first.
 # A visible GPU is used automatically (the Hugging Face Trainer picks it); nothing to change.
 # --nproc N runs N training processes under torchrun (one per GPU, or N CPU processes sharing the
 # cores), each on its share of every batch; the model is written once, by the first.
 
 set -u
+set -f  # no filename globbing: a runner argument like '*' reaches the runner as written
+
+# shellcheck source=shell_helpers.sh
+. "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 
 PROFILE=demo
 DATA_FOLDER=""
@@ -42,7 +48,8 @@ Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints th
   --data-folder DIR   patient sequences (default \$CEHR_GPT_DATA_DIR/patient_sequence); a folder with
                       train/ and test/ (step 2's split) trains on train/ only
   --model-dir DIR     output: tokenizer, checkpoints, model (default \$CEHR_GPT_MODEL_DIR)
-  --fresh             delete MODEL_DIR's previous run and start over instead of resuming
+  --fresh             start over: move MODEL_DIR's previous run aside to MODEL_DIR.old-<time>
+                      (only a folder this script made; it is never deleted)
   --nproc N           N training processes under torchrun (default 1): one per GPU for several
                       GPUs (NCCL), or N CPU processes (gloo); per-device batch sizes are per process
   --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
@@ -54,25 +61,9 @@ Run 'source setup_env.sh' first (it sets USE_TF=0 and the folders).
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-
-# Prints its arguments as one shell command a learner can paste (quoting what needs it).
-print_command() {
-    line=""
-    for word in "$@"; do
-        case "$word" in
-            *[!A-Za-z0-9_./:=+-]*|"") word="'$(printf '%s' "$word" | sed "s/'/'\\\\''/g")'" ;;
-        esac
-        line="$line $word"
-    done
-    printf '%s\n' "${line# }"
-}
-
 # --- Command line: our options first; everything we don't know goes to the runner. ------------
-RUNNER_EXTRA=""  # kept as a newline-separated list so values with spaces survive
+# The user's runner arguments are kept quoted in QUOTED_WORDS (append_word), so spaces, globs
+# and empty strings reach the runner as typed.
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -86,8 +77,7 @@ while [ $# -gt 0 ]; do
         --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; NPROC="$2"; shift 2 ;;
         --nproc=*) NPROC="${1#*=}"; shift ;;
         --print-args) PRINT_ARGS=1; shift ;;
-        *) RUNNER_EXTRA="$RUNNER_EXTRA
-$1"; shift ;;
+        *) append_word "$1"; shift ;;
     esac
 done
 
@@ -141,9 +131,17 @@ esac
 [ -d "$DATA_FOLDER" ] || die "no patient sequences at '$DATA_FOLDER' (run step 2, create_cehrgpt_pretraining_data.sh, or pass --data-folder)"
 ls "$DATA_FOLDER" | grep -q '\.parquet$' ||
     die "'$DATA_FOLDER' has no .parquet files (expected cehrbert_data's patient_sequence output)"
-DATA_FOLDER=$(cd "$DATA_FOLDER" && pwd -P)
+DATA_FOLDER=$(physical_dir "$DATA_FOLDER") || exit 1
+[ -n "$MODEL_DIR" ] || die "--model-dir is empty"
 mkdir -p "$MODEL_DIR" || die "cannot create model folder '$MODEL_DIR'"
-MODEL_DIR=$(cd "$MODEL_DIR" && pwd -P)
+MODEL_DIR=$(physical_dir "$MODEL_DIR") || exit 1
+[ "$MODEL_DIR" != / ] || die "--model-dir is the root folder /"
+# A folder this script did not make is neither used nor moved (checked before anything slow).
+if [ "$PRINT_ARGS" = 0 ] && [ ! -f "$MODEL_DIR/$STAMP_NAME" ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
+    [ "$FRESH" = 1 ] &&
+        die "--fresh: '$MODEL_DIR' was not made by this script (no $STAMP_NAME), so it is left as it is; choose another --model-dir"
+    die "'$MODEL_DIR' is not empty and was not made by this script (no $STAMP_NAME): choose another --model-dir or empty it"
+fi
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
 
@@ -207,42 +205,102 @@ set -- "$@" \
     --preprocessing_num_workers "$PREPROCESSING_WORKERS"
 # Word-split the profile's and loader's options on whitespace (none contains a space)...
 for word in $PROFILE_ARGS $LOADER_ARGS; do set -- "$@" "$word"; done
-# ...and the user's extra runner arguments one per line, so theirs come last and win.
-old_ifs=$IFS
-IFS='
-'
-for word in $RUNNER_EXTRA; do [ -n "$word" ] && set -- "$@" "$word"; done
-IFS=$old_ifs
+# ...and the user's extra runner arguments exactly as typed, last, so theirs win.
+eval "set -- \"\$@\" $QUOTED_WORDS"
 if [ "$PRINT_ARGS" = 1 ]; then
     printf '%s\n' "$@"
     exit 0
 fi
 
-# --- Resume or start over -----------------------------------------------------------------------
+# --- Resume, refuse, or start over (never delete) -------------------------------------------------
 # The runner resumes from MODEL_DIR's last checkpoint and reuses its tokenizer and tokenized
 # dataset. That is only right when the data and the arguments are the ones that checkpoint came
-# from, so we keep a stamp of both (file checksums, not times) beside the checkpoints.
+# from, so we keep a stamp of both (file checksums, not times) beside the checkpoints: one line per
+# runner argument (the interpreter, launcher, data loader and tokenization worker settings left out:
+# they do not change the model, and the worker count follows the machine's cores) and one per data file.
+STAMP_FORMAT="# train_cehrgpt.sh training inputs, format 2"
 stamp_now=$(
-    printf 'command:'; print_command "$@"
-    (cd "$DATA_FOLDER" && find . -type f -name '*.parquet' -exec cksum {} + | sort -k 3)
-)
+    printf '%s\n' "$STAMP_FORMAT"
+    past_module=0 skip_value=0
+    for word in "$@"; do
+        if [ "$past_module" = 0 ]; then
+            [ "$word" = cehrgpt.runners.hf_cehrgpt_pretrain_runner ] && past_module=1
+            continue
+        fi
+        if [ "$skip_value" = 1 ]; then skip_value=0; continue; fi
+        case "$word" in
+            --dataloader_*=*|--preprocessing_num_workers=*) continue ;;
+            --dataloader_*|--preprocessing_num_workers) skip_value=1; continue ;;
+        esac
+        printf 'arg %s\n' "$(shell_quote "$word")"
+    done
+    (cd "$DATA_FOLDER" && find . -type f -name '*.parquet' -exec cksum {} + | sort -k 3) | sed 's/^/data /'
+) || die "cannot checksum the training data in $DATA_FOLDER"
+
+# Prints what differs between two stamps, on one line: "--num_train_epochs 6 -> 10; data: 2 files changed".
+describe_changes() {
+    # The old stamp is file 1, the new one (stdin) file 2. For each: option -> its last value.
+    awk '
+        FNR == 1 { file++; pending = "" }
+        function set_option(name, value) { seen[file, name] = 1; value_of[file, name] = value; names[name] = 1 }
+        /^arg / {
+            word = substr($0, 5)
+            if (word ~ /^--[^=]*=/) {  # --name=value
+                if (pending != "") set_option(pending, "(set)")
+                pending = ""
+                set_option(substr(word, 1, index(word, "=") - 1), substr(word, index(word, "=") + 1))
+            } else if (word ~ /^--/) {
+                if (pending != "") set_option(pending, "(set)")
+                pending = word
+            } else if (pending != "") {
+                set_option(pending, word)
+                pending = ""
+            }
+            next
+        }
+        pending != "" { set_option(pending, "(set)"); pending = "" }
+        /^data / { n = split(substr($0, 6), parts, " "); data[file, parts[n]] = parts[1] " " parts[2]; files[parts[n]] = 1 }
+        END {
+            changes = ""
+            for (name in names) {
+                if (!((1, name) in seen)) changes = changes "; " name " " value_of[2, name] " (new)"
+                else if (!((2, name) in seen)) changes = changes "; " name " " value_of[1, name] " (gone)"
+                else if (value_of[1, name] != value_of[2, name])
+                    changes = changes "; " name " " value_of[1, name] " -> " value_of[2, name]
+            }
+            changed = added = removed = 0
+            for (name in files) {
+                if (!((1, name) in data)) added++
+                else if (!((2, name) in data)) removed++
+                else if (data[1, name] != data[2, name]) changed++
+            }
+            if (changed + added + removed)
+                changes = changes "; the data: " changed " files changed, " added " new, " removed " gone"
+            print substr(changes, 3)
+        }' "$1" -
+}
+
 stamp_file="$MODEL_DIR/$STAMP_NAME"
 if [ "$FRESH" = 1 ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
-    [ -f "$stamp_file" ] || die "--fresh: '$MODEL_DIR' was not made by this script (no $STAMP_NAME); delete it yourself if you mean to"
-    echo "--fresh: deleting the previous run in $MODEL_DIR"
-    find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    previous_run="$MODEL_DIR.old-$(date +%Y%m%d-%H%M%S)"
+    [ -e "$previous_run" ] && previous_run="$previous_run-$$"
+    mv "$MODEL_DIR" "$previous_run" || die "--fresh: cannot move the previous run in $MODEL_DIR aside to $previous_run"
+    mkdir "$MODEL_DIR" || die "cannot create model folder '$MODEL_DIR' (the previous run is in $previous_run)"
+    echo "--fresh: moved the previous run in $MODEL_DIR to $previous_run (delete it yourself once you no longer need it)"
 elif [ -f "$stamp_file" ]; then
     if [ "$(cat "$stamp_file")" = "$stamp_now" ]; then
-        ls -d "$MODEL_DIR"/checkpoint-* >/dev/null 2>&1 &&
+        [ -n "$(find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -name 'checkpoint-*' -print)" ] &&
             echo "resuming: same data and arguments as the checkpoint in $MODEL_DIR"
     else
-        echo "the training data or arguments changed since the run in $MODEL_DIR; starting over"
-        find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+        if [ "$(head -n 1 "$stamp_file")" = "$STAMP_FORMAT" ]; then
+            changes=$(printf '%s\n' "$stamp_now" | describe_changes "$stamp_file")
+        else
+            changes="recorded by an older train_cehrgpt.sh, in a form this one cannot compare"
+        fi
+        die "the run in $MODEL_DIR cannot be resumed with other data or arguments (${changes:-changed}): keep it and train into another --model-dir, or add --fresh to move it aside to $MODEL_DIR.old-<time> and start over"
     fi
-elif [ -n "$(ls -A "$MODEL_DIR")" ]; then
-    die "'$MODEL_DIR' is not empty and was not made by this script (no $STAMP_NAME): choose another --model-dir or empty it"
 fi
-printf '%s\n' "$stamp_now" > "$stamp_file"
+printf '%s\n' "$stamp_now" > "$stamp_file" || die "cannot write $stamp_file"
 
 echo "profile $PROFILE on $DEVICE"
 echo "data:  $DATA_FOLDER"

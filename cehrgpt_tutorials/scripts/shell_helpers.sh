@@ -1,0 +1,46 @@
+# shellcheck shell=sh
+# Helpers shared by the tutorial's shell scripts (POSIX sh; sourced, never run):
+#
+#   . "$(dirname "$0")/shell_helpers.sh"
+#
+#   die MESSAGE...        print "error: MESSAGE" on stderr and exit 1
+#   shell_quote WORD      WORD as one shell word ('it'\''s'), quoted only when it needs it
+#   print_command WORD... the words as one line a learner can paste into a shell
+#   append_word WORD      add WORD, quoted, to $QUOTED_WORDS; `eval "set -- \"\$@\" $QUOTED_WORDS"`
+#                         later restores every word as it was (spaces, globs, empty strings)
+#   physical_dir DIR      DIR as an absolute path without symlinks, or an error line and status 1:
+#                         X=$(physical_dir "$X") || exit 1   (never an empty X on failure)
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+shell_quote() {
+    case "$1" in
+        # Safe characters only (no globbing, splitting or expansion): as it is.
+        *[!A-Za-z0-9_./:=@%+,-]*|"") printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")" ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
+
+print_command() {
+    _line=""
+    for _word in "$@"; do
+        _line="$_line $(shell_quote "$_word")"
+    done
+    printf '%s\n' "${_line# }"
+}
+
+QUOTED_WORDS=""
+append_word() {
+    QUOTED_WORDS="$QUOTED_WORDS $(shell_quote "$1")"
+}
+
+physical_dir() {
+    _dir=$(cd -- "$1" && pwd -P) && [ -n "$_dir" ] || {
+        printf "error: cannot enter folder '%s'\n" "$1" >&2
+        return 1
+    }
+    printf '%s\n' "$_dir"
+}
