@@ -98,7 +98,7 @@ def prediction_run(tiny_model, demo_patient_sequence, demo_omop_parquet, pg_serv
     result = run_script(
         ["predict.py", "--dsn", pg_server, "--cdm-schema", SLICE_SCHEMA, "--cohort-schema", "predict_test",
          "--patient-sequence-dir", planted, "--model-dir", tiny_model["model_dir"], "--output-dir", output,
-         "--max-new-tokens", 16, "--n-boot", 200],
+         "--max-new-tokens", "16", "--n-boot", "200"],
         env=pipeline_env, timeout=900)
     return {"result": result, "output": output, "planted": planted, "cohort": cohort, "uri": pg_server}
 

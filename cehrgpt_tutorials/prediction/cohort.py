@@ -209,6 +209,8 @@ def read_patient_sequences(folder: Path, person_ids, test_fraction: float):
         if SEQUENCE_TOKEN_COLUMN not in dataset.schema.names or "epoch_times" not in dataset.schema.names:
             raise PipelineError(f"{path} is not cehrbert_data's patient_sequence (no concept_ids/epoch_times columns)")
         table = dataset.to_table(filter=pc.field("person_id").cast(pa.int64()).isin(wanted))
+        if "split" in table.column_names:  # cehrbert_data writes the split into the rows too; ours decides
+            table = table.drop_columns(["split"])
         if split:
             table = table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
         else:

@@ -119,8 +119,7 @@ def run(arguments) -> dict:
 
         # 6. Intervals, plots, report.
         t = stage("6/6 bootstrap intervals and report")
-        intervals = {key: report.bootstrap(folder, work / "ci" / f"{key}.json", work / "logs", arguments.n_boot)
-                     for key, folder in predictions.items()}
+        intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
         summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
         frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
         calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}

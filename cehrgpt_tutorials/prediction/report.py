@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cehrgpt_tutorials.common import PipelineError
-from cehrgpt_tutorials.prediction.models import run_logged
+from cehrgpt_tutorials.prediction.models import run_together
 
 METHODS = {  # report key -> what the reader sees
     "linear_probe": "cehrgpt features + linear probe",
@@ -30,13 +30,15 @@ def read_predictions(folder: Path) -> pd.DataFrame:
     return frame
 
 
-def bootstrap(predictions: Path, output_file: Path, log_dir: Path, n_boot: int) -> dict:
-    """cehrgpt.tools.bootstrap_ci on one predictions folder (patients resampled, 95% percentile interval)."""
-    run_logged([
-        sys.executable, "-m", "cehrgpt.tools.bootstrap_ci", "--predictions", predictions,
-        "--output_file", output_file, "--n_boot", n_boot, "--n_jobs", 1,
-    ], log_dir / f"bootstrap_ci_{output_file.stem}.log", f"bootstrap_ci for {output_file.stem}")
-    return json.loads(output_file.read_text())
+def bootstrap(predictions: dict[str, Path], output_dir: Path, log_dir: Path, n_boot: int) -> dict[str, dict]:
+    """cehrgpt.tools.bootstrap_ci on each method's predictions folder, side by side (patients
+    resampled with all their examples, 95% percentile interval). Returns its JSON per method."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    commands = [[sys.executable, "-m", "cehrgpt.tools.bootstrap_ci", "--predictions", folder,
+                 "--output_file", output_dir / f"{key}.json", "--n_boot", n_boot, "--n_jobs", 1]
+                for key, folder in predictions.items()]
+    run_together(commands, [log_dir / f"bootstrap_ci_{key}.log" for key in predictions], "bootstrap_ci")
+    return {key: json.loads((output_dir / f"{key}.json").read_text()) for key in predictions}
 
 
 def method_summary(ci: dict) -> dict:
