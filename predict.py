@@ -62,7 +62,8 @@ def parse_arguments(argv=None):
                         help="the outcome's concept ids (tokens) that zero-shot looks for in sampled futures "
                              "(default with the default SQL: 9203, emergency room visit; required with --sql)")
     parser.add_argument("--task-name", default=None, help="name in the report (default: the SQL file's name)")
-    parser.add_argument("--dsn", default=None, help="PostgreSQL connection string (default: libpq variables or the demo server)")
+    parser.add_argument("--dsn", default=None,
+                        help="PostgreSQL connection string (default: libpq variables or the demo server)")
     parser.add_argument("--cdm-schema", default="cdm", help="schema of the CDM tables, @cdm_schema in the SQL (default cdm)")
     parser.add_argument("--cohort-schema", default="results",
                         help="schema of the OHDSI cohort table to write, created if needed (default results)")

@@ -104,7 +104,8 @@ def checked_cohort(cohort: pd.DataFrame, sql_name: str) -> pd.DataFrame:
     """Validate the rows and add label (0/1) and age_at_index (whole years)."""
     for name in ("subject_id", "cohort_start_date", "cohort_end_date"):
         if cohort[name].isna().any():
-            raise PipelineError(f"the cohort SQL in {sql_name} returned {int(cohort[name].isna().sum())} rows without {name}")
+            missing = int(cohort[name].isna().sum())
+            raise PipelineError(f"the cohort SQL in {sql_name} returned {missing} rows without {name}")
     if cohort["year_of_birth"].isna().any():
         unknown = cohort.loc[cohort["year_of_birth"].isna(), "subject_id"].head(3).tolist()
         raise PipelineError(f"the cohort SQL in {sql_name} returned persons missing from the person table "
@@ -154,7 +155,8 @@ def write_cohort_table(connection, cohort: pd.DataFrame, schema: str, cohort_id:
     target = [(cohort_id, int(s), a, b) for s, a, b in
               zip(cohort["subject_id"], cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True)]
     positives = cohort[cohort["label"] == 1]
-    outcome = [(cohort_id + 1, int(s), d, d) for s, d in zip(positives["subject_id"], positives["outcome_date"], strict=True)]
+    outcome = [(cohort_id + 1, int(s), d, d)
+               for s, d in zip(positives["subject_id"], positives["outcome_date"], strict=True)]
     try:
         with connection, connection.cursor() as cursor:
             cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted_identifier(schema, '--cohort-schema')}")
@@ -337,10 +339,12 @@ def outcome_seen_in_future(cohort: pd.DataFrame, patient_sequence_dir: Path, out
     """
     positives = cohort[cohort["label"] == 1]
     sequences, _ = read_patient_sequences(patient_sequence_dir, positives["subject_id"], test_fraction)
-    by_person = {int(r["person_id"]): r for r in sequences.select(["person_id", SEQUENCE_TOKEN_COLUMN, "epoch_times"]).to_pylist()}
+    columns = ["person_id", SEQUENCE_TOKEN_COLUMN, "epoch_times"]
+    by_person = {int(row["person_id"]): row for row in sequences.select(columns).to_pylist()}
     wanted = set(outcome_tokens)
     seen = 0
-    for subject_id, start, end in zip(positives["subject_id"], positives["cohort_start_date"], positives["cohort_end_date"], strict=True):
+    for subject_id, start, end in zip(positives["subject_id"], positives["cohort_start_date"],
+                                      positives["cohort_end_date"], strict=True):
         row = by_person.get(int(subject_id))
         if row is None:
             continue

@@ -81,9 +81,13 @@ def run(arguments) -> dict:
     finally:
         connection.close()
     positives = int(cohort["label"].sum())
-    window_days = Counter((e - s).days + 1 for s, e in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True)).most_common(1)[0][0]
+    # Zero-shot has one window for all: the time at risk most rows have (the default SQL: 365 days each).
+    lengths = Counter((end - start).days + 1
+                      for start, end in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True))
+    window_days = lengths.most_common(1)[0][0]
     print(f"  {len(cohort):,} persons/index dates, {positives:,} with the outcome; written to "
-          f"{arguments.cohort_schema}.cohort as cohort {arguments.cohort_id} (target) and {arguments.cohort_id + 1} (outcome)")
+          f"{arguments.cohort_schema}.cohort as cohort {arguments.cohort_id} (target) "
+          f"and {arguments.cohort_id + 1} (outcome)")
     seconds["cohort"] = time.monotonic() - t
 
     with atomic_directory(output_dir) as work:

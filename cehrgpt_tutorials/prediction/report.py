@@ -99,7 +99,7 @@ def plot_calibration(tables: dict[str, list[dict]], path: Path) -> None:
                   label=METHODS[key], linewidth=2.5 if key == "zero_shot" else 1, alpha=1 if key == "zero_shot" else 0.6)
     top = max([1e-3] + [max(row["predicted"], row["observed"]) for table in tables.values() for row in table])
     axis.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
-    axis.set_xlabel("mean predicted probability (decile of the score)")
+    axis.set_xlabel("mean predicted probability (tenths of the patients by score)")
     axis.set_ylabel("observed rate")
     axis.set_title("Calibration on the held-out test patients")
     axis.legend(fontsize=7)
@@ -159,11 +159,15 @@ def write_report(folder: Path, report: dict) -> None:
             "in their patient sequence inside the time at risk: the model can only learn the outcomes that "
             "step 2 kept.",
             "",
-            "| decile | n | mean predicted | observed rate |",
+            "Calibration: the test patients in ten equal groups by score (patients with the same score stay in one "
+            "group, so there can be fewer):",
+            "",
+            "| group | n | mean predicted | observed rate |",
             "|---|---|---|---|",
         ]
         lines += [f"| {i + 1} | {row['n']} | {row['predicted']:.3f} | {row['observed']:.3f} |"
                   for i, row in enumerate(zero["calibration"])]
         lines += ["", "![Calibration](calibration.png)", ""]
-    lines += [f"Wall time: {report['seconds_total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in report['seconds'].items())})", ""]
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["seconds"].items())
+    lines += [f"Wall time: {report['seconds_total']:.0f} s ({stages})", ""]
     (folder / "predict_report.md").write_text("\n".join(lines))
