@@ -152,18 +152,18 @@ def test_no_event_on_or_after_the_index_date_reaches_any_model_input(prediction_
     assert MARKER_BEFORE_INDEX_DATE in baseline_features
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sql, message", [
     ("SELECT person_id AS subject_id, DATE '2010-01-01' AS cohort_start_date, DATE '2010-12-31' AS cohort_end_date, "
      "NULL::date AS outcome_date FROM @cdm_schema.person WHERE false", "returned no rows"),
     ("SELECT person_id AS subject_id FROM @cdm_schema.person", "lacks the column(s) cohort_start_date"),
-    ("SELEC 1", "failed: syntax error"),
+    ("SELEC 1", "failed: syntax error at or near"),
 ])
-def test_a_bad_cohort_sql_is_a_one_line_error(sql, message, tiny_model, demo_cdm, pipeline_env, tmp_path):
+def test_a_bad_cohort_sql_is_a_one_line_error(sql, message, demo_cdm, pipeline_env, tmp_path):
     sql_file = tmp_path / "cohort.sql"
     sql_file.write_text(sql + ";\n")
+    # The cohort is read before the model is needed: no model here.
     result = run_script(["predict.py", "--dsn", demo_cdm["uri"], "--sql", sql_file, "--outcome-concepts", "9203",
-                         "--model-dir", tiny_model["model_dir"], "--output-dir", tmp_path / "out"],
+                         "--model-dir", tmp_path / "no_model", "--output-dir", tmp_path / "out"],
                         env=pipeline_env, timeout=120)
     assert result.returncode == 1, output_of(result)
     errors = [line for line in result.stderr.splitlines() if line.strip()]

@@ -61,8 +61,9 @@ def render_cohort_sql(text: str, cdm_schema: str) -> str:
 
 
 def one_line(error) -> str:
-    """A PostgreSQL error as one line (its message without the LINE/caret context)."""
-    message = getattr(error, "pgerror", None) or str(error)
+    """A PostgreSQL error as one line: the server's message, without "ERROR:" and the LINE/caret context."""
+    diagnostics = getattr(error, "diag", None)
+    message = (diagnostics.message_primary if diagnostics is not None else None) or str(error)
     return " ".join(message.strip().splitlines()[0].split()) if message.strip() else type(error).__name__
 
 

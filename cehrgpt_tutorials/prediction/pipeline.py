@@ -39,6 +39,20 @@ def model_vocabulary(model_dir: Path) -> set[str]:
     return set(json.loads(path.read_text())["model"]["vocab"])
 
 
+def checked_outcome_tokens(arguments, vocabulary: set[str]) -> list[str]:
+    """The outcome concepts zero-shot looks for, those the model knows (none needed with --no-zero-shot)."""
+    outcome_tokens = [str(token) for token in arguments.outcome_concepts or []]
+    if arguments.no_zero_shot:
+        return outcome_tokens
+    if not outcome_tokens:
+        raise PipelineError("zero-shot needs the outcome's concept ids: pass --outcome-concepts (or --no-zero-shot)")
+    known = [token for token in outcome_tokens if token in vocabulary]
+    if not known:
+        raise PipelineError(f"none of the outcome concepts {', '.join(outcome_tokens)} is in the model's "
+                            "vocabulary, so no sampled future can contain one; pass others or --no-zero-shot")
+    return known
+
+
 def check_output_dir(output_dir: Path) -> None:
     """Replace only a folder this script made (it holds predict_report.json) or an empty one."""
     if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / REPORT_NAME).exists():
@@ -57,17 +71,6 @@ def run(arguments) -> dict:
     seconds: dict[str, float] = {}
     output_dir = Path(arguments.output_dir)
     check_output_dir(output_dir)
-    context = model_context(arguments.model_dir)
-    vocabulary = model_vocabulary(arguments.model_dir)
-    outcome_tokens = [str(token) for token in arguments.outcome_concepts or []]
-    if not arguments.no_zero_shot:
-        known = [token for token in outcome_tokens if token in vocabulary]
-        if not outcome_tokens:
-            raise PipelineError("zero-shot needs the outcome's concept ids: pass --outcome-concepts (or --no-zero-shot)")
-        if not known:
-            raise PipelineError(f"none of the outcome concepts {', '.join(outcome_tokens)} is in the model's "
-                                "vocabulary, so no sampled future can contain one; pass others or --no-zero-shot")
-        outcome_tokens = known
     sql_path = Path(arguments.sql)
     if not sql_path.is_file():
         raise PipelineError(f"cohort SQL file {sql_path} does not exist")
@@ -89,6 +92,8 @@ def run(arguments) -> dict:
           f"{arguments.cohort_schema}.cohort as cohort {arguments.cohort_id} (target) "
           f"and {arguments.cohort_id + 1} (outcome)")
     seconds["cohort"] = time.monotonic() - t
+    context = model_context(arguments.model_dir)
+    outcome_tokens = checked_outcome_tokens(arguments, model_vocabulary(arguments.model_dir))
 
     with atomic_directory(output_dir) as work:
         # 2. Histories strictly before the index date, split by person.
