@@ -142,9 +142,11 @@ def test_no_event_on_or_after_the_index_date_reaches_any_model_input(prediction_
     planted = [tokens for tokens in tokens_in(prediction_run["planted"]) if MARKER_ON_INDEX_DATE in tokens]
     assert len(planted) >= len(prediction_run["cohort"]) - 10  # the markers are there to be leaked
     output = prediction_run["output"]
-    # What cehrgpt's feature extraction and zero-shot read, and what the baseline counted.
+    # What cehrgpt's feature extraction and zero-shot (its shards) read, and what the baseline counted.
     examples = tokens_in(output / "cohort_sequences")
-    assert examples and not [tokens for tokens in examples if MARKER_ON_INDEX_DATE in tokens]
+    zero_shot_prompts = tokens_in(output / "zero_shot_inputs")
+    assert examples and len(zero_shot_prompts) == json.loads((output / "predict_report.json").read_text())["test_patients"]
+    assert not [tokens for tokens in examples + zero_shot_prompts if MARKER_ON_INDEX_DATE in tokens]
     baseline_features = json.loads((output / "baseline" / "features.json").read_text())["concepts"]
     assert MARKER_ON_INDEX_DATE not in baseline_features
     # The check can fail: the marker planted the day before the index date is in every history.
