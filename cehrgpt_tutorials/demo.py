@@ -8,6 +8,7 @@ interrupted or failed demo resumes at the failed step. Redoing a step invalidate
     python -m cehrgpt_tutorials.demo run all          # make demo
     python -m cehrgpt_tutorials.demo run train        # make train (runs missing earlier steps first)
     python -m cehrgpt_tutorials.demo run all --force  # make demo FORCE=1: start over
+    python -m cehrgpt_tutorials.demo run predict      # make predict: step 7, after train (not in make demo)
     python -m cehrgpt_tutorials.demo summary          # where everything is, headline numbers
     python -m cehrgpt_tutorials.demo clean            # make clean: stop the database, delete outputs
 
@@ -91,6 +92,20 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
     ]
 
 
+# Steps that `make demo` leaves out (it has its own time goal), each with the last demo step it needs:
+# `make predict` runs the demo steps up to train, if missing, then predict.
+EXTRA_STEPS = {"predict": "train"}
+
+
+def extra_steps() -> list[Step]:
+    return [
+        Step("predict", "Step 7: use the model to predict (features, zero-shot) on a cohort defined in SQL",
+             "python predict.py",
+             "an ER visit within a year of an outpatient visit: cehrgpt's linear probe and zero-shot against a "
+             "bag-of-concepts baseline on the held-out patients; look at the AUCs and their intervals"),
+    ]
+
+
 def state_dir() -> Path:
     return omop_dir() / ".demo"
 
@@ -163,11 +178,23 @@ def command_for(step: Step, redo: bool) -> str:
     return step.command
 
 
+def steps_for(target: str) -> list[Step]:
+    """The steps `make <target>` may run, in order: the demo's, or for an extra step the demo's up to
+    the one it needs, then itself."""
+    every_step = demo_steps() + extra_steps()
+    every_name = [step.name for step in every_step]
+    if target != "all" and target not in every_name:
+        raise SystemExit(f"error: unknown step {target!r}; steps: {', '.join(every_name)}")
+    if target in EXTRA_STEPS:
+        return every_step[: every_name.index(EXTRA_STEPS[target]) + 1] + [every_step[every_name.index(target)]]
+    return [step for step in every_step if step.name not in EXTRA_STEPS]
+
+
 def run(target: str, force: bool, root: Path) -> None:
-    steps = demo_steps()
+    every_step = demo_steps() + extra_steps()
+    every_name = [step.name for step in every_step]
+    steps = steps_for(target)
     names = [step.name for step in steps]
-    if target != "all" and target not in names:
-        raise SystemExit(f"error: unknown step {target!r}; steps: {', '.join(names)}")
     last = len(steps) - 1 if target == "all" else names.index(target)
     if force:
         # `make demo FORCE=1` starts over; `make train FORCE=1` redoes train and what follows it.
@@ -176,15 +203,17 @@ def run(target: str, force: bool, root: Path) -> None:
             marker(step).unlink(missing_ok=True)
     started = time.monotonic()
     ran_any = False
-    for index, step in enumerate(steps[: last + 1]):
+    for step in steps[: last + 1]:
         if marker(step).exists() and not ran_any:
             print(f"=== {step.title}: already done, skipped (marker {marker(step)})", flush=True)
             continue
         run_step(step, root, command_for(step, redo=force or ran_any))
         ran_any = True
         # Later steps were built from this step's old outputs: they must run again.
-        for later in steps[index + 1:]:
-            marker(later).unlink(missing_ok=True)
+        position = every_name.index(step.name)
+        for later in every_step[position + 1:]:
+            if later.name not in EXTRA_STEPS or position <= every_name.index(EXTRA_STEPS[later.name]):
+                marker(later).unlink(missing_ok=True)
     if target == "all":
         summary(time.monotonic() - started)
     else:
@@ -230,6 +259,17 @@ def summary(total_seconds: float | None = None) -> None:
         show("membership_accuracy", "membership inference", (numbers.get("membership_inference") or {}).get("accuracy"))
         show("dimension_wise_auroc_ratio", "utility AUROC ratio")
         print(f"  report                   {report.with_name('report.md')}")
+    prediction = cehr_gpt_data_dir() / "prediction" / "predict_report.json"
+    if prediction.exists():
+        numbers = json.loads(prediction.read_text())
+        for key, label in (("linear_probe", "linear probe AUROC"), ("zero_shot", "zero-shot AUROC"),
+                           ("baseline", "baseline AUROC")):
+            if key in numbers:
+                low, high = numbers[key]["roc_auc_ci"]
+                print(f"  {label:<24} {numbers[key]['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f})")
+        print(f"  prediction report        {prediction.with_suffix('.md')}")
+    else:
+        print("  prediction (step 7)      not run yet: make predict (features and zero-shot on a SQL cohort)")
     if total_seconds is not None:
         print(f"  total wall time          {format_seconds(total_seconds)}")
 
@@ -254,7 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="action", required=True)
     run_parser = commands.add_parser("run", help="run a step (and any missing earlier steps), or all")
-    run_parser.add_argument("target", help="all, or one of: " + ", ".join(s.name for s in demo_steps()))
+    run_parser.add_argument("target", help="all, or one of: " + ", ".join(s.name for s in demo_steps() + extra_steps()))
     run_parser.add_argument("--force", action="store_true", help="forget completed steps and start over")
     commands.add_parser("summary", help="print where the outputs are and the report's headline numbers")
     commands.add_parser("clean", help="stop the embedded database and delete the demo's outputs")
@@ -268,7 +308,7 @@ def main() -> None:
     elif arguments.action == "clean":
         clean()
     else:
-        for step in demo_steps():
+        for step in demo_steps() + extra_steps():
             print(f"{step.name}: {step.command}")
 
 

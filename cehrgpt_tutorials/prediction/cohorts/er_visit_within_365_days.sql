@@ -1,0 +1,31 @@
+-- Step 7's default prediction task: an emergency room visit within a year of an outpatient visit.
+--
+-- Target cohort: every person with an outpatient visit (visit_concept_id 9202) in 2010-2016; the
+-- index (prediction) date is the day after their first such visit, so that visit is part of the
+-- history the model sees and everything from the index date on is not.
+-- Outcome: an emergency room visit (9203) in the 365 days from the index date.
+--
+-- A cohort SQL for predict.py is one SELECT (a WITH ... SELECT is fine) with these columns:
+--   subject_id         the person_id
+--   cohort_start_date  the index date: the model sees only events strictly before it
+--   cohort_end_date    the last day of the time at risk
+--   outcome_date       the first outcome between cohort_start_date and cohort_end_date, else NULL
+-- @cdm_schema is replaced by predict.py's --cdm-schema (default cdm), as in OHDSI's SqlRender.
+-- One row per person and index date; predict.py writes the rows into an OHDSI `cohort` table.
+WITH index_visit AS (
+    SELECT person_id, MIN(visit_start_date) AS visit_date
+    FROM @cdm_schema.visit_occurrence
+    WHERE visit_concept_id = 9202
+      AND visit_start_date BETWEEN DATE '2010-01-01' AND DATE '2016-12-31'
+    GROUP BY person_id
+)
+SELECT index_visit.person_id AS subject_id,
+       index_visit.visit_date + 1 AS cohort_start_date,
+       index_visit.visit_date + 365 AS cohort_end_date,
+       (SELECT MIN(er.visit_start_date)
+        FROM @cdm_schema.visit_occurrence AS er
+        WHERE er.person_id = index_visit.person_id
+          AND er.visit_concept_id = 9203
+          AND er.visit_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 365
+       ) AS outcome_date
+FROM index_visit

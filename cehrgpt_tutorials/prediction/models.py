@@ -1,0 +1,308 @@
+"""The three predictors of step 7, on the same examples and the same patient split.
+
+- cehrgpt features + linear probe: cehrgpt.tools.linear_prob.compute_cehrgpt_features (the last
+  hidden state at an appended [LINEAR_PROB] token) and ...train_with_cehrgpt_features
+  (LogisticRegressionCV scored by ROC-AUC), run as the commands a learner can copy;
+- zero-shot: cehrgpt.time_to_event.time_to_event_prediction samples future trajectories after
+  each history; the probability is the share that contain an outcome token inside the window;
+- baseline: a logistic regression on bag-of-concepts counts of the same histories (and age), so
+  the model's numbers have something to be compared with.
+
+Every prediction file has cehrgpt's columns: subject_id, prediction_time, boolean_value,
+predicted_boolean_probability (what cehrgpt.tools.bootstrap_ci reads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cehrgpt_tutorials.common import PipelineError
+
+LOG_TAIL_LINES = 20
+CV_FOLDS = 5  # LogisticRegressionCV's default: each fold needs positives and negatives
+ZERO_SHOT_TASK = "outcome_in_window"
+# The folder name cehrgpt's time_to_event script derives from --sampling_strategy TopPStrategy --top_p 1.0.
+ZERO_SHOT_SAMPLING_FOLDER = "top_p10000"
+
+
+def subprocess_environment() -> dict[str, str]:
+    """The environment for cehrgpt's commands: one math thread unless you set OMP_NUM_THREADS.
+
+    These models are small, so a forward pass gains little from a second thread, and on a busy
+    machine (cores shared with other jobs) the threads' spin-waiting costs far more: sampling 20
+    futures of 128 tokens took 12-32 s with 2 threads and 1-2.3 s with 1 (tiny model, 2 shared cores,
+    bench/RESULTS.md).
+    """
+    environment = dict(os.environ)
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    return environment
+
+
+def print_command(command: list) -> None:
+    print(f"$ {shlex.join(str(word) for word in command)}", flush=True)
+
+
+def run_logged(command: list, log_path: Path, what: str, progress=None) -> float:
+    """Run a command with its output in log_path; print it first. progress(): called every second
+    while it runs (a progress bar update). Raises PipelineError with the end of the log on failure."""
+    return run_together([command], [log_path], what, progress)
+
+
+def run_together(commands: list[list], log_paths: list[Path], what: str, progress=None) -> float:
+    """Run commands side by side (each printed first, its output in its log) and wait for all.
+
+    The first failure stops the others and raises PipelineError with the end of its log."""
+    for command, log_path in zip(commands, log_paths, strict=True):
+        print_command(command)
+        print(f"  (its output: {log_path})", flush=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    logs = [open(log_path, "w", encoding="utf-8") for log_path in log_paths]
+    processes = [subprocess.Popen([str(word) for word in command], stdout=log, stderr=subprocess.STDOUT,
+                                  env=subprocess_environment()) for command, log in zip(commands, logs, strict=True)]
+    failed = None
+    try:
+        while failed is None and any(process.poll() is None for process in processes):
+            failed = next((i for i, p in enumerate(processes) if p.poll() not in (None, 0)), None)
+            if progress is not None:
+                progress()
+            time.sleep(1.0)
+        failed = next((i for i, p in enumerate(processes) if p.poll() not in (None, 0)), failed)
+    finally:  # Ctrl-C or a failure: stop the rest
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
+        for log in logs:
+            log.close()
+    if progress is not None:
+        progress()
+    seconds = time.monotonic() - started
+    if failed is not None:
+        log_path = log_paths[failed]
+        tail = deque(log_path.read_text(encoding="utf-8", errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
+        for line in tail:
+            print(f"    {line}", file=sys.stderr)
+        raise PipelineError(f"{what} failed (exit {processes[failed].returncode}) after {seconds:.0f}s; "
+                            f"full log: {log_path}")
+    return seconds
+
+
+def check_trainable(labels, split: str) -> None:
+    """LogisticRegressionCV's stratified folds need positives and negatives in each of the 5 folds."""
+    positives = int(np.sum(labels))
+    negatives = int(len(labels) - positives)
+    if min(positives, negatives) < CV_FOLDS:
+        raise PipelineError(f"the {split} split has {positives} positive and {negatives} negative examples; the "
+                            f"logistic regressions need at least {CV_FOLDS} of each ({CV_FOLDS}-fold cross-validation)")
+
+
+def check_evaluable(labels, split: str) -> None:
+    positives = int(np.sum(labels))
+    if positives == 0 or positives == len(labels):
+        raise PipelineError(f"the {split} split has {positives} positives among {len(labels)} examples: "
+                            "ROC-AUC needs both classes")
+
+
+def count_rows(folder: Path) -> int:
+    import pyarrow.dataset as ds
+
+    files = sorted(str(path) for path in Path(folder).rglob("*.parquet"))
+    return ds.dataset(files, format="parquet").count_rows() if files else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# cehrgpt features + linear probe
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int,
+                 expected: dict[str, int]) -> Path:
+    """Features of every example, then a logistic regression on the train examples' features.
+
+    Returns the folder of the test predictions. The work folder is new for every run: the feature
+    script appends to its output folder and reuses any tokenized dataset it finds at the same path
+    (so a re-run into the same folder would duplicate features or read stale examples).
+    """
+    features_dir = work_dir / "cehrgpt_features"
+    run_logged([
+        sys.executable, "-m", "cehrgpt.tools.linear_prob.compute_cehrgpt_features",
+        "--data_folder", train_dir, "--test_data_folder", test_dir,
+        "--dataset_prepared_path", features_dir / "dataset_prepared",
+        "--model_name_or_path", model_dir, "--tokenizer_name_or_path", model_dir,
+        "--output_dir", features_dir, "--max_position_embeddings", context,
+        "--per_device_eval_batch_size", 16, "--preprocessing_num_workers", 1,
+        "--dataloader_num_workers", 0, "--report_to", "none",
+    ], work_dir / "logs" / "compute_cehrgpt_features.log", "cehrgpt feature extraction")
+    for split in ("train", "test"):
+        rows = count_rows(features_dir / "features_with_label" / f"{split}_features")
+        if rows != expected[split]:
+            raise PipelineError(f"cehrgpt's feature extraction wrote {rows} {split} feature rows for "
+                                f"{expected[split]} examples; see {work_dir / 'logs' / 'compute_cehrgpt_features.log'}")
+    probe_dir = work_dir / "linear_probe"
+    run_logged([
+        sys.executable, "-m", "cehrgpt.tools.linear_prob.train_with_cehrgpt_features",
+        "--features_data_dir", features_dir, "--output_dir", probe_dir,
+    ], work_dir / "logs" / "train_with_cehrgpt_features.log", "the linear probe")
+    return probe_dir / "logistic" / "test_predictions"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bag-of-concepts baseline
+# ---------------------------------------------------------------------------------------------
+
+
+def concept_tokens(tokens) -> list[str]:
+    """The concept ids of a history (conditions, drugs, procedures, visit types, gender, race):
+    its numeric tokens. Time tokens, [VS]/[VE], year:/age: tokens are structure, not concepts."""
+    return [token for token in tokens if token.isdigit()]
+
+
+def bag_of_concepts(tables, vocabulary: dict[str, int] | None = None):
+    """log(1 + count) of each vocabulary concept per example, plus age; vocabulary from the first call."""
+    from scipy import sparse
+
+    token_lists = [concept_tokens(tokens) for tokens in tables.column("concept_ids").to_pylist()]
+    if vocabulary is None:
+        vocabulary = {token: i for i, token in enumerate(sorted({t for tokens in token_lists for t in tokens}))}
+    rows, cols, values = [], [], []
+    for row, tokens in enumerate(token_lists):
+        counts = pd.Series([vocabulary[t] for t in tokens if t in vocabulary], dtype=int).value_counts()
+        rows.extend([row] * len(counts))
+        cols.extend(counts.index.tolist())
+        values.extend(np.log1p(counts.to_numpy()).tolist())
+    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(token_lists), len(vocabulary)))
+    return matrix, vocabulary
+
+
+def baseline(train, test, work_dir: Path) -> Path:
+    """Fit on the train examples, predict the test ones; returns the predictions folder."""
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegressionCV
+
+    train_counts, vocabulary = bag_of_concepts(train)
+    test_counts, _ = bag_of_concepts(test, vocabulary)
+    ages = np.asarray(train.column("age").to_pylist(), float)
+    mean, std = ages.mean(), ages.std() or 1.0
+
+    def design(counts, table):
+        age = (np.asarray(table.column("age").to_pylist(), float) - mean) / std
+        return sparse.hstack([counts, sparse.csr_matrix(age[:, None])]).tocsr()
+
+    labels = np.asarray(train.column("label").to_pylist())
+    # The same model and selection as cehrgpt's linear probe, so the two differ only in their features.
+    model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000)
+    model.fit(design(train_counts, train), labels)
+    probability = model.predict_proba(design(test_counts, test))[:, 1]
+    out = work_dir / "baseline"
+    predictions = out / "test_predictions"
+    predictions.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "subject_id": test.column("person_id").to_pylist(),
+        "prediction_time": test.column("index_date").to_pylist(),
+        "predicted_boolean_probability": probability,
+        "boolean_value": np.asarray(test.column("label").to_pylist()).astype(bool),
+    }).to_parquet(predictions / "predictions.parquet")
+    # The model's inputs, for a reader (and the leakage test): which concepts it could use.
+    (out / "features.json").write_text(json.dumps({"concepts": sorted(vocabulary), "plus": ["age"]}, indent=1))
+    print(f"  {len(vocabulary)} concepts + age, {train.num_rows} train / {test.num_rows} test examples", flush=True)
+    return predictions
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot: sampled futures
+# ---------------------------------------------------------------------------------------------
+
+
+def zero_shot_task_yaml(path: Path, outcome_tokens: list[str], window_days: int, max_new_tokens: int) -> None:
+    """cehrgpt's task config: an outcome token in the first window_days days after the history.
+
+    The clock starts at the history's last visit (the generated time tokens count from there):
+    day 0 is that visit's day, before the index date, so the window starts at day 1.
+    """
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "task_name": ZERO_SHOT_TASK,
+        "outcome_events": [str(token) for token in outcome_tokens],
+        "prediction_window_start": 1,
+        "prediction_window_end": int(window_days),
+        "max_new_tokens": int(max_new_tokens),
+    }, sort_keys=False))
+
+
+def zero_shot(test, model_dir: Path, work_dir: Path, outcome_tokens: list[str], window_days: int,
+              trajectories: int, max_new_tokens: int, context: int, workers: int) -> Path:
+    """cehrgpt's time_to_event prediction on the test examples (a pyarrow table); returns the folder
+    that holds every prediction file.
+
+    cehrgpt samples one patient at a time, so the test examples are cut into `workers` shards, each
+    predicted by its own process (one core each), side by side.
+    """
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    out = work_dir / "zero_shot"
+    out.mkdir(parents=True, exist_ok=True)
+    task_yaml = out / "task.yaml"
+    zero_shot_task_yaml(task_yaml, outcome_tokens, window_days, max_new_tokens)
+    shards = [rows for rows in np.array_split(np.arange(test.num_rows), max(1, min(workers, test.num_rows)))]
+    commands, logs, prediction_dirs = [], [], []
+    for number, rows in enumerate(shards):
+        shard_input = work_dir / "zero_shot_inputs" / f"shard_{number}"
+        shard_input.mkdir(parents=True)
+        pq.write_table(test.take(rows), shard_input / "part-00000.parquet")
+        shard_output = out / f"shard_{number}"
+        prediction_dirs.append(shard_output / ZERO_SHOT_SAMPLING_FOLDER / ZERO_SHOT_TASK)
+        logs.append(work_dir / "logs" / f"time_to_event_prediction_{number}.log")
+        # --buffer_size 1: cehrgpt 0.1.9 writes a file only when its buffer is full, also at the end,
+        # so the last (count mod buffer_size) predictions would be lost; with 1 every one is written.
+        # A fresh --output_folder per run: a crash leaves .lock files there that make a later run into
+        # the same folder skip those patients (and finished ones are skipped too).
+        commands.append([
+            sys.executable, "-m", "cehrgpt.time_to_event.time_to_event_prediction",
+            "--dataset_folder", shard_input, "--model_folder", model_dir, "--tokenizer_folder", model_dir,
+            "--output_folder", shard_output, "--task_config", task_yaml,
+            "--num_return_sequences", trajectories, "--batch_size", trajectories, "--buffer_size", 1,
+            "--context_window", context, "--sampling_strategy", "TopPStrategy", "--top_p", 1.0,
+        ])
+    bar = None
+
+    def progress():  # one file per patient (--buffer_size 1), so counting files counts patients
+        nonlocal bar
+        if bar is None:  # created after the commands are printed
+            bar = tqdm(total=test.num_rows, desc="zero-shot patients", unit="patient", file=sys.stdout)
+        done = sum(len(list(folder.glob("*.parquet"))) for folder in prediction_dirs if folder.is_dir())
+        bar.update(done - bar.n)
+
+    try:
+        run_together(commands, logs, "zero-shot prediction", progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    written = count_rows(out)
+    if written != test.num_rows:
+        raise PipelineError(f"zero-shot prediction wrote {written} predictions for {test.num_rows} test examples; "
+                            f"see {work_dir / 'logs'}/time_to_event_prediction_*.log")
+    return out
+
+
+def zero_shot_decided_fraction(predictions: Path, trajectories: int) -> float:
+    """The share of sampled trajectories that reached a decision (an outcome, or the window's end)
+    within max_new_tokens; the others are dropped by cehrgpt, and a patient with none gets 0."""
+    import pyarrow.dataset as ds
+
+    files = sorted(str(path) for path in Path(predictions).rglob("*.parquet"))
+    trials = ds.dataset(files, format="parquet").to_table(columns=["trials"]).column("trials").to_pylist()
+    decided = [len(trial["outcome_events"]) if trial else 0 for trial in trials]
+    return float(np.sum(decided) / (trajectories * len(trials))) if trials else 0.0

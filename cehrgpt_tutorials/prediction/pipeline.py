@@ -1,0 +1,189 @@
+"""predict.py's steps in order: cohort -> histories -> baseline -> linear probe -> zero-shot -> intervals -> report.
+
+Everything is built in a temporary folder beside --output-dir and swapped into place at the end, so
+a failed or interrupted run leaves the previous report as it was (and cehrgpt's tools, which append
+to or resume from their output folders, always start from empty ones).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from cehrgpt_tutorials.common import PipelineError, atomic_directory, connect
+from cehrgpt_tutorials.prediction import cohort as cohorts
+from cehrgpt_tutorials.prediction import models, report
+
+REPORT_NAME = "predict_report.json"
+
+
+def model_context(model_dir: Path) -> int:
+    """The model's context length (tokens), from its config.json."""
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        raise PipelineError(f"no trained model in {model_dir} (no config.json): run step 4 (make train) or pass --model-dir")
+    config = json.loads(config_path.read_text())
+    context = config.get("n_positions") or config.get("max_position_embeddings")
+    if not context:
+        raise PipelineError(f"{config_path} names no context length (n_positions / max_position_embeddings)")
+    return int(context)
+
+
+def model_vocabulary(model_dir: Path) -> set[str]:
+    """The tokens of the model's tokenizer (cehrgpt_tokenizer.json is a Hugging Face WordLevel tokenizer)."""
+    path = Path(model_dir) / "cehrgpt_tokenizer.json"
+    if not path.is_file():
+        raise PipelineError(f"no cehrgpt tokenizer in {model_dir} (cehrgpt_tokenizer.json)")
+    return set(json.loads(path.read_text())["model"]["vocab"])
+
+
+def checked_outcome_tokens(arguments, vocabulary: set[str]) -> list[str]:
+    """The outcome concepts zero-shot looks for, those the model knows (none needed with --no-zero-shot)."""
+    outcome_tokens = [str(token) for token in arguments.outcome_concepts or []]
+    if arguments.no_zero_shot:
+        return outcome_tokens
+    if not outcome_tokens:
+        raise PipelineError("zero-shot needs the outcome's concept ids: pass --outcome-concepts (or --no-zero-shot)")
+    known = [token for token in outcome_tokens if token in vocabulary]
+    if not known:
+        raise PipelineError(f"none of the outcome concepts {', '.join(outcome_tokens)} is in the model's "
+                            "vocabulary, so no sampled future can contain one; pass others or --no-zero-shot")
+    return known
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Replace only a folder this script made (it holds predict_report.json) or an empty one."""
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / REPORT_NAME).exists():
+        raise PipelineError(f"{output_dir} is not empty and holds no {REPORT_NAME}: not replacing it; "
+                            "choose another --output-dir")
+
+
+def stage(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.monotonic()
+
+
+def run(arguments) -> dict:
+    """All of step 7; returns the report (also written to output_dir/predict_report.json)."""
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    output_dir = Path(arguments.output_dir)
+    check_output_dir(output_dir)
+    sql_path = Path(arguments.sql)
+    if not sql_path.is_file():
+        raise PipelineError(f"cohort SQL file {sql_path} does not exist")
+
+    # 1. The cohort, from SQL, into the OHDSI cohort table.
+    t = stage(f"1/6 cohort: {sql_path} against schema {arguments.cdm_schema}")
+    connection = connect(arguments.dsn)
+    try:
+        cohort = cohorts.query_cohort(connection, sql_path.read_text(), arguments.cdm_schema, str(sql_path))
+        cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, arguments.cohort_id)
+    finally:
+        connection.close()
+    positives = int(cohort["label"].sum())
+    # Zero-shot has one window for all: the time at risk most rows have (the default SQL: 365 days each).
+    lengths = Counter((end - start).days + 1
+                      for start, end in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True))
+    window_days = lengths.most_common(1)[0][0]
+    print(f"  {len(cohort):,} persons/index dates, {positives:,} with the outcome; written to "
+          f"{arguments.cohort_schema}.cohort as cohort {arguments.cohort_id} (target) "
+          f"and {arguments.cohort_id + 1} (outcome)")
+    seconds["cohort"] = time.monotonic() - t
+    context = model_context(arguments.model_dir)
+    outcome_tokens = checked_outcome_tokens(arguments, model_vocabulary(arguments.model_dir))
+
+    with atomic_directory(output_dir) as work:
+        # 2. Histories strictly before the index date, split by person.
+        t = stage(f"2/6 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
+        histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
+        paths = cohorts.write_histories(histories, work / "cohort_sequences")
+        train_labels = histories.train.column("label").to_pylist()
+        test_labels = histories.test.column("label").to_pylist()
+        print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
+              f"({sum(test_labels)} positives); split: {histories.split_source}")
+        print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
+              f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
+        models.check_trainable(train_labels, "train")
+        models.check_evaluable(test_labels, "test")
+        expected = {"train": len(train_labels), "test": len(test_labels)}
+        seconds["histories"] = time.monotonic() - t
+
+        # 3-5. The three predictors.
+        t = stage("3/6 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
+        predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
+        seconds["baseline"] = time.monotonic() - t
+        t = stage("4/6 cehrgpt features + linear probe")
+        predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
+                                                          context, expected)
+        seconds["linear_probe"] = time.monotonic() - t
+        if not arguments.no_zero_shot:
+            t = stage(f"5/6 zero-shot: {arguments.trajectories} sampled futures per test patient")
+            predictions["zero_shot"] = models.zero_shot(
+                histories.test, arguments.model_dir, work, outcome_tokens, window_days, arguments.trajectories,
+                arguments.max_new_tokens, context, arguments.workers)
+            seconds["zero_shot"] = time.monotonic() - t
+
+        # 6. Intervals, plots, report.
+        t = stage("6/6 bootstrap intervals and report")
+        intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
+        summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
+        frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
+        calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}
+        report.plot_roc(frames, summaries, work / "roc_curves.png")
+        report.plot_calibration(calibration, work / "calibration.png")
+        for key in summaries:
+            summaries[key]["calibration"] = calibration[key]
+        if "zero_shot" in summaries:
+            summaries["zero_shot"].update({
+                "trajectories": arguments.trajectories, "max_new_tokens": arguments.max_new_tokens,
+                "outcome_tokens": outcome_tokens, "window_days": window_days,
+                "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
+                                                                            arguments.trajectories), 4),
+            })
+        all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
+                                                                outcome_tokens or ["-"], arguments.test_fraction)
+        seconds["report"] = time.monotonic() - t
+        result = {
+            "task": arguments.task_name or sql_path.stem,
+            "task_description": first_comment_line(sql_path),
+            "cohort_sql": str(sql_path),
+            "cohort_table": f"{arguments.cohort_schema}.cohort",
+            "cohort_ids": [arguments.cohort_id, arguments.cohort_id + 1],
+            "cohort_rows": len(cohort),
+            "positives": positives,
+            "dropped_no_sequence": histories.no_sequence,
+            "dropped_no_history": histories.no_history,
+            "split_source": histories.split_source,
+            "train_patients": len(train_labels),
+            "train_positives": int(sum(train_labels)),
+            "test_patients": len(test_labels),
+            "test_positives": int(sum(test_labels)),
+            "test_prevalence": round(sum(test_labels) / len(test_labels), 4),
+            "outcome_visible_fraction": round(visible / all_positives, 4) if all_positives else 0.0,
+            "model_dir": str(arguments.model_dir),
+            "context": context,
+            **summaries,
+            "seconds": {key: round(value, 1) for key, value in seconds.items()},
+            "seconds_total": round(time.monotonic() - started, 1),
+        }
+        report.write_report(work, result)
+    print(f"\nTest patients: {result['test_patients']} ({result['test_positives']} positives)")
+    for key, name in report.METHODS.items():
+        if key in result:
+            low, high = result[key]["roc_auc_ci"]
+            print(f"  {name:<38} ROC-AUC {result[key]['roc_auc']:.3f} ({low:.3f}-{high:.3f})  "
+                  f"PR-AUC {result[key]['pr_auc']:.3f}")
+    print(f"report: {output_dir / 'predict_report.md'} (and .json, roc_curves.png, calibration.png); "
+          f"{result['seconds_total']:.0f} s")
+    return result
+
+
+def first_comment_line(sql_path: Path) -> str:
+    """The cohort SQL's first comment line: its one-line description."""
+    for line in Path(sql_path).read_text().splitlines():
+        if line.strip().startswith("--"):
+            return line.strip().lstrip("-").strip()
+    return f"the cohort of {Path(sql_path).name}"

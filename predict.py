@@ -1,0 +1,116 @@
+"""Step 7 of the tutorial: use the pretrained model on a prediction task defined in SQL.
+
+The paper's claim is one model for three uses; steps 5-6 generate, this step predicts:
+  1. the cohort: a SQL file (default: an emergency room visit within 365 days after the first
+     outpatient visit of 2010-2016) run against the CDM in PostgreSQL, its rows written into an
+     OHDSI-style `cohort` table (--cohort-schema, default results);
+  2. histories: each person's patient sequence (step 2) cut strictly before the index date; the
+     examples of patients the model was trained on are the train split, the held-out ones the test;
+  3. a baseline: logistic regression on bag-of-concepts counts of those histories;
+  4. cehrgpt's features (the model's hidden state after the history) + its linear probe;
+  5. cehrgpt's zero-shot prediction: sampled futures, probability = share with the outcome;
+  6. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
+     (cehrgpt.tools.bootstrap_ci), ROC and calibration plots.
+It prints every cehrgpt command it runs; their output goes to OUTPUT_DIR/logs/.
+
+Reads:  the CDM in PostgreSQL (--dsn, else the libpq variables, else the embedded demo server),
+        $CEHR_GPT_DATA_DIR/patient_sequence (train/ and test/), the model in $CEHR_GPT_MODEL_DIR.
+Writes: <cohort schema>.cohort in PostgreSQL, and OUTPUT_DIR (default $CEHR_GPT_DATA_DIR/prediction):
+        predict_report.md, predict_report.json, roc_curves.png, calibration.png, the examples
+        (cohort_sequences/), each method's predictions and logs. A previous OUTPUT_DIR is replaced
+        only when the new one is complete.
+
+Your own cohort: a SQL file with one SELECT returning subject_id, cohort_start_date (the index
+date), cohort_end_date (end of the time at risk) and outcome_date (first outcome in it, or NULL);
+write @cdm_schema for the CDM schema. See cehrgpt_tutorials/prediction/cohorts/*.sql.
+
+Examples (after `source setup_env.sh`):
+    python predict.py                                   # what `make predict` runs
+    python predict.py --sql my_cohort.sql --outcome-concepts 9201 --task-name inpatient_1y
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cehrgpt_tutorials.common import (
+    DEFAULT_TEST_FRACTION,
+    PipelineError,
+    cehr_gpt_data_dir,
+    cehr_gpt_model_dir,
+    fail,
+)
+from cehrgpt_tutorials.prediction.cohort import DEFAULT_COHORT_SQL
+
+DEFAULT_OUTCOME_CONCEPTS = ["9203"]  # the default cohort's outcome: an emergency room visit
+
+
+def usable_cores() -> int:
+    """The cores this process may use (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sql", type=Path, default=None,
+                        help=f"cohort SQL file (default: {DEFAULT_COHORT_SQL.name}, an ER visit within a year)")
+    parser.add_argument("--outcome-concepts", nargs="+", default=None, metavar="CONCEPT_ID",
+                        help="the outcome's concept ids (tokens) that zero-shot looks for in sampled futures "
+                             "(default with the default SQL: 9203, emergency room visit; required with --sql)")
+    parser.add_argument("--task-name", default=None, help="name in the report (default: the SQL file's name)")
+    parser.add_argument("--dsn", default=None,
+                        help="PostgreSQL connection string (default: libpq variables or the demo server)")
+    parser.add_argument("--cdm-schema", default="cdm", help="schema of the CDM tables, @cdm_schema in the SQL (default cdm)")
+    parser.add_argument("--cohort-schema", default="results",
+                        help="schema of the OHDSI cohort table to write, created if needed (default results)")
+    parser.add_argument("--cohort-id", type=int, default=1,
+                        help="cohort_definition_id of the target cohort; the outcome cohort gets the next one (default 1)")
+    parser.add_argument("--patient-sequence-dir", type=Path, default=None,
+                        help="step 2's patient sequences (default $CEHR_GPT_DATA_DIR/patient_sequence)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="the pretrained model (default $CEHR_GPT_MODEL_DIR)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default $CEHR_GPT_DATA_DIR/prediction")
+    parser.add_argument("--trajectories", type=int, default=20, help="sampled futures per test patient (default 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="longest sampled future in tokens (default 64: 98%% of the demo's real one-year "
+                             "futures are shorter; the cost of zero-shot grows with it)")
+    parser.add_argument("--workers", type=int, default=usable_cores(),
+                        help="zero-shot processes side by side, one core each (default: the number of cores)")
+    parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot predictions (the slowest part)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                        help="only for sequences without train/ and test/: the held-out share, decided as in step 2 "
+                             f"(default {DEFAULT_TEST_FRACTION})")
+    arguments = parser.parse_args(argv)
+    if arguments.sql is None:
+        arguments.sql = DEFAULT_COHORT_SQL
+        if arguments.outcome_concepts is None:
+            arguments.outcome_concepts = DEFAULT_OUTCOME_CONCEPTS
+    arguments.patient_sequence_dir = arguments.patient_sequence_dir or cehr_gpt_data_dir() / "patient_sequence"
+    arguments.model_dir = arguments.model_dir or cehr_gpt_model_dir()
+    arguments.output_dir = arguments.output_dir or cehr_gpt_data_dir() / "prediction"
+    for name in ("trajectories", "max_new_tokens", "n_boot", "workers"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return arguments
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    from cehrgpt_tutorials.prediction.pipeline import run
+
+    # Stopped by a TERM signal (make demo forwards Ctrl-C as one): unwind like Ctrl-C, so the
+    # cehrgpt commands are stopped and the half-built output folder is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    try:
+        run(arguments)
+    except PipelineError as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

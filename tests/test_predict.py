@@ -1,0 +1,173 @@
+"""Issue 17: step 7, predict.py: a cohort in SQL, histories before the index date, three predictors, a report.
+
+The end-to-end test runs the real script (SQL against the real PostgreSQL, cehrgpt's feature,
+probe, zero-shot and bootstrap commands) with the session's tiny model on the 300-person demo slice,
+whose sequences carry planted marker concepts around each index date, so it also proves that
+nothing dated on or after an index date reaches any model input.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import output_of, run_script
+
+from cehrgpt_tutorials.common import patient_sequence_files
+from cehrgpt_tutorials.demo import steps_for
+from cehrgpt_tutorials.prediction import cohort as cohorts
+
+MARKER_ON_INDEX_DATE = "999999001"  # numeric, so the bag-of-concepts baseline would count it too
+MARKER_BEFORE_INDEX_DATE = "999999002"
+SLICE_SCHEMA = "demo_small"  # the 300 persons of the demo_omop_parquet fixture
+
+
+def test_history_ends_with_the_last_whole_visit_before_the_index_date():
+    day = 86_400
+    tokens = ["year:2010", "age:30", "8507", "8527", "[VS]", "9202", "1", "[VE]", "D5", "[VS]", "9201", "2", "[VE]"]
+    times = [0, 0, 0, 0, 0, 0, 0, 0, 5 * day, 5 * day, 5 * day, 9 * day, 9 * day]  # the 2nd visit spans days 5-9
+    assert cohorts.history_end(tokens, times, 1 * day) == 8  # first visit only, no trailing time token
+    assert cohorts.history_end(tokens, times, 6 * day) == 8  # the visit under way on the index date is left out
+    assert cohorts.history_end(tokens, times, 10 * day) == len(tokens)
+    assert cohorts.history_end(tokens, times, 0) == 0  # nothing before: no history
+
+
+def test_make_predict_runs_the_demo_up_to_training_then_predict_and_make_demo_leaves_it_out():
+    assert [step.name for step in steps_for("predict")] == ["demo-db", "export", "sequences", "cleanup", "train",
+                                                            "predict"]
+    assert "predict" not in [step.name for step in steps_for("all")]
+
+
+def plant_markers(source, target, cohort) -> dict[int, datetime.date]:
+    """Copy a patient_sequence folder, adding to each cohort person's sequence a marker token dated on
+    the index date (where the first later token is) and one inside the last visit before it."""
+    index_dates = dict(zip(cohort["subject_id"].astype(int), cohort["cohort_start_date"], strict=True))
+    for path in patient_sequence_files(source):
+        table = pq.read_table(path)
+        parallel = [f.name for f in table.schema if pa.types.is_list(f.type)]
+        rows = table.to_pylist()
+        for row in rows:
+            start = index_dates.get(int(row["person_id"]))
+            if start is None:
+                continue
+            tokens, times = row["concept_ids"], row["epoch_times"]
+            index_seconds = cohorts.index_seconds(start)
+            later = [i for i, t in enumerate(times) if t >= index_seconds]
+            on_index = later[0] if later else len(tokens)
+            end = cohorts.history_end(tokens, times, index_seconds)
+            inserts = [(on_index, MARKER_ON_INDEX_DATE, int(index_seconds))]
+            if end:  # inside the last whole visit before the index date, just before its [VE]
+                inserts.append((end - 1, MARKER_BEFORE_INDEX_DATE, times[end - 1]))
+            for position, marker, when in sorted(inserts, reverse=True):
+                for name in parallel:
+                    values = row[name]
+                    if values is not None and len(values) == len(tokens) and name not in ("concept_ids", "epoch_times"):
+                        values.insert(position, values[min(position, len(values) - 1)])
+                tokens.insert(position, marker)
+                times.insert(position, when)
+            row["num_of_concepts"] = len(tokens)
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), destination)
+    return index_dates
+
+
+def tokens_in(folder) -> list[list[str]]:
+    return [tokens for path in patient_sequence_files(folder)
+            for tokens in pq.read_table(path, columns=["concept_ids"]).column("concept_ids").to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def prediction_run(tiny_model, demo_patient_sequence, demo_omop_parquet, pg_server, pipeline_env, tmp_path_factory):
+    """predict.py end to end on the demo slice with planted markers (about a minute)."""
+    import psycopg2
+
+    assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
+    folder = tmp_path_factory.mktemp("predict")
+    connection = psycopg2.connect(pg_server)
+    try:
+        cohort = cohorts.query_cohort(connection, cohorts.DEFAULT_COHORT_SQL.read_text(), SLICE_SCHEMA, "default")
+    finally:
+        connection.close()
+    planted = folder / "patient_sequence"
+    plant_markers(demo_patient_sequence, planted, cohort)
+    output = folder / "prediction"
+    result = run_script(
+        ["predict.py", "--dsn", pg_server, "--cdm-schema", SLICE_SCHEMA, "--cohort-schema", "predict_test",
+         "--patient-sequence-dir", planted, "--model-dir", tiny_model["model_dir"], "--output-dir", output,
+         "--max-new-tokens", "16", "--n-boot", "200"],
+        env=pipeline_env, timeout=900)
+    return {"result": result, "output": output, "planted": planted, "cohort": cohort, "uri": pg_server}
+
+
+@pytest.mark.slow
+def test_predict_writes_the_report_with_intervals_for_the_three_methods(prediction_run):
+    result, output = prediction_run["result"], prediction_run["output"]
+    assert result.returncode == 0, output_of(result)
+    report = json.loads((output / "predict_report.json").read_text())
+    cohort = prediction_run["cohort"]
+    assert report["task"] == "er_visit_within_365_days"
+    assert report["positives"] == int(cohort["label"].sum())
+    assert report["test_patients"] + report["train_patients"] + report["dropped_no_history"] + \
+        report["dropped_no_sequence"] == len(cohort)
+    for key in ("linear_probe", "zero_shot", "baseline"):
+        low, high = report[key]["roc_auc_ci"]
+        assert 0 <= low <= report[key]["roc_auc"] <= high <= 1, (key, report[key])
+        assert 0 <= report[key]["pr_auc"] <= 1
+    for name in ("predict_report.md", "roc_curves.png", "calibration.png"):
+        assert (output / name).stat().st_size > 0
+    # Every cehrgpt command is printed as it runs.
+    for module in ("compute_cehrgpt_features", "train_with_cehrgpt_features", "time_to_event_prediction",
+                   "bootstrap_ci"):
+        assert "-m cehrgpt." in result.stdout and module in result.stdout, module
+
+
+@pytest.mark.slow
+def test_predict_writes_the_target_and_outcome_cohorts_into_the_cohort_table(prediction_run):
+    import psycopg2
+
+    assert prediction_run["result"].returncode == 0, output_of(prediction_run["result"])
+    cohort = prediction_run["cohort"]
+    with psycopg2.connect(prediction_run["uri"]) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT cohort_definition_id, count(*) FROM predict_test.cohort GROUP BY 1 ORDER BY 1")
+        assert cursor.fetchall() == [(1, len(cohort)), (2, int(cohort["label"].sum()))]
+
+
+@pytest.mark.slow
+def test_no_event_on_or_after_the_index_date_reaches_any_model_input(prediction_run):
+    assert prediction_run["result"].returncode == 0, output_of(prediction_run["result"])
+    planted = [tokens for tokens in tokens_in(prediction_run["planted"]) if MARKER_ON_INDEX_DATE in tokens]
+    assert len(planted) >= len(prediction_run["cohort"]) - 10  # the markers are there to be leaked
+    output = prediction_run["output"]
+    # What cehrgpt's feature extraction and zero-shot (its shards) read, and what the baseline counted.
+    examples = tokens_in(output / "cohort_sequences")
+    zero_shot_prompts = tokens_in(output / "zero_shot_inputs")
+    assert examples and len(zero_shot_prompts) == json.loads((output / "predict_report.json").read_text())["test_patients"]
+    assert not [tokens for tokens in examples + zero_shot_prompts if MARKER_ON_INDEX_DATE in tokens]
+    baseline_features = json.loads((output / "baseline" / "features.json").read_text())["concepts"]
+    assert MARKER_ON_INDEX_DATE not in baseline_features
+    # The check can fail: the marker planted the day before the index date is in every history.
+    assert all(MARKER_BEFORE_INDEX_DATE in tokens for tokens in examples)
+    assert MARKER_BEFORE_INDEX_DATE in baseline_features
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SELECT person_id AS subject_id, DATE '2010-01-01' AS cohort_start_date, DATE '2010-12-31' AS cohort_end_date, "
+     "NULL::date AS outcome_date FROM @cdm_schema.person WHERE false", "returned no rows"),
+    ("SELECT person_id AS subject_id FROM @cdm_schema.person", "lacks the column(s) cohort_start_date"),
+    ("SELEC 1", "failed: syntax error at or near"),
+])
+def test_a_bad_cohort_sql_is_a_one_line_error(sql, message, demo_cdm, pipeline_env, tmp_path):
+    sql_file = tmp_path / "cohort.sql"
+    sql_file.write_text(sql + ";\n")
+    # The cohort is read before the model is needed: no model here.
+    result = run_script(["predict.py", "--dsn", demo_cdm["uri"], "--sql", sql_file, "--outcome-concepts", "9203",
+                         "--model-dir", tmp_path / "no_model", "--output-dir", tmp_path / "out"],
+                        env=pipeline_env, timeout=120)
+    assert result.returncode == 1, output_of(result)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
+    assert not (tmp_path / "out").exists()
