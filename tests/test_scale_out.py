@@ -103,7 +103,8 @@ def test_step2_on_a_standalone_cluster_writes_the_same_sequences_as_local_mode(
         for daemon in (worker, master):
             if daemon is not None:
                 stop_daemon(daemon)
-    assert len(list((output / "patient_sequence").glob("part-*.parquet"))) == CLUSTER_PARTITIONS
+    for split in ("train", "test"):  # step 2's held-out split; Spark drops empty partitions
+        assert 1 <= len(list((output / "patient_sequence" / split).glob("part-*.parquet"))) <= CLUSTER_PARTITIONS
     cleanup = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(output / "patient_sequence")],
                          environment)
     assert cleanup.returncode == 0, output_of(cleanup)
@@ -137,5 +138,5 @@ def test_training_under_torchrun_with_two_cpu_processes_writes_one_model_that_ge
                                                 "--output-dir", tmp_path / "synthetic", "--num-patients", 2,
                                                 "--batch-size", 2, "--context-window", 20], pipeline_env)
     assert generate.returncode == 0, output_of(generate)
-    generated = pq.read_table(tmp_path / "synthetic" / "top_p9500" / "generated_sequences")
+    generated = pq.read_table(next((tmp_path / "synthetic").glob("top_*")) / "generated_sequences")
     assert generated.num_rows >= 2

@@ -286,7 +286,7 @@ def test_restore_counts_the_generated_sequences_it_converts_and_leaves_cdm_untou
     # Every command it printed can be pasted: the sample's path (with its space) is one word.
     converter = next(line for line in result.stdout.splitlines() if "omop_converter_batch" in line and line.startswith("$ "))
     words = shlex.split(converter[2:])
-    assert words[words.index("--patient_sequence_path") + 1] == str((restored["sample"] / "generated_sequences").resolve())
+    assert words[words.index("--patient_sequence_path") + 1] == str((restored["sample"] / "censored_sequences").resolve())  # censored by default
     assert re.search(r'psql "postgresql://[^"]+"', result.stdout)
     assert "FROM cdm.person" in result.stdout and "FROM synthetic_cdm.person" in result.stdout
     assert "synthetic_pct" in result.stdout
