@@ -116,8 +116,9 @@ def cooccurrence_r(real: Facts, synthetic: Facts, vocabulary_size: int) -> tuple
     return pearson_r(real_pairs[chosen], synthetic_pairs[chosen]), len(chosen)
 
 
-def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
-    numbers = {
+def numeric_distributions(real: Facts, synthetic: Facts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The per-patient numbers compared with a KS statistic (and plotted): name -> (real, synthetic)."""
+    return {
         "sequence_length": (real.lengths, synthetic.lengths),
         "visits_per_patient": (real.visits, synthetic.visits),
         "days_between_visits": (real.days_between_visits, synthetic.days_between_visits),
@@ -125,6 +126,10 @@ def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
         "start_year": (real.start_year, synthetic.start_year),
         "concepts_per_patient": (real.concepts_per_patient, synthetic.concepts_per_patient),
     }
+
+
+def distribution_metrics(real: Facts, synthetic: Facts) -> dict[str, dict]:
+    numbers = numeric_distributions(real, synthetic)
     result = {}
     for name, (real_values, synthetic_values) in numbers.items():
         real_values = np.asarray(real_values, dtype=np.float64)

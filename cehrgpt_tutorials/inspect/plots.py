@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cehrgpt_tutorials.inspect.fidelity import numeric_distributions
 from cehrgpt_tutorials.inspect.report import number, percent, token_label
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, Facts
 
@@ -63,14 +64,7 @@ def write_plots(
 
     # Overlaid histograms.
     numeric = [name for name, metric in distributions.items() if metric["test"] == "KS"]
-    values = {
-        "sequence_length": (real.lengths, synthetic.lengths),
-        "visits_per_patient": (real.visits, synthetic.visits),
-        "days_between_visits": (real.days_between_visits, synthetic.days_between_visits),
-        "age_at_first_visit": (real.age, synthetic.age),
-        "start_year": (real.start_year, synthetic.start_year),
-        "concepts_per_patient": (real.concepts_per_patient, synthetic.concepts_per_patient),
-    }
+    values = numeric_distributions(real, synthetic)
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for axis, name in zip(axes.ravel(), numeric, strict=False):
         real_values, synthetic_values = (np.asarray(v, dtype=np.float64) for v in values[name])
