@@ -6,12 +6,13 @@ with inspect_synthetic.py and adds the share of frequent real concepts (in >= 5%
 whose synthetic prevalence is within +-25% of the real one. Repeats go round the settings (repeat 1
 of each, then repeat 2, ...), so an interrupted run still compares like with like. Prints one row
 per setting (mean and range over the repeats) and the generation time of each setting against the
-raw sampler at the same top-p and temperature, measured in the same run (the baseline).
+raw sampler at the same top-p and temperature, measured in the same run (the baseline). Last, the
+ceiling of the +-25% share: what a perfect sampler (training patients resampled) scores by chance.
 
 Reads:  --model-dir (default $CEHR_GPT_MODEL_DIR), the real sequences (default
         $CEHR_GPT_DATA_DIR/patient_sequence), --concept-dir (default $OMOP_DIR/concept)
 Writes: --output-dir (default bench/out/sampler): rep<N>/<run folder>/generated_sequences and report/,
-        results.json (every sample's numbers, rewritten after each sample)
+        results.json (every sample's numbers, rewritten after each sample), ceiling.json
 
 Example:
     nice -n 10 python bench/sampler_bench.py --settings raw:0.95 raw:1.0 constrained:1.0 --repeats 3
@@ -51,6 +52,7 @@ COLUMNS = [
     ("length_ks", "length KS", "{:.3f}"),
     ("nn_distance_ratio", "NN ratio", "{:.2f}"),
     ("exact_copy_fraction", "exact copies", "{:.1%}"),
+    ("convertible_fraction", "converter would convert", "{:.1%}"),
     ("seconds", "generation s", "{:.0f}"),
     ("processor_share", "grammar share of generate()", "{:.1%}"),
 ]
@@ -67,21 +69,65 @@ def parse_setting(text: str) -> dict:
     return {"name": text, "sampler": parts[0], "top_p": top_p, "temperature": temperature}
 
 
-def frequent_concepts_within(synthetic_dir: Path, real_dir: Path) -> tuple[float, int]:
-    """Share of concepts in >= 5% of real training patients whose synthetic prevalence is within +-25%."""
-    from cehrgpt_tutorials.inspect.fidelity import prevalence
+def read_facts(folder: Path):
     from cehrgpt_tutorials.inspect.sequences import read_sequences
     from cehrgpt_tutorials.inspect.validity import analyse
     from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
     vocabulary = Vocabulary()
-    real_folder = real_dir / "train" if (real_dir / "train").is_dir() else real_dir
-    real = analyse(read_sequences(patient_sequence_files(real_folder), vocabulary, "real"), vocabulary)
-    synthetic = analyse(read_sequences(patient_sequence_files(synthetic_dir), vocabulary, "synthetic"), vocabulary)
-    real_share, synthetic_share = prevalence(real, len(vocabulary)), prevalence(synthetic, len(vocabulary))
+    return analyse(read_sequences(patient_sequence_files(folder), vocabulary, folder.name), vocabulary), len(vocabulary)
+
+
+def training_folder(real_dir: Path) -> Path:
+    return real_dir / "train" if (real_dir / "train").is_dir() else real_dir
+
+
+def share_within(real_share: np.ndarray, synthetic_share: np.ndarray) -> float:
     frequent = real_share >= FREQUENT
-    within = np.abs(synthetic_share[frequent] - real_share[frequent]) <= TOLERANCE * real_share[frequent]
-    return float(within.mean()), int(frequent.sum())
+    return float((np.abs(synthetic_share[frequent] - real_share[frequent]) <= TOLERANCE * real_share[frequent]).mean())
+
+
+def frequent_concepts_within(synthetic_dirs: list[Path], real_dir: Path) -> tuple[float, int]:
+    """Share of concepts in >= 5% of real training patients whose synthetic prevalence (over all the
+    given samples pooled) is within +-25% of the real one, and how many such concepts there are."""
+    real, size = read_facts(training_folder(real_dir))
+    counts, patients = np.zeros(size), 0
+    for folder in synthetic_dirs:
+        synthetic, _ = read_facts(folder)
+        counts += np.bincount(synthetic.concept_codes, minlength=size)
+        patients += synthetic.count
+    real_share = np.bincount(real.concept_codes, minlength=size) / max(real.count, 1)
+    return share_within(real_share, counts / max(patients, 1)), int((real_share >= FREQUENT).sum())
+
+
+def convertible_fraction(synthetic_dir: Path, concept_dir: Path | None) -> float | None:
+    """Share of the sample that cehrgpt's OMOP converter would convert (omop_restore.skip_reason is None:
+    the converter's own rules, in its order), without running the converter and a database per sample."""
+    from cehrgpt_tutorials.omop_restore import load_domain_map, read_sequences, skip_reason
+
+    if concept_dir is None:
+        return None
+    domain_map = load_domain_map(concept_dir)
+    sequences = read_sequences(synthetic_dir).column("concept_ids").to_pylist()
+    return sum(skip_reason(ids, domain_map) is None for ids in sequences) / max(len(sequences), 1)
+
+
+def resampling_ceiling(real_dir: Path, num_patients: int, draws: int = 200, seed: int = 0) -> dict:
+    """What a perfect sampler would score on 'frequent concepts within +-25%': `num_patients` training
+    patients drawn with replacement from the training sequences themselves (the distribution the model
+    was fitted to), `draws` times. At 500 patients a concept in 5% of patients is ~25 patients, whose
+    count varies by ~20% from sample to sample, so the share is capped well below 100% by chance alone."""
+    from cehrgpt_tutorials.inspect.fidelity import concept_matrix, prevalence
+
+    real, size = read_facts(training_folder(real_dir))
+    real_share = prevalence(real, size)
+    matrix = concept_matrix(real, size)
+    generator = np.random.default_rng(seed)
+    shares = [share_within(real_share, np.asarray(matrix[generator.integers(0, real.count, num_patients)]
+                                                  .mean(axis=0)).ravel()) for _ in range(draws)]
+    return {"mean": float(np.mean(shares)), "p5": float(np.percentile(shares, 5)),
+            "p95": float(np.percentile(shares, 95)), "draws": draws, "num_patients": num_patients,
+            "training_patients": int(real.count)}
 
 
 def run_sample(setting: dict, repeat: int, arguments) -> dict:
@@ -112,12 +158,14 @@ def run_sample(setting: dict, repeat: int, arguments) -> dict:
     if scored.returncode != 0 and not (folder.parent / "report" / "report.json").exists():
         raise PipelineError(f"inspect_synthetic.py failed for {setting['name']}: {scored.stderr.strip()[-500:]}")
     report = json.loads((folder.parent / "report" / "report.json").read_text())
-    share, frequent = frequent_concepts_within(folder, arguments.real_dir)
+    share, frequent = frequent_concepts_within([folder], arguments.real_dir)
+    convertible = convertible_fraction(folder, arguments.concept_dir)
     result = {key: report.get(key) for key, _, _ in COLUMNS if key in report}
-    result.update(setting=setting["name"], repeat=repeat, folder=str(folder.parent), seconds=seconds,
+    result.update(setting=setting["name"], repeat=repeat, folder=str(folder.parent), sequences=str(folder), seconds=seconds,
                   generate_seconds=float(timing.group(1)) if timing else None,
                   processor_seconds=float(timing.group(2)) if timing and timing.group(2) else None,
-                  frequent_within_25=share, frequent_concepts=frequent, invalid_reasons=report["invalid_reasons"],
+                  frequent_within_25=share, frequent_concepts=frequent, convertible_fraction=convertible,
+                  invalid_reasons=report["invalid_reasons"],
                   num_sequences=report["num_sequences"])
     if result["processor_seconds"] is not None and result["generate_seconds"]:
         result["processor_share"] = result["processor_seconds"] / result["generate_seconds"]
@@ -187,6 +235,16 @@ def main() -> None:
     except PipelineError as error:
         fail(str(error))
     print(summary(results, settings))
+    for setting in settings:  # all of a setting's samples together: chance matters less
+        folders = [Path(r["sequences"]) for r in results if r["setting"] == setting["name"]]
+        if len(folders) > 1:
+            share, _ = frequent_concepts_within(folders, arguments.real_dir)
+            print(f"{setting['name']}, its {len(folders)} samples pooled: frequent concepts within +-25% {share:.0%}")
+    ceiling = resampling_ceiling(arguments.real_dir, arguments.num_patients)
+    (arguments.output_dir / "ceiling.json").write_text(json.dumps(ceiling, indent=2) + "\n")
+    print(f"A perfect sampler ({ceiling['num_patients']} of the {ceiling['training_patients']} training patients "
+          f"drawn with replacement, {ceiling['draws']} times) has frequent concepts within +-25% "
+          f"{ceiling['mean']:.0%} on average ({ceiling['p5']:.0%}-{ceiling['p95']:.0%}, 5th-95th percentile).")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from cehrgpt_tutorials.inspect.vocabulary import (
     DEATH,
     INPATIENT_TIME,
     MALFORMED_TIME,
+    OTHER,
+    START,
     TIME,
     VISIT_END,
     VISIT_START,
@@ -57,8 +59,14 @@ VALIDITY_RULES = {
     "(Discharge/0 or a discharge concept)",
     "event_outside_visit": "a concept (or other token) between a [VE] and the next [VS]",
     "death_not_at_end": "[DEATH] anywhere but in a final [VS] [DEATH] [VE]",
+    "death_before_any_visit": "[VS] [DEATH] [VE] as the first visit (cehrgpt's converter reads its [VE] as one "
+    "before any visit and skips the patient)",
+    "patient_died_discharge_misplaced": "the 'Patient died' discharge (4216643) anywhere but last in an inpatient "
+    "visit, right before its [VE] (cehrgpt's converter skips the patient)",
     "not_ending_with_visit_end": "the last token is not [VE]",
     "malformed_time_token": "a time token cehrgpt's own parser rejects (e.g. i-D-3)",
+    "demographic_token_after_prompt": "a year:/age: token, [START] or a token of no known kind after the "
+    "demographic prompt (real sequences have none; cehrgpt's converter cannot read them and skips the patient)",
 }
 
 
@@ -68,7 +76,9 @@ DEPTH_LIMIT = 8
 PROMPT_SIZE = 4  # year, age, gender, race
 # Kinds that may stand outside a visit (anything else there is an event_outside_visit).
 ALLOWED_OUTSIDE_VISIT = frozenset({VISIT_START, VISIT_END, TIME, INPATIENT_TIME, MALFORMED_TIME, DEATH})
-TOKEN_FACTS = ("kind", "visit_type", "inpatient_visit", "discharge", "gender", "race")
+# Kinds that belong to the prompt only (or to no sequence at all).
+PROMPT_ONLY = frozenset({YEAR, AGE, START, OTHER})
+TOKEN_FACTS = ("kind", "visit_type", "inpatient_visit", "discharge", "gender", "race", "patient_died")
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class TokenClass:
     discharge: bool = False
     gender: bool = False
     race: bool = False
+    patient_died: bool = False
 
 
 END_OF_SEQUENCE = None  # the extra class after the last token (the generator's [END])
@@ -93,6 +104,7 @@ class State:
     after_visit_start: bool = False
     after_visit_end: bool = False
     after_discharge: bool = False
+    after_patient_died: bool = False  # the 'Patient died' discharge just read: only [VE] may follow
     death_open: bool = False  # [VS] [DEATH] just read: only [VE] may follow
     death_closed: bool = False  # [VS] [DEATH] [VE] just read: nothing may follow
     ended: bool = False  # past END_OF_SEQUENCE (the generator pads finished sequences)
@@ -133,6 +145,12 @@ def step(state: State, token: TokenClass | None) -> tuple[State, frozenset[str]]
         broken.add("death_not_at_end")
     if depth <= 0 and not in_prompt and kind not in ALLOWED_OUTSIDE_VISIT:
         broken.add("event_outside_visit")
+    if not in_prompt and kind in PROMPT_ONLY:
+        broken.add("demographic_token_after_prompt")
+    if state.after_patient_died and kind != VISIT_END:
+        broken.add("patient_died_discharge_misplaced")
+    if token.patient_died and not in_prompt and not (depth >= 1 and inpatient and not state.after_visit_start):
+        broken.add("patient_died_discharge_misplaced")
 
     if kind == VISIT_START:
         if depth >= 1:
@@ -156,6 +174,8 @@ def step(state: State, token: TokenClass | None) -> tuple[State, frozenset[str]]
     elif kind == DEATH:
         if state.after_visit_start:
             death_open = True
+            if not state.seen_visit_end:
+                broken.add("death_before_any_visit")
         else:
             broken.add("death_not_at_end")
 
@@ -167,6 +187,7 @@ def step(state: State, token: TokenClass | None) -> tuple[State, frozenset[str]]
         after_visit_start=kind == VISIT_START,
         after_visit_end=kind == VISIT_END,
         after_discharge=token.discharge,
+        after_patient_died=token.patient_died and not in_prompt,
         death_open=death_open,
         death_closed=death_closed,
     )
@@ -246,12 +267,8 @@ def compile_grammar(classes: tuple[TokenClass, ...]) -> CompiledGrammar:
 def token_classes(vocabulary: Vocabulary) -> tuple[tuple[TokenClass, ...], np.ndarray]:
     """The distinct token classes of a vocabulary and the class index of each of its codes."""
     facts = [vocabulary.fact(name) for name in TOKEN_FACTS]
-    tuples = [
-        TokenClass(int(kind), bool(a), bool(b), bool(c), bool(d), bool(e))
-        for kind, a, b, c, d, e in zip(*facts, strict=True)
-    ]
-    classes = tuple(sorted(set(tuples), key=lambda c: (c.kind, c.visit_type, c.inpatient_visit,
-                                                       c.discharge, c.gender, c.race)))
+    tuples = [TokenClass(int(kind), *map(bool, flags)) for kind, *flags in zip(*facts, strict=True)]
+    classes = tuple(sorted(set(tuples), key=lambda c: tuple(getattr(c, name) for name in TOKEN_FACTS)))
     position = {token_class: number for number, token_class in enumerate(classes)}
     return classes, np.asarray([position[t] for t in tuples], dtype=np.int32)
 

@@ -99,6 +99,23 @@ def test_a_model_that_wants_to_break_the_grammar_yields_only_valid_sequences():
     assert max(len(tokens) for tokens in sequences) <= 24
 
 
+def test_whatever_the_processor_lets_through_cehrgpts_converter_can_convert():
+    # The converter's own rules, mirrored step by step in omop_restore.skip_reason; a patient it
+    # cannot read is skipped, so "valid" must imply "converts".
+    from cehrgpt_tutorials.omop_restore import skip_reason
+
+    visits = {"9201", "9202", "9203", "262", "8536"}
+    domains = {int(token): "Visit" if token in visits else "Condition" for token in TOKENS if token.isdigit()}
+    domains[0] = "Metadata"  # the concept table's "No matching concept", which Visit/0 names
+    sequences = constrained_walks(lambda rng, ids: rng.normal(0, 3, (ids.shape[0], len(TOKENS))).astype(np.float32),
+                                  batch=256, steps=80, max_length=80, seed=2)
+    ended = [tokens for tokens in sequences if tokens[-1] == "[VE]"]
+    assert len(ended) > 100
+    reasons = [skip_reason(tokens, domains) for tokens in ended]
+    assert sorted({reason for reason in reasons if reason is not None}) == []
+    assert skip_reason(BROKEN["demographic_token_after_prompt"], domains) is not None
+
+
 def generator_args(model_dir, prompts, output, sampler: str) -> object:
     prompts = prompts / "train" if (prompts / "train").is_dir() else prompts
     return create_arg_parser().parse_args([

@@ -19,6 +19,7 @@ from cehrgpt_tutorials.common import INPATIENT_VISIT_CONCEPT_IDS, time_token_pro
 DEMOGRAPHIC_PROMPT_SIZE = 4  # year, age, gender, race: the prompt cehrgpt's generator starts from
 # (cehrgpt.generation.omop_converter_batch.DISCHARGE_CONCEPT_LIST; importing it would load torch).
 DISCHARGE_CONCEPT_IDS = frozenset({"4216643", "4021968", "4146681", "4161979"})
+PATIENT_DIED_CONCEPT_ID = "4216643"  # the discharge the converter turns into a death record
 # Visit concept ids cehrgpt knows, for when the concept table is not at hand ("0" is written Visit/0).
 KNOWN_VISIT_CONCEPT_IDS = frozenset(VISIT_CONCEPT_IDS) - {"0"}
 
@@ -55,7 +56,7 @@ class Vocabulary:
         self.discharge_concept_ids = DISCHARGE_CONCEPT_IDS | visit_concept_ids
         self._facts: dict[str, list] = {name: [] for name in self.FACTS}
 
-    FACTS = ("kind", "number", "visit_type", "inpatient_visit", "discharge", "gender", "race")
+    FACTS = ("kind", "number", "visit_type", "inpatient_visit", "discharge", "gender", "race", "patient_died")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -78,7 +79,8 @@ class Vocabulary:
         return np.asarray(self._facts[name], dtype=dtype)
 
     def _classify(self, token: str):
-        """(kind, number, is visit type, is inpatient visit type, is discharge, gender-like, race-like)."""
+        """(kind, number, is visit type, is inpatient visit type, is discharge, gender-like, race-like,
+        is the 'Patient died' discharge)."""
         kind, number = OTHER, math.nan
         if token in ("[VS]", "VS"):
             kind = VISIT_START
@@ -119,6 +121,7 @@ class Vocabulary:
             kind == DISCHARGE_PLACEHOLDER or (is_concept and token in self.discharge_concept_ids),
             kind == GENDER_PLACEHOLDER or is_concept,
             kind == RACE_PLACEHOLDER or is_concept,
+            is_concept and token == PATIENT_DIED_CONCEPT_ID,
         )
 
 
