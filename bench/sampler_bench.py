@@ -69,13 +69,13 @@ def parse_setting(text: str) -> dict:
     return {"name": text, "sampler": parts[0], "top_p": top_p, "temperature": temperature}
 
 
-def read_facts(folder: Path):
+def read_facts(folder: Path, vocabulary):
+    """The report's facts of one folder of sequences, coded with `vocabulary` (share it between the
+    sets compared: a code means the same token only within one vocabulary)."""
     from cehrgpt_tutorials.inspect.sequences import read_sequences
     from cehrgpt_tutorials.inspect.validity import analyse
-    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
-    vocabulary = Vocabulary()
-    return analyse(read_sequences(patient_sequence_files(folder), vocabulary, folder.name), vocabulary), len(vocabulary)
+    return analyse(read_sequences(patient_sequence_files(folder), vocabulary, folder.name), vocabulary)
 
 
 def training_folder(real_dir: Path) -> Path:
@@ -90,12 +90,14 @@ def share_within(real_share: np.ndarray, synthetic_share: np.ndarray) -> float:
 def frequent_concepts_within(synthetic_dirs: list[Path], real_dir: Path) -> tuple[float, int]:
     """Share of concepts in >= 5% of real training patients whose synthetic prevalence (over all the
     given samples pooled) is within +-25% of the real one, and how many such concepts there are."""
-    real, size = read_facts(training_folder(real_dir))
-    counts, patients = np.zeros(size), 0
-    for folder in synthetic_dirs:
-        synthetic, _ = read_facts(folder)
-        counts += np.bincount(synthetic.concept_codes, minlength=size)
-        patients += synthetic.count
+    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary()
+    real = read_facts(training_folder(real_dir), vocabulary)
+    synthetic = [read_facts(folder, vocabulary) for folder in synthetic_dirs]
+    size = len(vocabulary)  # after reading every set: codes of tokens only the synthetic sets have
+    counts = sum(np.bincount(facts.concept_codes, minlength=size) for facts in synthetic)
+    patients = sum(facts.count for facts in synthetic)
     real_share = np.bincount(real.concept_codes, minlength=size) / max(real.count, 1)
     return share_within(real_share, counts / max(patients, 1)), int((real_share >= FREQUENT).sum())
 
@@ -116,10 +118,13 @@ def resampling_ceiling(real_dir: Path, num_patients: int, draws: int = 200, seed
     """What a perfect sampler would score on 'frequent concepts within +-25%': `num_patients` training
     patients drawn with replacement from the training sequences themselves (the distribution the model
     was fitted to), `draws` times. At 500 patients a concept in 5% of patients is ~25 patients, whose
-    count varies by ~20% from sample to sample, so the share is capped well below 100% by chance alone."""
+    count varies by ~20% from sample to sample, so even a perfect sampler misses some by chance."""
     from cehrgpt_tutorials.inspect.fidelity import concept_matrix, prevalence
+    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
 
-    real, size = read_facts(training_folder(real_dir))
+    vocabulary = Vocabulary()
+    real = read_facts(training_folder(real_dir), vocabulary)
+    size = len(vocabulary)
     real_share = prevalence(real, size)
     matrix = concept_matrix(real, size)
     generator = np.random.default_rng(seed)
@@ -218,6 +223,8 @@ def main() -> None:
     parser.add_argument("--concept-dir", type=Path, default=omop_dir() / "concept", help="default: %(default)s")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "bench" / "out" / "sampler",
                         help="default: %(default)s")
+    parser.add_argument("--rescore", action="store_true",
+                        help="generate nothing: score the samples listed in --output-dir's results.json again")
     arguments = parser.parse_args()
     try:
         settings = [parse_setting(text) for text in arguments.settings]
@@ -228,7 +235,17 @@ def main() -> None:
         arguments.output_dir.mkdir(parents=True, exist_ok=True)
         results_file = arguments.output_dir / "results.json"
         results = json.loads(results_file.read_text()) if arguments.first_repeat > 1 and results_file.exists() else []
-        for repeat in range(arguments.first_repeat, arguments.first_repeat + arguments.repeats):
+        if arguments.rescore:
+            if not results_file.exists():
+                raise PipelineError(f"--rescore: no {results_file}")
+            results = json.loads(results_file.read_text())
+            for result in results:
+                result["frequent_within_25"], result["frequent_concepts"] = frequent_concepts_within(
+                    [Path(result["sequences"])], arguments.real_dir)
+                result["convertible_fraction"] = convertible_fraction(Path(result["sequences"]), arguments.concept_dir)
+            results_file.write_text(json.dumps(results, indent=2) + "\n")
+            settings = [parse_setting(name) for name in dict.fromkeys(r["setting"] for r in results)]
+        for repeat in range(arguments.first_repeat, arguments.first_repeat + (0 if arguments.rescore else arguments.repeats)):
             for setting in settings:
                 results.append(run_sample(setting, repeat, arguments))
                 results_file.write_text(json.dumps(results, indent=2) + "\n")

@@ -167,7 +167,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
             step["sequences"] = sequences
             step["tokenization_sequences_per_second"] = sequences / tokenizing
         if name == "step2":
-            step["part_files"] = len(list(sequences_dir.glob("part-*.parquet")))
+            step["part_files"] = len(list(sequences_dir.rglob("part-*.parquet")))  # train/ and test/
         del step["text"]
         results["steps"][name] = step
         extra = (f", {step['tokenization_sequences_per_second']:.0f} sequences/s tokenizing"
