@@ -24,7 +24,7 @@ Reads and rewrites: PATIENT_SEQUENCE_DIR/**/*.parquet (Spark part files, train/ 
 Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
 Spark's .crc checksum beside it is rewritten too (Spark refuses a file whose checksum is stale).
 Files without malformed tokens are not touched, so a second run changes nothing. Files are cleaned
---jobs at a time, each streamed in record batches of about 128k tokens with pyarrow (no Python loop
+--jobs at a time, each streamed in record batches of about 64k tokens with pyarrow (no Python loop
 over tokens), so memory stays bounded however big the part files grow.
 
 Example:
@@ -76,8 +76,10 @@ NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
 # the previous one. Another column could get a constant: {"name": value}.
 NULL_FILLS = {"ages": "neighbours"}
 # A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
-# cleaned, whatever the size of the file or its row groups (bench/RESULTS.md, issue 15).
-TOKENS_PER_BATCH = 128 * 1024
+# cleaned, whatever the size of the file or its row groups. On step 2's output at 100x the demo
+# (4 files of 36 MB, one row group each; 2 at a time), peak RSS 423 MB with 128k tokens, 369 MB with
+# 64k (the goal is 400), for 7% more time (bench/RESULTS.md, issue 15).
+TOKENS_PER_BATCH = 64 * 1024
 READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
 PERSON_COLUMN = "person_id"

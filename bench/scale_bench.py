@@ -13,6 +13,9 @@ export only, the PostgreSQL server's processes; sampled every 0.2 s) and the siz
   train     the same with the script's default workers (one per core)
   inspect   inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
 For training it also reports the tokenization rate: sequences / (wall - the Trainer's train_runtime).
+Before each step it times a fixed pure-Python loop (the speed probe): a shared or throttled machine
+can run at half speed for minutes (measured: the same 10x tokenization at 500 and at 243 sequences/s
+half an hour apart), so read times beside their probe, and the exponents as such.
 It prints each step's growth exponent between consecutive K (log time ratio / log K ratio: 1 = linear)
 and writes a log-log plot of time against K.
 
@@ -121,6 +124,15 @@ def run_step(command: list, environment: dict, log: Path, pgdata: str | None) ->
     return {"seconds": seconds, "peak_bytes": peak, "text": text}
 
 
+def speed_probe() -> float:
+    """Seconds for a fixed pure-Python loop (~0.5-1.5 s): how fast this machine runs right now."""
+    started = time.perf_counter()
+    total = 0
+    for number in range(5_000_000):
+        total += number
+    return time.perf_counter() - started
+
+
 def train_runtime(text: str) -> float:
     match = re.search(r"train_runtime\s+=\s+(\d+):(\d+):([\d.]+)", text)
     return int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3)) if match else 0.0
@@ -159,7 +171,9 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
             (synthetic_run / "generated_sequences").symlink_to(sequences_dir, target_is_directory=True)
         command, output = commands[name]
         print(f"  K={times:<4} {name:<9}", end=" ", flush=True)
+        probe = speed_probe()
         step = run_step(command, environment, logs / f"{name}.log", pgdata if name == "export" else None)
+        step["speed_probe_seconds"] = probe
         step["output_bytes"] = folder_bytes(output)
         if name.startswith("train"):
             sequences = pq.ParquetDataset(sequences_dir).read(columns=["person_id"]).num_rows
@@ -173,7 +187,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
         extra = (f", {step['tokenization_sequences_per_second']:.0f} sequences/s tokenizing"
                  if "sequences" in step else "")
         print(f"{step['seconds']:7.1f} s  {step['peak_bytes'] / 2**20:6.0f} MB peak  "
-              f"{step['output_bytes'] / 2**20:7.1f} MB out{extra}", flush=True)
+              f"{step['output_bytes'] / 2**20:7.1f} MB out{extra}  (speed probe {probe:.2f} s)", flush=True)
     return results
 
 
@@ -213,7 +227,7 @@ def plot(all_results: list[dict], path: Path) -> None:
     axis.set_yscale("log")
     axis.set_xlabel("K (copies of the 1,130-person demo CDM)")
     axis.set_ylabel("wall time (s)")
-    axis.set_title("Tutorial steps at K x the demo (2-core shared sandbox)")
+    axis.set_title("Tutorial steps at K x the demo (2-core sandbox)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

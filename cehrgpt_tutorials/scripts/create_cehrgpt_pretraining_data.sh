@@ -167,23 +167,6 @@ SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
 [ -n "$SPARK_OPTIONS" ] ||
     echo "warning: SPARK_SUBMIT_OPTIONS is empty, Spark uses its defaults (source setup_env.sh to size it)" >&2
 
-# The JVM's optimizing compiler (C2) spends more CPU compiling Spark's generated code than a run of a
-# minute or two gains from it: on small input, stop at the quick compiler (C1). Both apps on the
-# Synthea demo, 2 shared cores (bench/RESULTS.md): 67 s -> 59 s on a quiet machine, 2m 45s -> 1m 10s
-# with the cores busy. Skipped for big input (long runs gain from C2) and when you set driver Java
-# options yourself. Placed before SPARK_SUBMIT_OPTIONS, so your options win.
-TUNING_OPTIONS=""
-QUICK_JIT_MAX_INPUT_MB=2048
-input_mb=$(du -skL "$INPUT_FOLDER" 2>/dev/null | awk '{print int($1 / 1024)}')
-spark_defaults="${SPARK_CONF_DIR:-${SPARK_HOME:-/nonexistent}/conf}/spark-defaults.conf"
-case "$SPARK_OPTIONS" in
-    *driver-java-options*|*extraJavaOptions*) user_java_options=1 ;;
-    *) if grep -Eqs '^[[:space:]]*spark\.driver\.extraJavaOptions' "$spark_defaults"; then user_java_options=1; else user_java_options=0; fi ;;
-esac
-if [ "${input_mb:-0}" -le "$QUICK_JIT_MAX_INPUT_MB" ] && [ "$user_java_options" = 0 ]; then
-    TUNING_OPTIONS="--driver-java-options -XX:TieredStopAtLevel=1"
-fi
-
 # Shuffle partitions from the size of the tables the apps read. Spark writes one patient_sequence
 # part file per shuffle partition, and each shuffle task holds its share of all events, so a fixed
 # count (setup_env.sh's 2 x cores, right for the demo) makes files and tasks grow with the data:
@@ -196,6 +179,24 @@ INPUT_MB_PER_PARTITION=512
 tables_mb=$(for table in $REQUIRED_TABLES $OPTIONAL_TABLES death; do
         [ -d "$INPUT_FOLDER/$table" ] && find -L "$INPUT_FOLDER/$table" -type f -exec ls -lnL {} +
     done | awk '{bytes += $5} END {print int(bytes / 1048576)}')
+
+# The JVM's optimizing compiler (C2) spends more CPU compiling Spark's generated code than a short
+# run gains from it: on small input, stop at the quick compiler (C1). Both apps, 2 cores, C1 against
+# C2 (bench/RESULTS.md): the Synthea demo (~1 MB of tables) 59 s against 67 s; in one later session,
+# 10x the demo (11 MB) 163 s against 167 s, a draw, and 100x (114 MB) 997 s against 546 s: C1 is
+# 1.8x slower once a run lasts minutes. So C1 only up to QUICK_JIT_MAX_TABLES_MB of the tables the apps
+# read, and never when you set driver Java options yourself. Placed before SPARK_SUBMIT_OPTIONS, so
+# your options win.
+TUNING_OPTIONS=""
+QUICK_JIT_MAX_TABLES_MB=16
+spark_defaults="${SPARK_CONF_DIR:-${SPARK_HOME:-/nonexistent}/conf}/spark-defaults.conf"
+case "$SPARK_OPTIONS" in
+    *driver-java-options*|*extraJavaOptions*) user_java_options=1 ;;
+    *) if grep -Eqs '^[[:space:]]*spark\.driver\.extraJavaOptions' "$spark_defaults"; then user_java_options=1; else user_java_options=0; fi ;;
+esac
+if [ "${tables_mb:-0}" -le "$QUICK_JIT_MAX_TABLES_MB" ] && [ "$user_java_options" = 0 ]; then
+    TUNING_OPTIONS="--driver-java-options -XX:TieredStopAtLevel=1"
+fi
 spark_cores=$(printf '%s\n' "$SPARK_OPTIONS" | sed -n 's/.*local\[\([0-9][0-9]*\)[],].*/\1/p')
 [ -n "$spark_cores" ] || spark_cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 user_partitions=""
