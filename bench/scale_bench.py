@@ -9,10 +9,17 @@ export only, the PostgreSQL server's processes; sampled every 0.2 s) and the siz
   export    export_omop.py --schema scale_k<K>
   step2     create_cehrgpt_pretraining_data.sh (both Spark apps)
   cleanup   cleanup_tokens.py
-  train_w1  train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1
-  train     the same with the script's default workers (one per core)
-  inspect   inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
-For training it also reports the tokenization rate: sequences / (wall - the Trainer's train_runtime).
+  train_runner_w1  train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1
+                   --runner-tokenization: the runner tokenizes by itself with one worker, as before
+                   issue 15 (the baseline of its tokenization goal)
+  train_runner     the same with the script's default workers (one per core)
+  train_w1         train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1: the
+                   sequences tokenized first by cehrgpt_tutorials/prepare_dataset.py
+  train            the same with the script's default workers: what a learner runs
+  inspect          inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
+For training it also reports the tokenization rate: sequences / (wall - the Trainer's train_runtime),
+i.e. everything before the first training step (imports, loading, the tokenizer, the tokenization,
+loading it back), and each training variant's rate against train_runner_w1's.
 Before each step it times a fixed pure-Python loop (the speed probe): a shared or throttled machine
 can run at half speed for minutes (measured: the same 10x tokenization at 500 and at 243 sequences/s
 half an hour apart), so read times beside their probe, and the exponents as such.
@@ -52,7 +59,11 @@ VOCABULARY_TABLES = ["concept", "concept_ancestor", "concept_relationship"]
 PERSON_TABLES = ["person", "visit_occurrence", "condition_occurrence", "procedure_occurrence", "drug_exposure",
                  "measurement", "death", "observation_period"]
 SHARED_IDS = {"provider_id", "care_site_id", "location_id"}  # the same providers serve every copy
-STEPS = ["export", "step2", "cleanup", "train_w1", "train", "inspect"]
+STEPS = ["export", "step2", "cleanup", "train_runner_w1", "train_runner", "train_w1", "train", "inspect"]
+TRAIN_STEPS = [name for name in STEPS if name.startswith("train")]
+TRAIN_ARGUMENTS = {"train_runner_w1": ["--runner-tokenization", "--preprocessing_num_workers", 1],
+                   "train_runner": ["--runner-tokenization"], "train_w1": ["--preprocessing_num_workers", 1],
+                   "train": []}
 
 
 def build_replicated_cdm(uri: str, times: int) -> dict[str, int]:
@@ -156,11 +167,9 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
         "step2": (["sh", SCRIPTS / "create_cehrgpt_pretraining_data.sh", "--input_folder", omop, "--output_folder", data,
                    "--start_date", "1985-01-01"], sequences_dir),
         "cleanup": ([sys.executable, "cleanup_tokens.py", "--patient-sequence-dir", sequences_dir], sequences_dir),
-        "train_w1": (["sh", SCRIPTS / "train_cehrgpt.sh", "--profile", "tiny", "--data-folder", sequences_dir,
-                      "--model-dir", folder / "model_w1", "--max_steps", 5, "--preprocessing_num_workers", 1],
-                     folder / "model_w1"),
-        "train": (["sh", SCRIPTS / "train_cehrgpt.sh", "--profile", "tiny", "--data-folder", sequences_dir,
-                   "--model-dir", folder / "model", "--max_steps", 5], folder / "model"),
+        **{name: (["sh", SCRIPTS / "train_cehrgpt.sh", "--profile", "tiny", "--data-folder", sequences_dir,
+                   "--model-dir", folder / f"model_{name}", "--max_steps", 5, *TRAIN_ARGUMENTS[name]],
+                  folder / f"model_{name}") for name in TRAIN_STEPS},
         "inspect": ([sys.executable, "inspect_synthetic.py", "--synthetic-dir", synthetic_run, "--real-dir", sequences_dir,
                      "--concept-dir", omop / "concept", "--report-dir", folder / "report"], folder / "report"),
     }
@@ -170,9 +179,12 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
             (synthetic_run).mkdir(parents=True)
             (synthetic_run / "generated_sequences").symlink_to(sequences_dir, target_is_directory=True)
         command, output = commands[name]
-        print(f"  K={times:<4} {name:<9}", end=" ", flush=True)
+        print(f"  K={times:<4} {name:<15}", end=" ", flush=True)
         probe = speed_probe()
-        step = run_step(command, environment, logs / f"{name}.log", pgdata if name == "export" else None)
+        # Each training starts from a cold `datasets` cache, as a learner's first run does (the
+        # Parquet files converted to Arrow once would otherwise serve every training after the first).
+        step_environment = dict(environment, HF_DATASETS_CACHE=str(folder / f"hf_cache_{name}"))
+        step = run_step(command, step_environment, logs / f"{name}.log", pgdata if name == "export" else None)
         step["speed_probe_seconds"] = probe
         step["output_bytes"] = folder_bytes(output)
         if name.startswith("train"):
@@ -192,7 +204,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
 
 
 def print_summary(all_results: list[dict]) -> None:
-    print("\nstep       " + "".join(f"{'K=' + str(r['times']) + ' (' + str(r['persons']) + ' persons)':>34}"
+    print("\nstep             " + "".join(f"{'K=' + str(r['times']) + ' (' + str(r['persons']) + ' persons)':>34}"
                                     for r in all_results) + "   growth exponents (time)")
     for name in STEPS:
         cells = "".join(f"{r['steps'][name]['seconds']:>14.1f} s {r['steps'][name]['peak_bytes'] / 2**20:>8.0f} MB"
@@ -201,10 +213,12 @@ def print_summary(all_results: list[dict]) -> None:
         for low, high in zip(all_results, all_results[1:], strict=False):
             ratio = math.log(high["steps"][name]["seconds"] / low["steps"][name]["seconds"])
             exponents.append(f"{ratio / math.log(high['times'] / low['times']):.2f}")
-        print(f"{name:<9}{cells}   {' '.join(exponents)}")
+        print(f"{name:<15}{cells}   {' '.join(exponents)}")
     for r in all_results:
-        rates = ", ".join(f"{name} {r['steps'][name]['tokenization_sequences_per_second']:.0f}"
-                          for name in ("train_w1", "train"))
+        baseline = r["steps"]["train_runner_w1"]["tokenization_sequences_per_second"]
+        rates = ", ".join(f"{name} {r['steps'][name]['tokenization_sequences_per_second']:.0f} "
+                          f"({r['steps'][name]['tokenization_sequences_per_second'] / baseline:.2f}x)"
+                          for name in TRAIN_STEPS)
         print(f"K={r['times']}: tokenization sequences/s: {rates}; step 2 wrote {r['steps']['step2']['part_files']} "
               f"part files; persons/s: " + ", ".join(f"{name} {r['persons'] / r['steps'][name]['seconds']:.0f}"
                                                     for name in STEPS))

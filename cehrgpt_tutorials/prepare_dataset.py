@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import sys
 import time
-import uuid
+
+from cehrgpt_tutorials.common import atomic_directory
 
 RUNNER_MODULE = "cehrgpt.runners.hf_cehrgpt_pretrain_runner"
 # Columns datasets writes with a smaller integer type when it infers them itself (datasets'
@@ -275,16 +275,8 @@ def prepare(words: list[str]) -> str:
 
     # Saved beside its final place and renamed when complete: a half-written folder there would
     # make the runner fail to load it instead of tokenizing again.
-    prepared.parent.mkdir(parents=True, exist_ok=True)
-    temporary = prepared.parent / f".{prepared.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(prepared) as temporary:
         dataset.save_to_disk(str(temporary))
-        if prepared.exists():
-            prepared.rmdir()  # empty (checked above); a folder with files in it stops here instead
-        os.replace(temporary, prepared)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     dataset.cleanup_cache_files()
     sequences = sum(len(split) for split in dataset.values())
     seconds = time.monotonic() - started

@@ -7,6 +7,7 @@ compares the whole tokenized dataset and tokenizer with what the runner writes w
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -84,6 +85,21 @@ def test_a_command_without_the_runner_is_one_error_line():
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: --runner-command must contain '-m {RUNNER_MODULE}' followed by its arguments"
+
+
+def test_a_streaming_run_is_left_to_the_runner_and_nothing_is_written(tmp_path):
+    (tmp_path / "sequences").mkdir()
+    model_dir = tmp_path / "model"
+    result = subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.prepare_dataset", "--runner-command",
+                             "python", "-m", RUNNER_MODULE, "--model_name_or_path", model_dir,
+                             "--tokenizer_name_or_path", model_dir, "--output_dir", model_dir,
+                             "--data_folder", tmp_path / "sequences", "--dataset_prepared_path",
+                             model_dir / "dataset_prepared", "--streaming", "true"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "USE_TF": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "prepare_dataset: the runner tokenizes itself (--streaming is not done here)" in result.stdout
+    assert not model_dir.exists() or not any(model_dir.iterdir())
 
 
 @pytest.mark.slow
