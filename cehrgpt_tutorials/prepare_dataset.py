@@ -210,11 +210,26 @@ class ArrowBatchMapping:
 # The runner's steps up to its saved, tokenized dataset.
 # ---------------------------------------------------------------------------------------------
 
+# Options that set up distributed training: this one process is not part of torchrun's group, and
+# the Trainer's arguments would try to join it (--ddp_backend gloo: "Default process group has not
+# been initialized"). Tokenizing does not depend on them.
+DISTRIBUTED_OPTIONS = ("--ddp_backend", "--local_rank", "--local-rank")
+
+
 def runner_arguments(argv: list[str]) -> list[str]:
-    """The words after the runner's module name in a full runner command."""
+    """The words after the runner's module name in a full runner command, less DISTRIBUTED_OPTIONS."""
     if RUNNER_MODULE not in argv:
         raise SystemExit(f"error: --runner-command must contain '-m {RUNNER_MODULE}' followed by its arguments")
-    return argv[argv.index(RUNNER_MODULE) + 1:]
+    words, kept = argv[argv.index(RUNNER_MODULE) + 1:], []
+    skip_value = False
+    for word in words:
+        if skip_value:
+            skip_value = False
+        elif word in DISTRIBUTED_OPTIONS:
+            skip_value = True
+        elif not word.startswith(tuple(f"{option}=" for option in DISTRIBUTED_OPTIONS)):
+            kept.append(word)
+    return kept
 
 
 def unsupported(cehrgpt_args, data_args) -> str | None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from conftest import REPO_ROOT, output_of, run_sh
 
-from cehrgpt_tutorials.prepare_dataset import RUNNER_MODULE, _list_array, arrow_columns
+from cehrgpt_tutorials.prepare_dataset import RUNNER_MODULE, _list_array, arrow_columns, runner_arguments
 
 
 def datasets_conversion(values: list, name: str, input_features):
@@ -85,6 +85,12 @@ def test_a_command_without_the_runner_is_one_error_line():
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: --runner-command must contain '-m {RUNNER_MODULE}' followed by its arguments"
+
+
+def test_the_runner_words_are_taken_after_its_module_less_the_distributed_options():
+    command = ["python", "-u", "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", RUNNER_MODULE,
+               "--data_folder", "x", "--ddp_backend", "gloo", "--local_rank=1", "--use_cpu", "true"]
+    assert runner_arguments(command) == ["--data_folder", "x", "--use_cpu", "true"]
 
 
 def test_a_streaming_run_is_left_to_the_runner_and_nothing_is_written(tmp_path):
