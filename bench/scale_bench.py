@@ -10,14 +10,16 @@ export only, the PostgreSQL server's processes; sampled every 0.2 s) and the siz
   step2     create_cehrgpt_pretraining_data.sh (both Spark apps)
   cleanup   cleanup_tokens.py
   train_runner_w1  train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1
-                   --runner-tokenization: the runner tokenizes by itself with one worker, as before
+                   --tokenization runner: the runner tokenizes by itself with one worker, as before
                    issue 15 (the baseline of its tokenization goal)
   train_runner     the same with the script's default workers (one per core)
-  train_w1         train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1: the
-                   sequences tokenized first by cehrgpt_tutorials/prepare_dataset.py
-  train            the same with the script's default workers: what a learner runs
+  train_prepare_w1 the same as train_runner_w1 with --tokenization prepare: the sequences tokenized
+                   first by cehrgpt_tutorials/prepare_dataset.py
+  train_prepare    the same with the script's default workers (what a learner's run does from 16 MB
+                   of sequences on: the script's --tokenization auto)
   inspect          inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
-For training it also reports the tokenization rate: sequences / (wall - the Trainer's train_runtime),
+For training it also reports the tokenization rate: training sequences (train/) / (wall - the
+Trainer's train_runtime),
 i.e. everything before the first training step (imports, loading, the tokenizer, the tokenization,
 loading it back), and each training variant's rate against train_runner_w1's.
 Before each step it times a fixed pure-Python loop (the speed probe): a shared or throttled machine
@@ -59,11 +61,13 @@ VOCABULARY_TABLES = ["concept", "concept_ancestor", "concept_relationship"]
 PERSON_TABLES = ["person", "visit_occurrence", "condition_occurrence", "procedure_occurrence", "drug_exposure",
                  "measurement", "death", "observation_period"]
 SHARED_IDS = {"provider_id", "care_site_id", "location_id"}  # the same providers serve every copy
-STEPS = ["export", "step2", "cleanup", "train_runner_w1", "train_runner", "train_w1", "train", "inspect"]
+STEPS = ["export", "step2", "cleanup", "train_runner_w1", "train_runner", "train_prepare_w1", "train_prepare",
+         "inspect"]
 TRAIN_STEPS = [name for name in STEPS if name.startswith("train")]
-TRAIN_ARGUMENTS = {"train_runner_w1": ["--runner-tokenization", "--preprocessing_num_workers", 1],
-                   "train_runner": ["--runner-tokenization"], "train_w1": ["--preprocessing_num_workers", 1],
-                   "train": []}
+TRAIN_ARGUMENTS = {"train_runner_w1": ["--tokenization", "runner", "--preprocessing_num_workers", 1],
+                   "train_runner": ["--tokenization", "runner"],
+                   "train_prepare_w1": ["--tokenization", "prepare", "--preprocessing_num_workers", 1],
+                   "train_prepare": ["--tokenization", "prepare"]}
 
 
 def build_replicated_cdm(uri: str, times: int) -> dict[str, int]:
@@ -179,7 +183,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
             (synthetic_run).mkdir(parents=True)
             (synthetic_run / "generated_sequences").symlink_to(sequences_dir, target_is_directory=True)
         command, output = commands[name]
-        print(f"  K={times:<4} {name:<15}", end=" ", flush=True)
+        print(f"  K={times:<4} {name:<16}", end=" ", flush=True)
         probe = speed_probe()
         # Each training starts from a cold `datasets` cache, as a learner's first run does (the
         # Parquet files converted to Arrow once would otherwise serve every training after the first).
@@ -188,7 +192,8 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
         step["speed_probe_seconds"] = probe
         step["output_bytes"] = folder_bytes(output)
         if name.startswith("train"):
-            sequences = pq.ParquetDataset(sequences_dir).read(columns=["person_id"]).num_rows
+            training = sequences_dir / "train" if (sequences_dir / "train").is_dir() else sequences_dir
+            sequences = pq.ParquetDataset(training).read(columns=["person_id"]).num_rows
             tokenizing = max(step["seconds"] - train_runtime(step["text"]), 1e-9)
             step["sequences"] = sequences
             step["tokenization_sequences_per_second"] = sequences / tokenizing
@@ -204,7 +209,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
 
 
 def print_summary(all_results: list[dict]) -> None:
-    print("\nstep             " + "".join(f"{'K=' + str(r['times']) + ' (' + str(r['persons']) + ' persons)':>34}"
+    print("\nstep              " + "".join(f"{'K=' + str(r['times']) + ' (' + str(r['persons']) + ' persons)':>34}"
                                     for r in all_results) + "   growth exponents (time)")
     for name in STEPS:
         cells = "".join(f"{r['steps'][name]['seconds']:>14.1f} s {r['steps'][name]['peak_bytes'] / 2**20:>8.0f} MB"
@@ -213,7 +218,7 @@ def print_summary(all_results: list[dict]) -> None:
         for low, high in zip(all_results, all_results[1:], strict=False):
             ratio = math.log(high["steps"][name]["seconds"] / low["steps"][name]["seconds"])
             exponents.append(f"{ratio / math.log(high['times'] / low['times']):.2f}")
-        print(f"{name:<15}{cells}   {' '.join(exponents)}")
+        print(f"{name:<16}{cells}   {' '.join(exponents)}")
     for r in all_results:
         baseline = r["steps"]["train_runner_w1"]["tokenization_sequences_per_second"]
         rates = ", ".join(f"{name} {r['steps'][name]['tokenization_sequences_per_second']:.0f} "

@@ -109,26 +109,25 @@ def test_a_streaming_run_is_left_to_the_runner_and_nothing_is_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_runner_loads_a_dataset_equal_to_its_own_tokenization(tiny_model, demo_patient_sequence, pipeline_env,
-                                                                  tmp_path):
+def test_the_runner_loads_a_dataset_equal_to_its_own_tokenization(demo_patient_sequence, pipeline_env, tmp_path):
     from datasets import load_from_disk
 
-    assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
-    assert "prepare_dataset: tokenized" in tiny_model["result"].stdout, output_of(tiny_model["result"])
-    ours_dir = tiny_model["model_dir"]
-    # The runner tokenizing by itself, as cehrgpt does, into another model folder.
-    theirs_dir = tmp_path / "model"
-    result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", demo_patient_sequence,
-                                         "--model-dir", theirs_dir, "--max_steps", 1, "--runner-tokenization"],
-                    pipeline_env)
-    assert result.returncode == 0, output_of(result)
-    assert "prepare_dataset" not in result.stdout
+    runs = {}
+    for tokenization in ("prepare", "runner"):
+        model_dir = tmp_path / tokenization
+        result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", demo_patient_sequence,
+                                             "--model-dir", model_dir, "--max_steps", 1,
+                                             "--tokenization", tokenization], pipeline_env)
+        assert result.returncode == 0, output_of(result)
+        runs[tokenization] = (model_dir, result.stdout)
+    (ours_dir, ours_output), (theirs_dir, theirs_output) = runs["prepare"], runs["runner"]
+    assert "prepare_dataset: tokenized" in ours_output and "prepare_dataset" not in theirs_output
 
     # One tokenized dataset in ours: the runner loaded the one prepare_dataset wrote, under the same name.
     ours = list((ours_dir / "dataset_prepared").iterdir())
     theirs = list((theirs_dir / "dataset_prepared").iterdir())
     assert len(ours) == 1 and len(theirs) == 1, (ours, theirs)
-    assert str(ours[0].resolve()) in tiny_model["result"].stdout
+    assert str(ours[0].resolve()) in ours_output
     ours, theirs = load_from_disk(str(ours[0])), load_from_disk(str(theirs[0]))
     assert set(ours) == set(theirs) == {"train", "validation"}
     for split in ours:
@@ -144,3 +143,28 @@ def test_the_runner_loads_a_dataset_equal_to_its_own_tokenization(tiny_model, de
     for name in tokenizer_files:  # as objects: some are dicts written in set order, which varies per process
         load = json.loads if name.endswith(".json") else pickle.loads
         assert load((ours_dir / name).read_bytes()) == load((theirs_dir / name).read_bytes()), name
+
+
+def sparse_sequence_folder(folder, megabytes: int):
+    """A folder with one sparse 'part-0.parquet' of `megabytes` MB: its size is all the choice reads."""
+    folder.mkdir(parents=True)
+    with open(folder / "part-0.parquet", "wb") as handle:
+        handle.truncate(megabytes * 2**20)
+    return folder
+
+
+def test_auto_tokenization_prepares_from_sixteen_megabytes_of_sequences(pipeline_env, tmp_path):
+    """The second Python start costs ~4 s; the demo's 0.6 MB of sequences gain nothing, 100x's 79 MB 2 minutes."""
+    for megabytes, chosen in ((12, "tokenizing: the runner's own (12 MB of sequences"),
+                              (18, "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it (18 MB")):
+        sequences = sparse_sequence_folder(tmp_path / f"sequences{megabytes}", megabytes)
+        result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", sequences,
+                                             "--model-dir", tmp_path / f"model{megabytes}"], pipeline_env, timeout=300)
+        assert result.returncode != 0  # the files are not Parquet: the choice is all this checks
+        assert chosen in result.stdout, output_of(result)
+
+
+def test_an_unknown_tokenization_is_one_error_line(pipeline_env, tmp_path):
+    result = run_sh("train_cehrgpt.sh", ["--tokenization", "fast", "--data-folder", tmp_path], pipeline_env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --tokenization must be auto, prepare or runner, got 'fast'"

@@ -33,13 +33,16 @@ MODEL_DIR="${CEHR_GPT_MODEL_DIR:-omop_synthea/cehrgpt_model}"
 FRESH=0
 NPROC=1
 PRINT_ARGS=0
-RUNNER_TOKENIZATION=0
+TOKENIZATION=auto
+# prepare_dataset.py (see below) starts a second Python with torch, ~4 s on 2 cores, and saves
+# ~1 ms per sequence: it pays from about 10,000 sequences. At about 1 KB of Parquet per sequence:
+PREPARE_MIN_MB=16
 STAMP_NAME=training_inputs.txt
 
 usage() {
     cat <<EOF
 Usage: $0 [--profile demo|seed|tiny] [--data-folder DIR] [--model-dir DIR] [--fresh] [--nproc N]
-          [--runner-tokenization] [RUNNER_ARGS...]
+          [--tokenization auto|prepare|runner] [RUNNER_ARGS...]
 
 Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints the exact command.
 
@@ -54,9 +57,10 @@ Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints th
                       (only a folder this script made; it is never deleted)
   --nproc N           N training processes under torchrun (default 1): one per GPU for several
                       GPUs (NCCL), or N CPU processes (gloo); per-device batch sizes are per process
-  --runner-tokenization
-                      let the runner tokenize the sequences itself, as cehrgpt does, instead of
-                      cehrgpt_tutorials/prepare_dataset.py first (same result, 2-3x slower per worker)
+  --tokenization MODE  who tokenizes the sequences before the first step (the same dataset either way):
+                      prepare: cehrgpt_tutorials/prepare_dataset.py, before the runner (3x faster
+                               per worker); runner: the runner itself, as cehrgpt ships it;
+                      auto (default): prepare from $PREPARE_MIN_MB MB of training Parquet, else runner
   --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
   RUNNER_ARGS         anything else goes to the runner after the profile's arguments, so it wins,
                       e.g. --num_train_epochs 20 --learning_rate 5e-4 (see the runner's --help)
@@ -82,13 +86,18 @@ while [ $# -gt 0 ]; do
         --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; NPROC="$2"; shift 2 ;;
         --nproc=*) NPROC="${1#*=}"; shift ;;
         --print-args) PRINT_ARGS=1; shift ;;
-        --runner-tokenization) RUNNER_TOKENIZATION=1; shift ;;
+        --tokenization) [ $# -ge 2 ] || die "--tokenization needs a value (auto, prepare or runner)"; TOKENIZATION="$2"; shift 2 ;;
+        --tokenization=*) TOKENIZATION="${1#*=}"; shift ;;
         *) append_word "$1"; shift ;;
     esac
 done
 
 case "$NPROC" in
     ''|*[!0-9]*|0) die "--nproc must be a positive whole number, got '$NPROC'" ;;
+esac
+case "$TOKENIZATION" in
+    auto|prepare|runner) ;;
+    *) die "--tokenization must be auto, prepare or runner, got '$TOKENIZATION'" ;;
 esac
 
 # --- Profiles: model size and optimisation. Why these values: bench/RESULTS.md. -----------------
@@ -314,14 +323,25 @@ echo "model: $MODEL_DIR"
 echo "\$ $(print_command "$@")"
 started=$(date +%s)
 # The runner's first job on a large CDM is tokenizing every sequence. prepare_dataset.py does it
-# first with the runner's own functions and the package's own mapping, handing `datasets` whole
-# Arrow columns instead of one numpy array per patient (same dataset, several times faster); the
-# runner then finds it where it looks for a tokenized dataset and loads it.
-if [ "$RUNNER_TOKENIZATION" = 0 ]; then
+# first with the runner's own functions and the package's own mapping, calling them the way a large
+# CDM needs (same dataset, 3x faster per worker); the runner then finds it where it looks for a
+# tokenized dataset and loads it. On small data the second Python start costs more than it saves.
+if [ "$TOKENIZATION" = auto ]; then
+    data_mb=$(find -L "$DATA_FOLDER" -maxdepth 1 -type f -name '*.parquet' -exec ls -lnL {} + |
+        awk '{bytes += $5} END {print int(bytes / 1048576)}')
+    if [ "${data_mb:-0}" -ge "$PREPARE_MIN_MB" ]; then TOKENIZATION=prepare; else TOKENIZATION=runner; fi
+    tokenization_note="${data_mb:-0} MB of sequences; prepare_dataset.py from $PREPARE_MIN_MB MB"
+else
+    tokenization_note="--tokenization $TOKENIZATION"
+fi
+if [ "$TOKENIZATION" = prepare ]; then
+    echo "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it ($tokenization_note)"
     TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
     PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.prepare_dataset \
         --runner-command "$@" ||
-        die "tokenizing the sequences failed after $(( $(date +%s) - started ))s (the messages above say why; --runner-tokenization leaves it to the runner)"
+        die "tokenizing the sequences failed after $(( $(date +%s) - started ))s (the messages above say why; --tokenization runner leaves it to the runner)"
+else
+    echo "tokenizing: the runner's own ($tokenization_note)"
 fi
 "$@"
 status=$?
