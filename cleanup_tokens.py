@@ -48,13 +48,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from tqdm import tqdm
+# Run as a script: Arrow's buffers from the C library's allocator. The cleaning threads free each
+# batch before reading the next; pyarrow's default allocator (mimalloc in pyarrow 25) keeps freed
+# pages per thread, the C library's gives them back: on 8 crafted 63 MB files with 2 jobs, peak RSS
+# 443-464 MB against 337-340 MB in the same time (bench/RESULTS.md, issue 15). Arrow reads the
+# variable once, when pyarrow is imported; one you set yourself wins.
+if __name__ == "__main__":
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from cehrgpt_tutorials.common import (
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cehrgpt_tutorials.common import (  # noqa: E402
     SEQUENCE_TOKEN_COLUMN,
     PipelineError,
     atomic_file,
