@@ -86,7 +86,8 @@ NULL_FILLS = {"ages": "neighbours"}
 # A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
 # cleaned, whatever the size of the file or its row groups. On step 2's output at 100x the demo
 # (4 files of 36 MB, one row group each; 2 at a time), peak RSS 423 MB with 128k tokens, 369 MB with
-# 64k (the goal is 400), for 7% more time (bench/RESULTS.md, issue 15).
+# 64k (the goal is 400), for 7% more time; 251-256 MB with the C library's allocator (see the
+# imports) (bench/RESULTS.md, issue 15).
 TOKENS_PER_BATCH = 64 * 1024
 READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
