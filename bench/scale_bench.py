@@ -19,9 +19,8 @@ export only, the PostgreSQL server's processes; sampled every 0.2 s) and the siz
                    of sequences on: the script's --tokenization auto)
   inspect          inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
 For training it also reports the tokenization rate: training sequences (train/) / (wall - the
-Trainer's train_runtime),
-i.e. everything before the first training step (imports, loading, the tokenizer, the tokenization,
-loading it back), and each training variant's rate against train_runner_w1's.
+Trainer's train_runtime), i.e. over everything before the first training step (imports, loading,
+the tokenizer, the tokenization, loading it back), and each variant's rate against train_runner_w1's.
 Before each step it times a fixed pure-Python loop (the speed probe): a shared or throttled machine
 can run at half speed for minutes (measured: the same 10x tokenization at 500 and at 243 sequences/s
 half an hour apart), so read times beside their probe, and the exponents as such.
@@ -187,7 +186,8 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
         probe = speed_probe()
         # Each training starts from a cold `datasets` cache, as a learner's first run does (the
         # Parquet files converted to Arrow once would otherwise serve every training after the first).
-        step_environment = dict(environment, HF_DATASETS_CACHE=str(folder / f"hf_cache_{name}"))
+        step_environment = (dict(environment, HF_DATASETS_CACHE=str(folder / f"hf_cache_{name}"))
+                            if name in TRAIN_STEPS else environment)
         step = run_step(command, step_environment, logs / f"{name}.log", pgdata if name == "export" else None)
         step["speed_probe_seconds"] = probe
         step["output_bytes"] = folder_bytes(output)

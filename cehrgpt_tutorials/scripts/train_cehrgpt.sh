@@ -36,8 +36,9 @@ FRESH=0
 NPROC=1
 PRINT_ARGS=0
 TOKENIZATION=auto
-# prepare_dataset.py (see below) starts a second Python with torch, ~4 s on 2 cores, and saves
-# ~1 ms per sequence: it pays from about 10,000 sequences. At about 1 KB of Parquet per sequence:
+# prepare_dataset.py (see below) starts a second Python with torch (~3 s on 2 cores). Before the
+# first step, 2 workers: the demo (0.6 MB of training Parquet) 11.4 s against the runner's 7.9 s,
+# 10x (7.8 MB) 16.4 against 16.0 s, 100x (79 MB) 64 against 107 s (bench/RESULTS.md, issue 15).
 PREPARE_MIN_MB=16
 STAMP_NAME=training_inputs.txt
 
