@@ -191,7 +191,7 @@ def run_scale(times: int, uri: str, pgdata: str, work: Path, environment: dict) 
         step = run_step(command, step_environment, logs / f"{name}.log", pgdata if name == "export" else None)
         step["speed_probe_seconds"] = probe
         step["output_bytes"] = folder_bytes(output)
-        if name.startswith("train"):
+        if name in TRAIN_STEPS:
             training = sequences_dir / "train" if (sequences_dir / "train").is_dir() else sequences_dir
             sequences = pq.ParquetDataset(training).read(columns=["person_id"]).num_rows
             tokenizing = max(step["seconds"] - train_runtime(step["text"]), 1e-9)

@@ -201,14 +201,16 @@ class ArrowBatchMapping:
         self.input_features = input_features
 
     def __call__(self, batch):
+        import pyarrow as pa
         from datasets.formatting.formatting import LazyBatch
 
         if not isinstance(batch, LazyBatch):
             raise TypeError(f"expected datasets' LazyBatch (an unformatted dataset), got {type(batch).__name__}")
-        import pyarrow as pa
-
-        columns = {name: batch.pa_table.column(name).combine_chunks() for name in batch.pa_table.column_names}
-        columns.update(arrow_columns(self.mapping.batch_transform(batch), self.input_features))
+        converted = arrow_columns(self.mapping.batch_transform(batch), self.input_features)
+        # Input columns the mapping did not return are kept as they came in (only those are read here).
+        columns = {name: converted.pop(name) if name in converted else batch.pa_table.column(name).combine_chunks()
+                   for name in batch.pa_table.column_names}
+        columns.update(converted)
         return pa.Table.from_arrays(list(columns.values()), names=list(columns))
 
 

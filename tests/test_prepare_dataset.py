@@ -154,7 +154,8 @@ def sparse_sequence_folder(folder, megabytes: int):
 
 
 def test_auto_tokenization_prepares_from_sixteen_megabytes_of_sequences(pipeline_env, tmp_path):
-    """The second Python start costs ~4 s; the demo's 0.6 MB of sequences gain nothing, 100x's 79 MB 2 minutes."""
+    """The second Python start costs ~3 s: on the demo's 0.6 MB of sequences it was slower, at 10x (7.8 MB)
+    even, at 100x (79 MB) 64 s against the runner's 107 s before the first step (2 workers)."""
     for megabytes, chosen in ((12, "tokenizing: the runner's own (12 MB of sequences"),
                               (18, "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it (18 MB")):
         sequences = sparse_sequence_folder(tmp_path / f"sequences{megabytes}", megabytes)
