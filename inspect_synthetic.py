@@ -39,7 +39,7 @@ from cehrgpt_tutorials.common import (
     synthetic_data_output_dir,
 )
 from cehrgpt_tutorials.inspect.evaluate import ReportOptions, inspect_run
-from cehrgpt_tutorials.inspect.inputs import find_runs, load_real, read_concepts
+from cehrgpt_tutorials.inspect.inputs import find_runs, load_real, visit_concept_ids
 from cehrgpt_tutorials.inspect.privacy import NN_SAMPLE_SIZE, PRIVACY_SAMPLE_SIZE
 from cehrgpt_tutorials.inspect.report import METRICS, percent
 from cehrgpt_tutorials.inspect.sequences import sequences_from_lists  # noqa: F401
@@ -163,10 +163,7 @@ def main(argv=None) -> int:
                     f"no run named {arguments.run} in {arguments.synthetic_dir} (runs: {', '.join(r.name for r in runs)})"
                 )
             runs = named
-        visit_concepts = read_concepts(arguments.concept_dir, domain="Visit") if arguments.concept_dir else {}
-        vocabulary = Vocabulary(
-            frozenset(concept for concept, (_, domain) in visit_concepts.items() if domain == "Visit")
-        )
+        vocabulary = Vocabulary(visit_concept_ids(arguments.concept_dir))
         real = load_real(arguments.real_dir, vocabulary, arguments.nn_sample, arguments.seed)
         print(
             f"Real sequences: {real.description}; {percent(float(real.train_facts.valid.mean()))} structurally valid"

@@ -165,15 +165,6 @@ class ModelWithLogitsProcessor:
         return self.model.generate(**kwargs, logits_processor=LogitsProcessorList([processor]))
 
 
-def visit_concepts(concept_dir: Path | None) -> frozenset[str]:
-    from cehrgpt_tutorials.inspect.inputs import read_concepts
-
-    if concept_dir is None:
-        return frozenset()
-    return frozenset(concept for concept, (_, domain) in read_concepts(concept_dir, domain="Visit").items()
-                     if domain == "Visit")
-
-
 def create_arg_parser():
     from cehrgpt.generation.generate_batch_hf_gpt_sequence import create_arg_parser as cehrgpt_parser
 
@@ -221,7 +212,9 @@ def run(args) -> Path:
     generator = model
     if args.sampler == "constrained":
         folder_name += "_constrained"
-        grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concepts(args.concept_dir))
+        from cehrgpt_tutorials.inspect.inputs import visit_concept_ids
+
+        grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concept_ids(args.concept_dir))
         start_id = tokenizer.get_vocab().get(START_TOKEN)
         generator = ModelWithLogitsProcessor(
             model, lambda max_length: GrammarLogitsProcessor(grammar, class_of_token, start_id, max_length)

@@ -64,7 +64,8 @@ VALIDITY_RULES = {
     "patient_died_discharge_misplaced": "the 'Patient died' discharge (4216643) anywhere but last in an inpatient "
     "visit, right before its [VE] (cehrgpt's converter skips the patient)",
     "not_ending_with_visit_end": "the last token is not [VE]",
-    "malformed_time_token": "a time token cehrgpt's own parser rejects (e.g. i-D-3)",
+    "malformed_time_token": "a time token cehrgpt's own parser rejects (e.g. i-D-3) or its OMOP converter "
+    "cannot date (D2000, W4, Y1 or VS-D7-VE between visits, i-W2 in a visit)",
     "demographic_token_after_prompt": "a year:/age: token, [START] or a token of no known kind after the "
     "demographic prompt (real sequences have none; cehrgpt's converter cannot read them and skips the patient)",
 }

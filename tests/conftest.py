@@ -19,6 +19,23 @@ TINY_STEPS = 8  # the tiny_model fixture's training steps
 sys.path.insert(0, str(REPO_ROOT))
 
 
+FOLDER_VARIABLES = ("OMOP_DIR", "CEHR_GPT_DATA_DIR", "CEHR_GPT_MODEL_DIR", "SYNTHETIC_DATA_OUTPUT_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_demo_outputs(tmp_path_factory):
+    """The tests never see the outputs of your own `make demo`: in this process, the tutorial's folder
+    variables point into an empty temporary folder (`make test` sources setup_env.sh, whose defaults are
+    omop_synthea/, and code that falls back to them, e.g. the generator's default concept table, would
+    read that demo's files). A test that needs data makes it."""
+    empty = tmp_path_factory.mktemp("no_demo_outputs")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in FOLDER_VARIABLES:
+            patch.setenv(name, str(empty / name.lower()))
+        patch.delenv("CEHRGPT_PGDATA", raising=False)  # the embedded server defaults to OMOP_DIR/pgdata
+        yield
+
+
 def source_setup_env(extra_env: dict[str, str] | None = None, shell: str = "bash") -> dict[str, str]:
     """The environment after `source setup_env.sh` in a fresh shell started with os.environ + extra_env."""
     base = dict(os.environ)

@@ -1,9 +1,11 @@
-"""Issue 19: the sequence grammar (cehrgpt_tutorials/grammar.py) and the constrained sampler.
+"""The sequence grammar (cehrgpt_tutorials/grammar.py) and the constrained sampler.
 
 The report's rules and the sampler's mask are one table: these tests check that the table says what
-the report's rules say, that the logits processor never lets a token through that the table forbids
-(random logits, planted logits that push hard toward breaking the grammar), and that
-`generate.py --sampler raw` is cehrgpt's own generator, token for token, for the same seed.
+the report's rules say; that whatever the logits processor lets through, for any logits (seeded random
+ones, and ones pushing hard toward breaking the grammar), over the demo's vocabulary and over crafted
+ones with every kind of token, up to the context limit, breaks no rule and is converted by cehrgpt's own
+OMOP converter; and that `generate.py --sampler raw` is cehrgpt's own generator, token for token, for
+the same seed.
 """
 
 from __future__ import annotations
@@ -116,6 +118,119 @@ def test_whatever_the_processor_lets_through_cehrgpts_converter_can_convert():
     assert skip_reason(BROKEN["demographic_token_after_prompt"], domains) is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# The guarantee: whatever the processor lets through is valid and converts, for any logits.
+# ---------------------------------------------------------------------------------------------
+
+# Crafted concept table: every kind of token the rules and cehrgpt's converter tell apart. Visit types
+# (four inpatient ones), the converter's discharge concepts, a Visit-domain concept it also takes as a
+# discharge (8536 Home), concept 0 (what Visit/0 names), and concepts of the clinical domains.
+CRAFTED_DOMAINS = {
+    **{visit: "Visit" for visit in ("9201", "262", "8971", "8920", "9202", "9203", "581477", "8536")},
+    **{discharge: "Observation" for discharge in ("4216643", "4021968", "4146681", "4161979")},
+    "0": "Metadata", "201826": "Condition", "4329847": "Condition", "1125315": "Drug", "4163872": "Procedure",
+    "8507": "Gender", "8532": "Gender", "8527": "Race", "8516": "Race",
+}  # fmt: skip
+# Time tokens the converter dates, and ones cehrgpt parses but its converter cannot date or parse.
+CRAFTED_TIME_TOKENS = ["D0", "D1", "D30", "D1999", "W3", "M11", "LT", "i-D0", "i-D2", "i-H3", "i-H20",
+                       "D2000", "D007", "W4", "M12", "Y1", "VS-D7-VE", "i-W2", "i-D-3", "i-Hx"]
+CRAFTED_SPECIAL_TOKENS = ["[VS]", "[VE]", "[DEATH]", "[START]", "[END]", "[PAD]", "[OOV]", "Visit/0",
+                          "Discharge/0", "Gender/0", "Race/0", "year:2000", "age:30", "age:200"]
+CRAFTED_TOKENS = CRAFTED_SPECIAL_TOKENS + CRAFTED_TIME_TOKENS + sorted(CRAFTED_DOMAINS)
+
+
+def sample_through_processor(grammar, class_of_token, tokens: list[str], prompts: list[list[str]],
+                             batch: int, max_length: int, seed: int) -> list[list[str]]:
+    """`batch` sequences drawn from seeded random logits through the processor, each from a random
+    prompt, until [END] or max_length tokens; [END] and the tokens that must end a patient ([DEATH], the
+    'Patient died' discharge) are pushed down so most run to the context limit."""
+    start_id = tokens.index("[START]") if "[START]" in tokens else None
+    end_id, pad_id = tokens.index("[END]"), tokens.index("[PAD]")
+    processor = GrammarLogitsProcessor(grammar, class_of_token, start_id, max_length)
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    id_of = {token: index for index, token in enumerate(tokens)}
+    ending = [id_of[token] for token in ("[END]", "[DEATH]", "4216643") if token in id_of]
+    ids = torch.tensor([[id_of[token] for token in prompts[i]] for i in rng.integers(0, len(prompts), batch)])
+    finished = torch.zeros(batch, dtype=torch.bool)
+    while ids.shape[1] < max_length and not finished.all():
+        logits = rng.normal(0, 3, (batch, len(tokens))).astype(np.float32)
+        logits[:, ending] -= 6
+        scores = processor(ids, torch.from_numpy(logits))
+        drawn = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+        drawn = torch.where(finished, torch.tensor(pad_id), drawn)
+        finished |= drawn == end_id
+        ids = torch.cat([ids, drawn[:, None]], dim=1)
+    rows = [row[: row.index(end_id)] if end_id in row else row for row in ids.tolist()]
+    return [[tokens[i] for i in row] for row in rows]
+
+
+def converted_persons(sequences: list[list[str]], domains: dict[str, str], folder) -> set[int]:
+    """person_ids (1..N, one per sequence) that cehrgpt's own OMOP converter turns into a person."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from cehrgpt.generation.omop_converter_batch import gpt_to_omop_converter_batch
+
+    (folder / "omop").mkdir(parents=True)
+    source = folder / "sequences.parquet"
+    pq.write_table(pa.table({"concept_ids": pa.array(sequences, pa.list_(pa.string())),
+                             "person_id": pa.array(range(1, len(sequences) + 1), pa.int64())}), source)
+    gpt_to_omop_converter_batch(0, [str(source)], {int(concept): domain for concept, domain in domains.items()},
+                                str(folder / "omop"), len(sequences) + 1, True)
+    return set(ds.dataset(folder / "omop" / "person", format="parquet").to_table().column("person_id").to_pylist())
+
+
+def assert_valid_and_converted(sequences, vocabulary: Vocabulary, domains: dict[str, str], folder) -> None:
+    problems = analyse(sequences_from_lists(sequences, vocabulary), vocabulary).problems
+    assert not np.logical_or.reduce(list(problems.values())).any(), {
+        rule: int(flags.sum()) for rule, flags in problems.items() if flags.any()
+    }
+    skipped = set(range(1, len(sequences) + 1)) - converted_persons(sequences, domains, folder)
+    assert not skipped, [" ".join(sequences[person - 1]) for person in sorted(skipped)[:3]]
+
+
+@pytest.mark.parametrize("concept_table", [False, True], ids=["known-visit-ids", "visit-domain-from-concept-table"])
+def test_every_sequence_the_processor_lets_through_is_valid_and_converts(concept_table, tmp_path):
+    # Both sides see the same facts: with a concept table, its Visit-domain concepts (8536 Home too)
+    # are visit types and discharges for the sampler, the report and the converter alike.
+    visit_concepts = frozenset(c for c, d in CRAFTED_DOMAINS.items() if d == "Visit") if concept_table else frozenset()
+    grammar, class_of_token = grammar_for_tokens(CRAFTED_TOKENS, visit_concepts)
+    prompts = [["year:2000", "age:30", "8507", "8527"], ["year:2000", "age:30", "Gender/0", "Race/0"]]
+    sequences = sample_through_processor(grammar, class_of_token, CRAFTED_TOKENS, prompts,
+                                         batch=1500, max_length=200, seed=3 + concept_table)
+    lengths = [len(tokens) for tokens in sequences]
+    assert sum(length == 200 for length in lengths) > 1000, "the walks did not reach the context limit"
+    drawn = {token for tokens in sequences for token in tokens[4:]}
+    # The walks went everywhere the grammar allows, and nowhere it does not.
+    assert {"9201", "262", "8971", "8920", "4216643", "Discharge/0", "i-D2", "i-H3", "[DEATH]", "LT"} <= drawn
+    assert drawn.isdisjoint({"D2000", "D007", "W4", "M12", "Y1", "VS-D7-VE", "i-W2", "i-D-3", "i-Hx", "[OOV]",
+                             "year:2000", "age:30", "[START]", "[PAD]"})
+    assert_valid_and_converted(sequences, Vocabulary(visit_concepts), CRAFTED_DOMAINS, tmp_path / "converted")
+
+
+@pytest.mark.slow
+def test_over_the_demo_vocabulary_every_sequence_the_processor_lets_through_is_valid_and_converts(
+        tiny_model, demo_omop_parquet, demo_patient_sequence, tmp_path):
+    """The tokenizer and concept table the generator reads (the demo slice's), prompts from its sequences."""
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+    from cehrgpt_tutorials.generate import grammar_for_tokenizer
+    from cehrgpt_tutorials.inspect.inputs import read_concepts, visit_concept_ids
+
+    assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
+    tokenizer = CehrGptTokenizer.from_pretrained(tiny_model["model_dir"])
+    concept_dir = demo_omop_parquet / "concept"
+    visit_concepts = visit_concept_ids(concept_dir)
+    grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concepts)
+    tokens = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    assert len(tokens) == len(class_of_token)
+    prompts = [row[:4] for row in sequences_in(demo_patient_sequence / "train")[:200]]
+    sequences = sample_through_processor(grammar, class_of_token, tokens, prompts, batch=1000, max_length=512, seed=5)
+    assert sum(len(tokens) == 512 for tokens in sequences) > 500
+    domains = {concept: domain for concept, (_, domain) in read_concepts(concept_dir).items()}
+    assert_valid_and_converted(sequences, Vocabulary(visit_concepts), domains, tmp_path / "converted")
+
+
 def generator_args(model_dir, prompts, output, sampler: str) -> object:
     prompts = prompts / "train" if (prompts / "train").is_dir() else prompts
     return create_arg_parser().parse_args([
@@ -149,12 +264,19 @@ def test_raw_sampler_reproduces_cehrgpts_generator_for_the_same_seed(tiny_model,
 
 
 @pytest.mark.slow
-def test_constrained_samples_of_an_undertrained_model_are_all_valid(tiny_model, demo_patient_sequence, tmp_path):
+def test_constrained_samples_of_an_undertrained_model_are_all_valid(tiny_model, demo_omop_parquet,
+                                                                    demo_patient_sequence, tmp_path):
+    from cehrgpt_tutorials.inspect.inputs import visit_concept_ids
+
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
-    folder = run(generator_args(tiny_model["model_dir"], demo_patient_sequence, tmp_path, "constrained"))
+    concept_dir = demo_omop_parquet / "concept"  # the generator and the report read the same table
+    arguments = generator_args(tiny_model["model_dir"], demo_patient_sequence, tmp_path, "constrained")
+    arguments.concept_dir = concept_dir
+    folder = run(arguments)
     assert folder.parent.name == "top_p10000_constrained"
     sequences = sequences_in(folder)
-    problems = report_problems(sequences)
+    vocabulary = Vocabulary(visit_concept_ids(concept_dir))
+    problems = analyse(sequences_from_lists(sequences, vocabulary), vocabulary).problems
     assert not np.logical_or.reduce(list(problems.values())).any(), {
         rule: int(flags.sum()) for rule, flags in problems.items() if flags.any()
     }

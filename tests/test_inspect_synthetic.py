@@ -120,17 +120,23 @@ def test_time_token_before_the_first_visit_is_not_between_visits():
 
 def test_fast_time_token_verdicts_agree_with_cehrgpt():
     """The time-token forms classified without importing cehrgpt get the days cehrgpt's parser gives."""
+    from cehrgpt.generation.omop_converter_batch import ATT_TIME_TOKENS
     from cehrgpt.gpt_utils import extract_time_interval_in_days, is_att_token
 
-    tokens = ["D0", "D7", "D1079", "W3", "M11", "Y2", "LT", "i-D1", "i-D30", "D007"]
+    tokens = ["D0", "D7", "D1079", "D1999", "W3", "M11", "LT", "i-D1", "i-D30"]
+    # Parsed by cehrgpt, but not dated by its OMOP converter between visits (it skips the patient).
+    undated = ["D2000", "D007", "W4", "M12", "Y2", "VS-D7-VE", "i-W2"]
     vocabulary = Vocabulary()
-    codes = vocabulary.codes(tokens)
-    for token, kind, days in zip(
-        tokens, vocabulary.fact("kind")[codes], vocabulary.fact("number")[codes], strict=True
-    ):
+    codes = vocabulary.codes(tokens + undated)
+    kinds, numbers = vocabulary.fact("kind")[codes], vocabulary.fact("number")[codes]
+    for token, kind, days in zip(tokens + undated, kinds, numbers, strict=True):
         assert is_att_token(token)
-        assert kind in (token_kinds.TIME, token_kinds.INPATIENT_TIME)
-        assert days == extract_time_interval_in_days(token), token
+        assert (kind == token_kinds.TIME) == (token in ATT_TIME_TOKENS), token
+        if token in tokens:
+            assert kind in (token_kinds.TIME, token_kinds.INPATIENT_TIME)
+            assert days == extract_time_interval_in_days(token), token
+        else:
+            assert kind == token_kinds.MALFORMED_TIME, token
     for token in [
         "1001",
         "year:2011",

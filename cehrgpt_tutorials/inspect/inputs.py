@@ -53,6 +53,18 @@ def read_concepts(
     }
 
 
+def visit_concept_ids(concept_dir: Path | None) -> frozenset[str]:
+    """The Visit-domain concept ids of a concept table (none without one).
+
+    Both sides of "valid" read them from here: the constrained sampler (generate.py) and the report
+    (inspect_synthetic.py). cehrgpt's converter takes any Visit-domain concept before an inpatient
+    [VE] as its discharge, so the grammar counts them as visit types and discharges; two sides that
+    read different concept tables would disagree on which inpatient visits are discharged.
+    """
+    return frozenset(concept for concept, (_, domain) in read_concepts(concept_dir, domain="Visit").items()
+                     if domain == "Visit")
+
+
 CONVERTED_TABLES = (
     "person",
     "visit_occurrence",

@@ -39,6 +39,10 @@ PLACEHOLDER_KINDS = {
 # Between-visit D/W/M/Y<n> and LT, inpatient i-D<n>: days as cehrgpt.gpt_utils counts them.
 SIMPLE_TIME_PATTERN = re.compile(r"(?:i-(?=D))?([DWMY])(\d+)|LT")
 DAYS_PER_UNIT = {"D": 1, "W": 7, "M": 30, "Y": 365}
+# The between-visit time tokens cehrgpt's OMOP converter can date: its ATT_TIME_TOKENS
+# (gpt_utils.generate_artificial_time_tokens: D0-D1999, W0-W3, M0-M11 and LT; a test compares). Any
+# other time token between visits (D2000, W4, Y1, VS-D7-VE, ...) makes it skip the patient.
+CONVERTER_TIME_TOKEN_LIMITS = {"D": 2000, "W": 4, "M": 12}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,13 +108,21 @@ class Vocabulary:
             number = 0.0
         elif match := SIMPLE_TIME_PATTERN.fullmatch(token):
             # The forms cehrbert_data writes, decided without importing cehrgpt (and torch, ~3 s);
-            # tests/test_inspect_synthetic.py checks these verdicts against cehrgpt's parser.
-            kind = INPATIENT_TIME if token.startswith("i-") else TIME
+            # tests/test_inspect_synthetic.py checks these verdicts against cehrgpt's parser and converter.
             number = 1095.0 if token == "LT" else float(int(match.group(2)) * DAYS_PER_UNIT[match.group(1)])
+            if token.startswith("i-"):
+                kind = INPATIENT_TIME
+            elif token == "LT" or (str(int(match.group(2))) == match.group(2)  # the converter's list: D7, not D007
+                                   and int(match.group(2)) < CONVERTER_TIME_TOKEN_LIMITS.get(match.group(1), 0)):
+                kind = TIME
+            else:
+                kind = MALFORMED_TIME  # the parser reads it, the converter cannot date it
         elif time_token_problem(token) is not None:  # any other shape: cehrgpt's own parser decides
             kind = MALFORMED_TIME
         elif _is_time_token(token):
-            kind = INPATIENT_TIME if token.startswith("i-") else TIME
+            # Other shapes cehrgpt's parser reads (VS-D7-VE, i-W2, ETHOS buckets): the converter dates
+            # none of them between visits, and inside inpatient visits only its own i-D form.
+            kind = INPATIENT_TIME if token.startswith("i-") and _converter_dates_inpatient(token) else MALFORMED_TIME
             number = float(_days_of_time_token(token))
         is_concept = kind == CONCEPT
         return (
@@ -136,3 +148,8 @@ def _days_of_time_token(token: str) -> float:
 
     return extract_time_interval_in_days(token)
 
+
+def _converter_dates_inpatient(token: str) -> bool:
+    from cehrgpt.gpt_utils import is_inpatient_att_token
+
+    return is_inpatient_att_token(token)

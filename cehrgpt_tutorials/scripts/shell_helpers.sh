@@ -10,6 +10,9 @@
 #                         later restores every word as it was (spaces, globs, empty strings)
 #   physical_dir DIR      DIR as an absolute path without symlinks, or an error line and status 1:
 #                         X=$(physical_dir "$X") || exit 1   (never an empty X on failure)
+#   hold_lock FD OUTPUT WHAT  the exclusive lock on OUTPUT (cehrgpt_tutorials/locks.py) on descriptor FD
+#                         (8 or 9) for the rest of the script and every program it starts; when another
+#                         run holds it, one line naming that run and exit 1. Needs PYTHON_BIN.
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -43,4 +46,13 @@ physical_dir() {
         return 1
     }
     printf '%s\n' "$_dir"
+}
+
+hold_lock() {
+    _root=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder above $0"
+    _lock_file=$(PYTHONPATH="$_root${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.locks path "$2") ||
+        die "cannot find the lock file of $2"
+    eval "exec $1>>\"\$_lock_file\"" || die "cannot open the lock file $_lock_file"
+    PYTHONPATH="$_root${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.locks take "$1" "$2" "$3" "$$" ||
+        exit 1
 }

@@ -28,6 +28,7 @@ set -f  # no filename globbing: a runner argument like '*' reaches the runner as
 
 # shellcheck source=shell_helpers.sh
 . "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
+TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 
 PROFILE=demo
 DATA_FOLDER=""
@@ -162,6 +163,8 @@ if [ "$PRINT_ARGS" = 0 ] && [ ! -f "$MODEL_DIR/$STAMP_NAME" ] && [ -n "$(ls -A "
 fi
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
+# One run per model folder: a second one stops here, naming the first.
+[ "$PRINT_ARGS" = 1 ] || hold_lock 9 "$MODEL_DIR" "the model folder"
 
 # Counted before OMP_NUM_THREADS is set below (nproc follows it).
 CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
@@ -307,6 +310,10 @@ if [ "$FRESH" = 1 ] && [ -n "$(ls -A "$MODEL_DIR")" ]; then
     echo "--fresh: moved the previous run in $MODEL_DIR to $previous_run (delete it yourself once you no longer need it)"
 elif [ -f "$stamp_file" ]; then
     if [ "$(cat "$stamp_file")" = "$stamp_now" ]; then
+        # A checkpoint the Trainer could not resume from (interrupted while it was written) is moved
+        # aside, so the runner resumes from the last complete one.
+        PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.training \
+            set-aside-incomplete "$MODEL_DIR" || die "cannot check the checkpoints in $MODEL_DIR (the message above says why)"
         [ -n "$(find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -name 'checkpoint-*' -print)" ] &&
             echo "resuming: same data and arguments as the checkpoint in $MODEL_DIR"
     else
@@ -319,6 +326,10 @@ elif [ -f "$stamp_file" ]; then
     fi
 fi
 printf '%s\n' "$stamp_now" > "$stamp_file" || die "cannot write $stamp_file"
+# The runner writes the final model into MODEL_DIR file by file: until it has finished, this file says
+# the folder holds no usable model (generation and prediction refuse it; re-running resumes).
+printf 'train_cehrgpt.sh started at %s and has not finished: re-run it with the same arguments to resume.\n' \
+    "$(date '+%Y-%m-%d %H:%M:%S')" > "$MODEL_DIR/TRAINING_INCOMPLETE" || die "cannot write $MODEL_DIR/TRAINING_INCOMPLETE"
 
 echo "profile $PROFILE on $DEVICE"
 echo "data:  $DATA_FOLDER"
@@ -339,7 +350,6 @@ else
 fi
 if [ "$TOKENIZATION" = prepare ]; then
     echo "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it ($tokenization_note)"
-    TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
     PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.prepare_dataset \
         --runner-command "$@" ||
         die "tokenizing the sequences failed after $(( $(date +%s) - started ))s (the messages above say why; --tokenization runner leaves it to the runner)"
@@ -354,4 +364,5 @@ if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
 [ -f "$MODEL_DIR/config.json" ] || die "the runner exited 0 but wrote no model to $MODEL_DIR"
+rm -f "$MODEL_DIR/TRAINING_INCOMPLETE" || die "cannot remove $MODEL_DIR/TRAINING_INCOMPLETE"
 echo "trained in $((elapsed / 60))m$((elapsed % 60))s; model and tokenizer in $MODEL_DIR"
