@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import array
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -65,7 +66,6 @@ from tqdm import tqdm  # noqa: E402
 from cehrgpt_tutorials.common import (  # noqa: E402
     SEQUENCE_TOKEN_COLUMN,
     PipelineError,
-    atomic_file,
     cehr_gpt_data_dir,
     check_patient_sequence_schema,
     fail,
@@ -73,6 +73,8 @@ from cehrgpt_tutorials.common import (  # noqa: E402
     patient_sequence_files,
     time_token_problem,
 )
+from cehrgpt_tutorials.files import atomic_file  # noqa: E402
+from cehrgpt_tutorials.locks import output_lock  # noqa: E402
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
 # Null items in these integer columns are filled: pandas turns a list of ints holding a null into
@@ -400,6 +402,17 @@ def _rows_per_batch(metadata, token_leaf: int, tokens_per_batch: int) -> int:
     return max(1, tokens_per_batch // tokens_per_row)
 
 
+ABANDONED_TEMPORARY = re.compile(r"^\..+\.tmp(\.parquet)?$")  # atomic_file's and _prepare_hadoop_checksum's
+
+
+def remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete the temporary files a killed cleanup left (hidden, so no reader saw them). Call it holding
+    the folder's lock: otherwise they could be another cleanup's files in progress."""
+    for path in folder.rglob(".*.tmp*"):
+        if ABANDONED_TEMPORARY.match(path.name) and path.is_file():
+            path.unlink()
+
+
 def hadoop_checksum_path(path: Path) -> Path:
     """Spark (Hadoop's local file system) keeps a CRC file beside each part file: .part-0000.parquet.crc."""
     return path.with_name(f".{path.name}.crc")
@@ -485,10 +498,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs must be at least 1")
     folder: Path = arguments.patient_sequence_dir
 
+    stack = contextlib.ExitStack()
     try:
         if not folder.exists():
             raise PipelineError(f"patient sequence folder {folder} does not exist (run step 2, "
                                 "create_cehrgpt_pretraining_data.sh, or pass --patient-sequence-dir)")
+        lock = contextlib.nullcontext() if arguments.dry_run else output_lock(folder, "the patient sequences")
+        stack.enter_context(lock)  # one writer: not beside step 2 or another cleanup of this folder
+        if not arguments.dry_run:
+            remove_abandoned_temporaries(folder)
         files = patient_sequence_files(folder)
         if not files:
             raise PipelineError(f"no Parquet files under {folder}")
@@ -524,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{error} (files cleaned so far stay cleaned, the others are unchanged: fix this and re-run)")
     except KeyboardInterrupt:
         fail("interrupted (files cleaned so far stay cleaned, the others are unchanged: re-run to finish)", 130)
+    finally:
+        stack.close()
     print_report(report, files, folder, arguments.dry_run)
 
 

@@ -39,7 +39,6 @@ import os
 import queue
 import re
 import select
-import shutil
 import signal
 import sys
 import threading
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cehrgpt_tutorials import common
+from cehrgpt_tutorials.files import atomic_directory
+from cehrgpt_tutorials.locks import output_lock
 
 # The seed's tables, plus the optional ones cehrbert_data uses when they exist.
 DEFAULT_TABLES = [
@@ -242,8 +243,8 @@ def resolve_tables(connection, schema: str, requested: list[str] | None) -> list
 
 
 # ---------------------------------------------------------------------------------------------
-# Output folders: never overwrite something that is not a Parquet table folder, clean up what a
-# killed run left behind.
+# Output folders: never overwrite something that is not a Parquet table folder (what a killed run
+# left behind is cleaned up by files.atomic_directory).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -263,42 +264,6 @@ def check_replaceable(target: Path) -> None:
             f"{target} exists and holds more than Parquet part files ({shorten(sorted(foreign), 5)}); "
             "not overwriting it: move it away or choose another --output-dir"
         )
-
-
-def lock_folder(folder: Path) -> int:
-    """Hold an exclusive lock on `folder` while we write it (released when the process dies)."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return descriptor
-
-
-def remove_abandoned_temporaries(target: Path) -> None:
-    """Delete temporary folders of `target` left by a killed export (nobody holds their lock).
-
-    A run killed between the two renames of the final swap leaves the previous export as
-    .<table>.old-*: when <table> itself is missing, that folder is put back instead.
-    """
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-[0-9a-f]+$")
-    if not target.parent.is_dir():
-        return
-    for entry in target.parent.iterdir():
-        if not pattern.match(entry.name) or not entry.is_dir() or entry.is_symlink():
-            continue
-        try:
-            descriptor = os.open(entry, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # another export is writing it right now
-        else:  # nobody writes it: ours to clean up, while we hold its lock
-            if ".old-" in entry.name and not target.exists():
-                os.replace(entry, target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-        finally:
-            os.close(descriptor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +451,6 @@ def export_table(
 
     target = output_dir / table.folder_name
     check_replaceable(target)
-    remove_abandoned_temporaries(target)
     started = time.monotonic()
     with tqdm(
         total=table.estimated_rows,
@@ -498,12 +462,8 @@ def export_table(
         dynamic_ncols=True,
         disable=None,  # no bars when stderr is not a terminal (logs, tests)
     ) as progress:
-        with common.atomic_directory(target) as temporary:
-            lock = lock_folder(temporary)
-            try:
-                table.rows = stream_table(connection, schema, table, temporary, rows_per_file, progress, stop)
-            finally:
-                os.close(lock)
+        with atomic_directory(target, "the exported table") as temporary:
+            table.rows = stream_table(connection, schema, table, temporary, rows_per_file, progress, stop)
             table.megabytes = sum(path.stat().st_size for path in temporary.iterdir()) / 1e6
             if stop.is_set():  # interrupted at the last moment: keep the earlier export
                 raise Stopped
@@ -749,6 +709,12 @@ INTERRUPTED = "interrupted; no table folder was left half-written (earlier expor
 
 
 def export(arguments) -> None:
+    # One export per output folder: a second one stops here, naming the first.
+    with output_lock(arguments.output_dir, "the export folder"):
+        export_locked(arguments)
+
+
+def export_locked(arguments) -> None:
     started = time.monotonic()
     connections = []
     try:

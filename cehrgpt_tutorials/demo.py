@@ -191,6 +191,18 @@ def steps_for(target: str) -> list[Step]:
 
 
 def run(target: str, force: bool, root: Path) -> None:
+    from cehrgpt_tutorials.errors import PipelineError, fail
+    from cehrgpt_tutorials.locks import output_lock
+
+    try:
+        # One demo per output folder: `make demo` in a second terminal stops here, naming the first.
+        with output_lock(state_dir(), "the demo"):
+            run_locked(target, force, root)
+    except PipelineError as error:
+        fail(str(error))
+
+
+def run_locked(target: str, force: bool, root: Path) -> None:
     every_step = demo_steps() + extra_steps()
     every_name = [step.name for step in every_step]
     steps = steps_for(target)

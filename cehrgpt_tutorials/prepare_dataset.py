@@ -40,7 +40,7 @@ import os
 import sys
 import time
 
-from cehrgpt_tutorials.common import atomic_directory
+from cehrgpt_tutorials.files import atomic_directory
 
 RUNNER_MODULE = "cehrgpt.runners.hf_cehrgpt_pretrain_runner"
 # Columns datasets writes with a smaller integer type when it infers them itself (datasets'

@@ -76,14 +76,22 @@ def set_aside_incomplete_checkpoints(model_dir: Path) -> list[tuple[Path, Path, 
     return moved
 
 
+def training_not_finished(model_dir: Path) -> str | None:
+    """Why the model in model_dir is not finished (train_cehrgpt.sh's marker is there), or None."""
+    if (Path(model_dir) / TRAINING_INCOMPLETE).exists():
+        return (f"the training in {model_dir} has not finished ({TRAINING_INCOMPLETE} is there): re-run "
+                "train_cehrgpt.sh with the same arguments to finish it")
+    return None
+
+
 def unfinished_model_problem(model_dir: Path) -> str | None:
     """Why the model in model_dir cannot be used yet (training not finished, no model), or None."""
     model_dir = Path(model_dir)
-    if (model_dir / TRAINING_INCOMPLETE).exists():
-        return (f"the training in {model_dir} has not finished ({TRAINING_INCOMPLETE} is there): re-run "
-                "train_cehrgpt.sh with the same arguments to finish it")
+    unfinished = training_not_finished(model_dir)
+    if unfinished is not None:
+        return unfinished
     if not (model_dir / "config.json").is_file():
-        return f"no trained model in {model_dir} (no config.json): run step 4, train_cehrgpt.sh"
+        return f"no trained model in '{model_dir}' (no config.json): run step 4, train_cehrgpt.sh, or pass --model-dir"
     return None
 
 

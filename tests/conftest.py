@@ -36,9 +36,11 @@ def no_demo_outputs(tmp_path_factory):
         yield
 
 
-def source_setup_env(extra_env: dict[str, str] | None = None, shell: str = "bash") -> dict[str, str]:
-    """The environment after `source setup_env.sh` in a fresh shell started with os.environ + extra_env."""
-    base = dict(os.environ)
+def source_setup_env(extra_env: dict[str, str] | None = None, shell: str = "bash",
+                     base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment after `source setup_env.sh` in a fresh shell started with base (default:
+    os.environ) + extra_env."""
+    base = dict(os.environ if base is None else base)
     base.update(extra_env or {})
     base["CEHRGPT_QUIET"] = "1"
     script = f'source "{REPO_ROOT}/setup_env.sh" >/dev/null 2>&1; env -0'

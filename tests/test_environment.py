@@ -36,7 +36,7 @@ def java_major_version(java_home: str) -> int:
 
 
 def test_sourcing_sets_every_variable(tmp_path):
-    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
+    env = source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
     for name in EXPORTED:
         assert env.get(name), f"{name} not set"
     assert env["USE_TF"] == "0"
@@ -58,7 +58,7 @@ def test_user_values_are_kept_and_java_17_is_replaced(tmp_path):
         SPARK_CONF_DIR=str(tmp_path / "conf"), SPARK_MASTER="local[1]", SPARK_DRIVER_MEMORY="3g",
         OMOP_DIR="/data/my_omop", JAVA_HOME="/usr/lib/jvm/java-17-openjdk-amd64",
     )
-    env = source_setup_env(preset)
+    env = source_setup_env(base=preset)
     assert env["SPARK_MASTER"] == "local[1]"
     assert env["SPARK_DRIVER_MEMORY"] == "3g"
     assert env["SPARK_SUBMIT_OPTIONS"].startswith("--master local[1] --driver-memory 3g")
@@ -71,9 +71,9 @@ def test_spark_defaults_idempotent_and_user_lines_survive(tmp_path):
     conf_dir.mkdir()
     conf = conf_dir / "spark-defaults.conf"
     conf.write_text("spark.eventLog.enabled false\nspark.sql.shuffle.partitions 7\n")
-    source_setup_env(clean_user_env(SPARK_CONF_DIR=str(conf_dir)))
+    source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(conf_dir)))
     first = conf.read_text()
-    source_setup_env(clean_user_env(SPARK_CONF_DIR=str(conf_dir)))
+    source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(conf_dir)))
     assert conf.read_text() == first, "re-sourcing changed spark-defaults.conf"
     lines = first.splitlines()
     assert "spark.eventLog.enabled false" in lines
@@ -103,7 +103,7 @@ def test_sourcing_never_kills_the_shell(tmp_path):
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
 def test_sourcing_from_zsh_in_another_folder(tmp_path):
-    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")), shell="zsh")
+    env = source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")), shell="zsh")
     assert env["OMOP_DIR"] == str(REPO_ROOT / "omop_synthea")
     assert java_major_version(env["JAVA_HOME"]) in (8, 11)
 
@@ -130,7 +130,7 @@ def test_spark_submit_runs_a_python_udf_and_keeps_datetimes_on_their_date(tmp_pa
         "print('GAP', gap)\n"
         "spark.stop()\n"
     )
-    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf"), TZ="America/New_York"))
+    env = source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf"), TZ="America/New_York"))
     result = subprocess.run(
         ["sh", "-c", f'spark-submit $SPARK_SUBMIT_OPTIONS "{job}" "{table}"'], env=env, capture_output=True,
         text=True, timeout=300,
@@ -141,7 +141,7 @@ def test_spark_submit_runs_a_python_udf_and_keeps_datetimes_on_their_date(tmp_pa
 
 
 def test_pretrain_runner_imports_under_the_environment(tmp_path):
-    env = source_setup_env(clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
+    env = source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
     result = subprocess.run(
         ["python", "-c", "import cehrgpt.runners.hf_cehrgpt_pretrain_runner, transformers; print(transformers.__version__)"],
         env=env, capture_output=True, text=True, timeout=300,

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cehrgpt_tutorials.common import PipelineError, atomic_directory, patient_sequence_files
+from cehrgpt_tutorials.common import PipelineError, patient_sequence_files
+from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.inspect.fidelity import (
     concept_matrix,
     cooccurrence_r,

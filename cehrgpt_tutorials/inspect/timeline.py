@@ -25,13 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from cehrgpt_tutorials.common import (
-    SEQUENCE_TOKEN_COLUMN,
-    PipelineError,
-    atomic_directory,
-    fail,
-    patient_sequence_files,
-)
+from cehrgpt_tutorials.common import SEQUENCE_TOKEN_COLUMN, PipelineError, fail, patient_sequence_files
+from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.inspect.sequences import read_sequences
 from cehrgpt_tutorials.inspect.validity import Facts, analyse
 from cehrgpt_tutorials.inspect.vocabulary import VISIT_END, Vocabulary

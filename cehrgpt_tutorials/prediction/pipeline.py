@@ -12,18 +12,22 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cehrgpt_tutorials.common import PipelineError, atomic_directory, connect
+from cehrgpt_tutorials.common import PipelineError, connect
+from cehrgpt_tutorials.files import atomic_directory
+from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
 from cehrgpt_tutorials.prediction import cohort as cohorts
 from cehrgpt_tutorials.prediction import models, report
+from cehrgpt_tutorials.training import training_not_finished, unfinished_model_problem
 
 REPORT_NAME = "predict_report.json"
 
 
 def model_context(model_dir: Path) -> int:
     """The model's context length (tokens), from its config.json."""
+    problem = unfinished_model_problem(model_dir)
+    if problem is not None:
+        raise PipelineError(problem)
     config_path = Path(model_dir) / "config.json"
-    if not config_path.is_file():
-        raise PipelineError(f"no trained model in {model_dir} (no config.json): run step 4 (make train) or pass --model-dir")
     config = json.loads(config_path.read_text())
     context = config.get("n_positions") or config.get("max_position_embeddings")
     if not context:
@@ -67,19 +71,29 @@ def stage(title: str) -> float:
 
 def run(arguments) -> dict:
     """All of step 7; returns the report (also written to output_dir/predict_report.json)."""
+    output_dir = Path(arguments.output_dir)
+    # One run per output folder: a second one stops here, naming the first.
+    with output_lock(output_dir, "the prediction folder"):
+        return run_locked(arguments, output_dir)
+
+
+def run_locked(arguments, output_dir: Path) -> dict:
     started = time.monotonic()
     seconds: dict[str, float] = {}
-    output_dir = Path(arguments.output_dir)
     check_output_dir(output_dir)
     sql_path = Path(arguments.sql)
     if not sql_path.is_file():
         raise PipelineError(f"cohort SQL file {sql_path} does not exist")
+    unfinished = training_not_finished(arguments.model_dir)
+    if unfinished is not None:  # a missing model is found after the cohort (its SQL is checked first)
+        raise PipelineError(unfinished)
 
     # 1. The cohort, from SQL, into the OHDSI cohort table.
     t = stage(f"1/6 cohort: {sql_path} against schema {arguments.cdm_schema}")
-    connection = connect(arguments.dsn)
+    connection = connect(arguments.dsn, application_name=application_name("predict.py"))
     try:
         cohort = cohorts.query_cohort(connection, sql_path.read_text(), arguments.cdm_schema, str(sql_path))
+        schema_lock(connection, arguments.cohort_schema, "the cohort schema")
         cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, arguments.cohort_id)
     finally:
         connection.close()

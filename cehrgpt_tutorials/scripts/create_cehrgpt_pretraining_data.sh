@@ -69,10 +69,8 @@ Example:
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=shell_helpers.sh
+. "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 
 # --- Command line (same options as the official script, plus --min_num_of_patients) -------------
 INPUT_FOLDER=""
@@ -227,8 +225,23 @@ fi
 
 mkdir -p "$OUTPUT_FOLDER" || die "cannot create output folder '$OUTPUT_FOLDER'"
 OUTPUT_FOLDER=$(cd "$OUTPUT_FOLDER" && pwd -P) || die "cannot enter output folder '$OUTPUT_FOLDER'"
+# One run per output folder, and none while step 3 rewrites the sequences: a second stops here.
+hold_lock 9 "$OUTPUT_FOLDER" "the sequences' output folder"
+hold_lock 8 "$OUTPUT_FOLDER/patient_sequence" "the patient sequences"
 LOG_DIR="$OUTPUT_FOLDER/logs"
 mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
+
+# The apps write into a hidden staging folder; what they wrote replaces the previous outputs only once
+# both have finished, patient_sequence last. A run stopped at any point leaves the previous sequences
+# whole; the next run removes its staging folder (and puts back a folder stopped mid-swap).
+STAGING="$OUTPUT_FOLDER/.patient_sequence.tmp-$$"
+for product in patient_sequence qualified_concept_list; do
+    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.files clean "$OUTPUT_FOLDER/$product" ||
+        die "cannot clean up what an earlier run left in $OUTPUT_FOLDER (the message above says why)"
+done
+mkdir "$STAGING" || die "cannot create the staging folder $STAGING"
+trap 'trap "" INT TERM; rm -rf "$STAGING"' EXIT
+trap 'exit 130' INT TERM
 
 # --- The held-out split (app 2 reads <its input>/patient_splits) ---------------------------------
 # SPLITS: the patient_splits folder app 2 reads, or empty for no split.
@@ -256,24 +269,20 @@ else
 fi
 
 # The second app reads the concept list from its *input* folder. Rather than writing into the
-# user's (possibly read-only) OMOP folder, it reads a folder of links in the output folder: one per
-# input table plus one to the concept list the first app wrote. Same folder in and out: no links needed.
-TRAINING_INPUT="$INPUT_FOLDER"
-if [ "$INPUT_FOLDER" != "$OUTPUT_FOLDER" ]; then
-    TRAINING_INPUT="$OUTPUT_FOLDER/spark_input"
-    rm -rf "$TRAINING_INPUT" && mkdir -p "$TRAINING_INPUT" || die "cannot create $TRAINING_INPUT"
-    for table in $REQUIRED_TABLES $OPTIONAL_TABLES death; do
-        if [ -d "$INPUT_FOLDER/$table" ]; then
-            ln -s "$INPUT_FOLDER/$table" "$TRAINING_INPUT/$table" || die "cannot link $INPUT_FOLDER/$table"
-        fi
-    done
-    if [ -n "$SPLITS" ]; then
-        ln -s "$SPLITS" "$TRAINING_INPUT/patient_splits" || die "cannot link $SPLITS"
+# user's (possibly read-only) OMOP folder, it reads a folder of links: one per input table plus one
+# to the concept list the first app wrote (relative, so it still points to it after the move).
+TRAINING_INPUT="$STAGING/spark_input"
+mkdir "$TRAINING_INPUT" || die "cannot create $TRAINING_INPUT"
+for table in $REQUIRED_TABLES $OPTIONAL_TABLES death; do
+    if [ -d "$INPUT_FOLDER/$table" ]; then
+        ln -s "$INPUT_FOLDER/$table" "$TRAINING_INPUT/$table" || die "cannot link $INPUT_FOLDER/$table"
     fi
-    ln -s "$OUTPUT_FOLDER/qualified_concept_list" "$TRAINING_INPUT/qualified_concept_list" ||
-        die "cannot link the concept list into $TRAINING_INPUT"
-    staged_input_note="$TRAINING_INPUT (links to the input tables + the concept list)"
+done
+if [ -n "$SPLITS" ]; then
+    ln -s "$SPLITS" "$TRAINING_INPUT/patient_splits" || die "cannot link $SPLITS"
 fi
+ln -s ../qualified_concept_list "$TRAINING_INPUT/qualified_concept_list" ||
+    die "cannot link the concept list into $TRAINING_INPUT"
 
 # Death is optional in OMOP; with a death table the sequences end with a death token. It is not
 # added to --domain_table_list: cehrbert_data 0.1.1 then looks for death.visit_occurrence_id, which
@@ -290,7 +299,7 @@ echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}
 echo "Partitions:    $partitions_note"
 echo "Java:          $java_bin ($java_version)"
 echo "Held out:      $split_note"
-[ -z "${staged_input_note:-}" ] || echo "App 2 reads:   $staged_input_note"
+echo "App 2 reads:   $OUTPUT_FOLDER/spark_input (links to the input tables + the concept list)"
 
 # run_app NAME APP.py ARG...: print the spark-submit command, run it with its output in
 # logs/NAME.log, time it, and stop the whole script with the end of the log when it fails.
@@ -334,18 +343,18 @@ total_started=$(date +%s)
 run_app generate_included_concept_list \
     "$CEHRBERT_DATA_HOME/apps/generate_included_concept_list.py" \
     --input_folder "$INPUT_FOLDER" \
-    --output_folder "$OUTPUT_FOLDER" \
+    --output_folder "$STAGING" \
     --min_num_of_patients "$MIN_NUM_OF_PATIENTS" \
     --ehr_table_list $DOMAIN_TABLES
 
-[ -d "$OUTPUT_FOLDER/qualified_concept_list" ] ||
-    die "generate_included_concept_list wrote no $OUTPUT_FOLDER/qualified_concept_list (log: $LOG_DIR/generate_included_concept_list.log)"
+[ -d "$STAGING/qualified_concept_list" ] ||
+    die "generate_included_concept_list wrote no qualified_concept_list (log: $LOG_DIR/generate_included_concept_list.log)"
 
 # shellcheck disable=SC2086
 run_app generate_training_data \
     "$CEHRBERT_DATA_HOME/apps/generate_training_data.py" \
     --input_folder "$TRAINING_INPUT" \
-    --output_folder "$OUTPUT_FOLDER" \
+    --output_folder "$STAGING" \
     -d "$START_DATE" \
     --att_type day \
     --inpatient_att_type day \
@@ -360,18 +369,20 @@ run_app generate_training_data \
 
 SEQUENCES="$OUTPUT_FOLDER/patient_sequence"
 if [ -n "$SPLITS" ]; then
-    [ -d "$SEQUENCES/train" ] && [ -d "$SEQUENCES/test" ] ||
-        die "generate_training_data wrote no $SEQUENCES/train and /test (log: $LOG_DIR/generate_training_data.log)"
-    # Part files of an earlier run without a split are not overwritten by train/ and test/: remove them,
-    # or readers of the whole folder would see those patients twice.
-    find "$SEQUENCES" -maxdepth 1 -type f \( -name 'part-*' -o -name '.part-*' -o -name '_SUCCESS' -o -name '._SUCCESS.crc' \) \
-        -exec rm -f {} + || die "cannot remove the earlier run's part files from $SEQUENCES"
+    [ -d "$STAGING/patient_sequence/train" ] && [ -d "$STAGING/patient_sequence/test" ] ||
+        die "generate_training_data wrote no patient_sequence/train and /test (log: $LOG_DIR/generate_training_data.log)"
     written="$SEQUENCES/train and $SEQUENCES/test"
 else
-    [ -d "$SEQUENCES" ] ||
-        die "generate_training_data wrote no $SEQUENCES (log: $LOG_DIR/generate_training_data.log)"
+    [ -d "$STAGING/patient_sequence" ] ||
+        die "generate_training_data wrote no patient_sequence (log: $LOG_DIR/generate_training_data.log)"
     written="$SEQUENCES"
 fi
+# Every folder the apps wrote replaces its previous version in one rename each, the sequences last.
+trap '' INT TERM
+PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.files replace-each \
+    "$STAGING" "$OUTPUT_FOLDER" --last patient_sequence ||
+    die "cannot move the new sequences into $OUTPUT_FOLDER (the message above says why)"
+trap 'exit 130' INT TERM
 
 total=$(($(date +%s) - total_started))
 echo ""

@@ -109,19 +109,28 @@ case "$SAMPLING_STRATEGY" in
     *) die "--sampling-strategy must be TopPStrategy, TopKStrategy or TopMixStrategy, got '$SAMPLING_STRATEGY'" ;;
 esac
 
-[ -f "$MODEL_DIR/config.json" ] ||
-    die "no trained model in '$MODEL_DIR' (no config.json): run step 4, train_cehrgpt.sh, or pass --model-dir"
+PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
+TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
+export PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's cehrgpt_tutorials
+# A model whose training has not finished (or no model) is refused with the reason.
+"$PYTHON_BIN" -m cehrgpt_tutorials.training check-finished "$MODEL_DIR" || exit 1
 [ -n "$PROMPT_DATA" ] || PROMPT_DATA="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
 # Prompts come from the training patients only: the held-out test/ patients stay unseen.
 [ -d "$PROMPT_DATA/train" ] && PROMPT_DATA="$PROMPT_DATA/train"
 [ -d "$PROMPT_DATA" ] || die "no real sequences for the prompts at '$PROMPT_DATA' (pass --prompt-data)"
-PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 [ "${USE_TF:-}" = 0 ] || die "USE_TF is not 0, so transformers would import TensorFlow's Keras 3 and fail: run 'source setup_env.sh'"
 mkdir -p "$OUTPUT_DIR" || die "cannot create '$OUTPUT_DIR'"
+OUTPUT_DIR=$(physical_dir "$OUTPUT_DIR") || exit 1
+# One writer in the synthetic data folder (generation, restore, report): a second stops here.
+hold_lock 9 "$OUTPUT_DIR" "the synthetic data folder"
+# What killed runs left (their staging folders, a swap stopped half-way): nobody else can be writing
+# it, we hold the lock.
+"$PYTHON_BIN" -m cehrgpt_tutorials.files clean-all "$OUTPUT_DIR" ||
+    die "cannot clean up what an earlier run left in $OUTPUT_DIR (the message above says why)"
 
 # The generator appends uuid-named files to OUTPUT/<sampling folder>/generated_sequences, so a
 # second run would mix two samples. It writes into a staging folder instead; we swap it in at the end.
-staging="$OUTPUT_DIR/.generate.$$"
+staging="$OUTPUT_DIR/.generate.tmp-$$"
 # The cleanup itself is not interrupted (a second Ctrl-C would leave half a staging folder).
 trap 'trap "" INT TERM; rm -rf "$staging"' EXIT
 trap 'exit 130' INT TERM
@@ -156,19 +165,11 @@ sample_folder=$(ls -A "$staging") || die "cannot read the staging folder $stagin
 [ -n "$sample_folder" ] && [ -d "$staging/$sample_folder/generated_sequences" ] ||
     die "the generator exited 0 but wrote no generated_sequences folder under $staging"
 target="$OUTPUT_DIR/$sample_folder"
-# Interrupts wait until the swap is over: a Ctrl-C between the two renames would leave neither
-# sample in place.
+[ -e "$target" ] && echo "replacing the previous $target (its sequences and anything restored from them)"
+# One rename puts the new sample where the previous one was (files.replace_directory).
 trap '' INT TERM
-if [ -e "$target" ]; then
-    echo "replacing the previous $target (its sequences and anything restored from them)"
-    rm -rf "$target.old" && mv "$target" "$target.old" || die "cannot move the previous $target aside"
-fi
-if ! mv "$staging/$sample_folder" "$target"; then
-    # Put the previous sample back rather than leave it at .old.
-    [ -e "$target.old" ] && mv "$target.old" "$target"
+"$PYTHON_BIN" -m cehrgpt_tutorials.files replace "$staging/$sample_folder" "$target" ||
     die "cannot move the new sequences into $target (the previous sample is where it was)"
-fi
-rm -rf "$target.old" || echo "warning: could not delete the previous sample at $target.old" >&2
 trap 'exit 130' INT TERM
 
 rows=$("$PYTHON_BIN" -c 'import sys, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1], format="parquet").count_rows())' \

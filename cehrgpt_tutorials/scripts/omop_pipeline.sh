@@ -15,7 +15,8 @@
 #         SOURCE_OMOP_FOLDER/concept (+ concept_ancestor, concept_relationship, ... when present)
 # Writes: OMOP_FOLDER/{person,visit_occurrence,condition_occurrence,procedure_occurrence,
 #         drug_exposure,death,measurement,observation_period,condition_era}/, the vocabulary tables
-#         copied from SOURCE_OMOP_FOLDER, and the converter's concept_errors.txt / export_errors.txt.
+#         copied from SOURCE_OMOP_FOLDER, and the converter's concept_errors.txt / export_errors.txt,
+#         all built in a hidden folder beside OMOP_FOLDER that replaces it in one step at the end.
 #
 # Example (after `source setup_env.sh`):
 #   sh cehrgpt_tutorials/scripts/omop_pipeline.sh \
@@ -120,30 +121,36 @@ done
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
 PATIENT_SEQUENCE_FOLDER=$(physical_dir "$PATIENT_SEQUENCE_FOLDER") || exit 1
 SOURCE_OMOP_FOLDER=$(physical_dir "$SOURCE_OMOP_FOLDER") || exit 1
-mkdir -p "$OMOP_FOLDER" || die "cannot create '$OMOP_FOLDER'"
-OMOP_FOLDER=$(physical_dir "$OMOP_FOLDER") || exit 1
+mkdir -p "$(dirname "$OMOP_FOLDER")" || die "cannot create the folder of '$OMOP_FOLDER'"
+OMOP_FOLDER="$(physical_dir "$(dirname "$OMOP_FOLDER")")/$(basename "$OMOP_FOLDER")" || exit 1
 [ "$OMOP_FOLDER" != "$SOURCE_OMOP_FOLDER" ] ||
     die "--omop-folder must differ from --source-omop-folder: its tables are deleted and rewritten"
+TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
+export PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's cehrgpt_tutorials
+hold_lock 8 "$OMOP_FOLDER" "the restored OMOP folder"
+"$PYTHON_BIN" -m cehrgpt_tutorials.files clean "$OMOP_FOLDER" ||
+    die "cannot clean up what an earlier run left beside $OMOP_FOLDER (the message above says why)"
 
 log "sequences: $PATIENT_SEQUENCE_FOLDER"
 log "output:    $OMOP_FOLDER"
 log "source:    $SOURCE_OMOP_FOLDER"
 
 # --- 1. Fresh output tables, vocabulary copied from the source --------------------------------
-# The converter appends uuid-named files, so the previous run's tables must go first.
-for table in $CONVERTED_TABLES $DERIVED_TABLES $VOCABULARY_TABLES; do
-    rm -rf "${OMOP_FOLDER:?}/$table" || die "cannot remove the previous $OMOP_FOLDER/$table"
-done
-rm -f "$OMOP_FOLDER/concept_errors.txt" "$OMOP_FOLDER/export_errors.txt" || die "cannot remove the previous error files in $OMOP_FOLDER"
+# Everything is built in a hidden staging folder beside OMOP_FOLDER, which replaces it in one rename
+# at the end: until then the previous tables stay whole, and a stopped run leaves them as they were.
+BUILD="$(dirname "$OMOP_FOLDER")/.$(basename "$OMOP_FOLDER").tmp-$$"
+mkdir "$BUILD" || die "cannot create the staging folder $BUILD"
+trap 'trap "" INT TERM; rm -rf "$BUILD"' EXIT
+trap 'exit 130' INT TERM
 # The converter's worker processes each create missing table folders (check, then mkdir), and
 # with --cpu-cores > 1 they race: FileExistsError. Creating them first avoids that.
 for table in $CONVERTED_TABLES; do
-    mkdir -p "$OMOP_FOLDER/$table" || die "cannot create $OMOP_FOLDER/$table"
+    mkdir -p "$BUILD/$table" || die "cannot create $BUILD/$table"
 done
 copied=""
 for table in $VOCABULARY_TABLES; do
     if [ -d "$SOURCE_OMOP_FOLDER/$table" ]; then
-        cp -R "$SOURCE_OMOP_FOLDER/$table" "$OMOP_FOLDER/$table" || die "cannot copy $table into $OMOP_FOLDER"
+        cp -R "$SOURCE_OMOP_FOLDER/$table" "$BUILD/$table" || die "cannot copy $table into $BUILD"
         copied="$copied $table"
     fi
 done
@@ -163,15 +170,15 @@ log "converting sequences to OMOP"
 # shellcheck disable=SC2086  # person_id_option is one word or none
 run "$PYTHON_BIN" -u -m cehrgpt.generation.omop_converter_batch \
     --patient_sequence_path "$PATIENT_SEQUENCE_FOLDER" \
-    --output_folder "$OMOP_FOLDER" \
-    --concept_path "$OMOP_FOLDER/concept" \
+    --output_folder "$BUILD" \
+    --concept_path "$BUILD/concept" \
     --buffer_size "$BUFFER_SIZE" \
     --cpu_cores "$CPU_CORES" \
     $person_id_option
 
 # --- 3. What converted, and why the rest did not --------------------------------------------------
 "$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore summary \
-    --sequences "$PATIENT_SEQUENCE_FOLDER" --omop-folder "$OMOP_FOLDER"
+    --sequences "$PATIENT_SEQUENCE_FOLDER" --omop-folder "$BUILD"
 status=$?
 if [ "$status" -eq "$NOTHING_CONVERTED_EXIT_CODE" ]; then
     cat >&2 <<EOF
@@ -186,16 +193,20 @@ fi
 [ "$status" -eq 0 ] || die "could not summarise the conversion (exit $status)"
 
 # --- 4. observation_period and condition_era with Spark -----------------------------------------
-"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore fill-empty-tables "$OMOP_FOLDER" ||
-    die "could not write empty tables into $OMOP_FOLDER"
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore fill-empty-tables "$BUILD" ||
+    die "could not write empty tables into $BUILD"
 log "rebuilding observation_period"
 # shellcheck disable=SC2086  # the table list is meant to split into words
 run "$PYTHON_BIN" -u -m cehrgpt.omop.observation_period \
-    --input_folder "$OMOP_FOLDER" --output_folder "$OMOP_FOLDER" --domain_table_list $DOMAIN_TABLES
+    --input_folder "$BUILD" --output_folder "$BUILD" --domain_table_list $DOMAIN_TABLES
 # cehrgpt's query leaves out the primary key, which a CDM database requires.
-run "$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore add-observation-period-ids "$OMOP_FOLDER"
+run "$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore add-observation-period-ids "$BUILD"
 log "rebuilding condition_era"
 run "$PYTHON_BIN" -u -m cehrgpt.omop.condition_era \
-    --input_folder "$OMOP_FOLDER" --output_folder "$OMOP_FOLDER" --domain_table_list condition_occurrence
+    --input_folder "$BUILD" --output_folder "$BUILD" --domain_table_list condition_occurrence
 
+trap '' INT TERM
+"$PYTHON_BIN" -m cehrgpt_tutorials.files replace "$BUILD" "$OMOP_FOLDER" ||
+    die "cannot move the restored tables into $OMOP_FOLDER (the previous ones are where they were)"
+trap 'exit 130' INT TERM
 log "restored OMOP tables in $OMOP_FOLDER"

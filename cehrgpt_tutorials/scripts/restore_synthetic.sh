@@ -95,8 +95,11 @@ fi
 [ -d "$SAMPLE_FOLDER/generated_sequences" ] ||
     die "no generated sequences in '$SAMPLE_FOLDER/generated_sequences' (run generate_synthetic.sh, or pass --sample-folder)"
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
+SAMPLE_FOLDER=$(physical_dir "$SAMPLE_FOLDER") || exit 1
 OMOP_FOLDER="$SAMPLE_FOLDER/restored_omop"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's cehrgpt_tutorials
+# One writer in the synthetic data folder (generation, restore, report): a second stops here.
+hold_lock 9 "$(dirname "$SAMPLE_FOLDER")" "the synthetic data folder"
 
 SEQUENCES="$SAMPLE_FOLDER/generated_sequences"
 if [ "$CENSOR" = 1 ]; then

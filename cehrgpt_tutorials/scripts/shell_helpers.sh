@@ -13,6 +13,8 @@
 #   hold_lock FD OUTPUT WHAT  the exclusive lock on OUTPUT (cehrgpt_tutorials/locks.py) on descriptor FD
 #                         (8 or 9) for the rest of the script and every program it starts; when another
 #                         run holds it, one line naming that run and exit 1. Needs PYTHON_BIN.
+#   crash_point NAME      kill -9 of the script's process group when CEHRGPT_CRASH_AT=NAME (the fault
+#                         tests' way to stop a step at an exact moment; see cehrgpt_tutorials/faults.py)
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -55,4 +57,11 @@ hold_lock() {
     eval "exec $1>>\"\$_lock_file\"" || die "cannot open the lock file $_lock_file"
     PYTHONPATH="$_root${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.locks take "$1" "$2" "$3" "$$" ||
         exit 1
+    # The programs this script starts inherit the descriptor, so they hold the lock too.
+    CEHRGPT_HELD_LOCKS="${CEHRGPT_HELD_LOCKS:+$CEHRGPT_HELD_LOCKS:}$_lock_file"
+    export CEHRGPT_HELD_LOCKS
+}
+
+crash_point() {
+    [ "${CEHRGPT_CRASH_AT:-}" != "$1" ] || kill -KILL 0
 }
