@@ -44,6 +44,7 @@ from cehrgpt_tutorials.common import (
     cehr_gpt_model_dir,
     fail,
 )
+from cehrgpt_tutorials.errors import describe_os_error
 from cehrgpt_tutorials.prediction.cohort import DEFAULT_COHORT_SQL
 
 DEFAULT_OUTCOME_CONCEPTS = ["9203"]  # the default cohort's outcome: an emergency room visit
@@ -110,6 +111,8 @@ def main(argv=None) -> None:
         run(arguments)
     except PipelineError as error:
         fail(str(error))
+    except OSError as error:  # e.g. a full disk: the previous report was not replaced
+        fail(f"{describe_os_error(error)}; the previous report is as it was")
 
 
 if __name__ == "__main__":

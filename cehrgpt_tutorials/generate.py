@@ -278,12 +278,15 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> int:
-    from cehrgpt_tutorials.common import fail
+    from cehrgpt_tutorials.errors import describe_os_error, fail
 
     args = create_arg_parser().parse_args(argv)
     if args.concept_dir is not None and not args.concept_dir.is_dir():
         fail(f"--concept-dir {args.concept_dir} is not a folder")
-    run(args)
+    try:
+        run(args)
+    except OSError as error:  # e.g. a full disk while the sequences are written
+        fail(f"generation stopped: {describe_os_error(error)}")
     return 0
 
 

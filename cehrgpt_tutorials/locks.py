@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from cehrgpt_tutorials.errors import PipelineError, fail
+from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
 
 SCHEMA_LOCK_NAMESPACE = 0x43454852  # "CEHR": the first key of our advisory locks, the schema's hash the second
 
@@ -72,8 +72,12 @@ def take(descriptor: int, output: Path, what: str, holder_pid: int) -> None:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise PipelineError(locked_message(output, what, lock_file)) from None
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, holder_line(holder_pid).encode(), 0)
+    line = holder_line(holder_pid).encode()
+    try:  # written over the previous holder's line, then cut to length: no new disk space when it fits
+        os.pwrite(descriptor, line, 0)
+        os.ftruncate(descriptor, len(line))
+    except OSError as error:
+        raise PipelineError(f"cannot write the lock file {lock_file}: {describe_os_error(error)}") from None
 
 
 _held: dict[Path, int] = {}  # lock file -> depth: a lock this process holds is taken again for free

@@ -73,7 +73,8 @@ def test_fresh_moves_the_previous_run_aside_and_says_where(tiny_model, pipeline_
     assert len(moved) == 1, output_of(result)
     assert f"--fresh: moved the previous run in {model_dir.resolve()} to {moved[0]}" in result.stdout
     assert tree_digest(moved[0]) == before, "the previous run was not kept whole"
-    assert sorted(path.name for path in model_dir.iterdir()) == ["training_inputs.txt"]
+    # The new run's stamp, and the marker that its model is not finished (the runner stopped at once).
+    assert sorted(path.name for path in model_dir.iterdir()) == ["TRAINING_INCOMPLETE", "training_inputs.txt"]
 
 
 @pytest.mark.parametrize("fresh", [False, True])

@@ -8,6 +8,7 @@ cehrgpt rejects: the tests show its tokenizer training failing on them, and pass
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import stat
@@ -124,7 +125,9 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
     assert words[:3] == ["spark-submit", "--driver-java-options", "-XX:TieredStopAtLevel=1"]  # small input
     assert "generate_included_concept_list.py" in commands[0] and "--min_num_of_patients 5" in commands[0]
     assert "generate_training_data.py" in commands[1]
-    assert f"--input_folder {output}/spark_input" in commands[1]
+    # App 2 reads the links and the new concept list from the run's staging folder (kept as spark_input/).
+    assert re.search(rf"--input_folder {re.escape(str(output))}/\.patient_sequence\.tmp-\d+/spark_input ", commands[1])
+    assert (output / "spark_input" / "qualified_concept_list" / "_SUCCESS").exists()
     assert "--include_death" in commands[1]  # the demo export has a death table
     for option in ["--att_type day", "--inpatient_att_type day", "-iv", "-ip", "--include_concept_list",
                    "--gpt_patient_sequence", "--should_construct_artificial_visits",

@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cehrgpt_tutorials.common import SEQUENCE_TOKEN_COLUMN, PipelineError, fail, patient_sequence_files
+from cehrgpt_tutorials.errors import describe_os_error
 from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.inspect.sequences import read_sequences
 from cehrgpt_tutorials.inspect.validity import Facts, analyse
@@ -182,6 +183,8 @@ def main(argv=None) -> int:
         totals = censor_folder(arguments.sequences, arguments.output, censor_date)
     except PipelineError as error:
         fail(str(error))
+    except OSError as error:  # e.g. a full disk: the previous censored copies are as they were
+        fail(f"cannot write the censored sequences to {arguments.output}: {describe_os_error(error)}")
     print(f"Censored at {censor_date}: {totals['cut']:,} of {totals['sequences']:,} sequences cut after their last visit "
           f"on or before it, {totals['dropped']:,} left out (first visit later), {totals['visits_removed']:,} visits removed "
           f"-> {arguments.output}")

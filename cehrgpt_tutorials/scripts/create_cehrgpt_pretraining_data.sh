@@ -299,7 +299,7 @@ echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}
 echo "Partitions:    $partitions_note"
 echo "Java:          $java_bin ($java_version)"
 echo "Held out:      $split_note"
-echo "App 2 reads:   $OUTPUT_FOLDER/spark_input (links to the input tables + the concept list)"
+echo "App 2 reads:   links to the input tables + the new concept list (staged, then kept as $OUTPUT_FOLDER/spark_input)"
 
 # run_app NAME APP.py ARG...: print the spark-submit command, run it with its output in
 # logs/NAME.log, time it, and stop the whole script with the end of the log when it fails.

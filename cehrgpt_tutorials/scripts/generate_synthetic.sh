@@ -156,7 +156,7 @@ eval "set -- \"\$@\" $QUOTED_WORDS"
 echo "generating $NUM_PATIENTS patients in batches of $BATCH_SIZE (the generator runs N // batch + 1 batches, so it is asked for N - 1 = $asked_of_generator)"
 echo "\$ $(print_command "$@")"
 started=$(date +%s)
-"$@" || die "generation failed (exit $?); the generator's messages are above"
+"$@" || exit_as_ours $?
 elapsed=$(( $(date +%s) - started ))
 
 # The generator names its folder after the sampling settings (top_p10000_constrained for the default,

@@ -128,8 +128,7 @@ OMOP_FOLDER="$(physical_dir "$(dirname "$OMOP_FOLDER")")/$(basename "$OMOP_FOLDE
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 export PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's cehrgpt_tutorials
 hold_lock 8 "$OMOP_FOLDER" "the restored OMOP folder"
-"$PYTHON_BIN" -m cehrgpt_tutorials.files clean "$OMOP_FOLDER" ||
-    die "cannot clean up what an earlier run left beside $OMOP_FOLDER (the message above says why)"
+"$PYTHON_BIN" -m cehrgpt_tutorials.files clean "$OMOP_FOLDER" || exit_as_ours $?
 
 log "sequences: $PATIENT_SEQUENCE_FOLDER"
 log "output:    $OMOP_FOLDER"
@@ -193,8 +192,7 @@ fi
 [ "$status" -eq 0 ] || die "could not summarise the conversion (exit $status)"
 
 # --- 4. observation_period and condition_era with Spark -----------------------------------------
-"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore fill-empty-tables "$BUILD" ||
-    die "could not write empty tables into $BUILD"
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore fill-empty-tables "$BUILD" || exit_as_ours $?
 log "rebuilding observation_period"
 # shellcheck disable=SC2086  # the table list is meant to split into words
 run "$PYTHON_BIN" -u -m cehrgpt.omop.observation_period \
@@ -206,7 +204,6 @@ run "$PYTHON_BIN" -u -m cehrgpt.omop.condition_era \
     --input_folder "$BUILD" --output_folder "$BUILD" --domain_table_list condition_occurrence
 
 trap '' INT TERM
-"$PYTHON_BIN" -m cehrgpt_tutorials.files replace "$BUILD" "$OMOP_FOLDER" ||
-    die "cannot move the restored tables into $OMOP_FOLDER (the previous ones are where they were)"
+"$PYTHON_BIN" -m cehrgpt_tutorials.files replace "$BUILD" "$OMOP_FOLDER" || exit_as_ours $?
 trap 'exit 130' INT TERM
 log "restored OMOP tables in $OMOP_FOLDER"

@@ -105,11 +105,11 @@ SEQUENCES="$SAMPLE_FOLDER/generated_sequences"
 if [ "$CENSOR" = 1 ]; then
     if [ -n "$CENSOR_DATE" ]; then
         "$PYTHON_BIN" -m cehrgpt_tutorials.inspect.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
-            --censor-date "$CENSOR_DATE" || die "censoring the synthetic timelines failed (the message above says why)"
+            --censor-date "$CENSOR_DATE" || exit_as_ours $?
     else
         "$PYTHON_BIN" -m cehrgpt_tutorials.inspect.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
             --source-visits "$SOURCE_OMOP_FOLDER/visit_occurrence" ||
-            die "censoring the synthetic timelines failed (the message above says why; --no-censor skips it)"
+            exit_as_ours $?
     fi
     SEQUENCES="$SAMPLE_FOLDER/censored_sequences"
 else
@@ -130,12 +130,12 @@ set -- "$PYTHON_BIN" "$ROOT/load_omop.py" --input-dir "$OMOP_FOLDER" --schema "$
 # The printed command leaves the DSN out (it may hold a password).
 printf '$ %s%s\n' "$(print_command "$@")" "${DSN:+ --dsn <your dsn>}"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
-"$@" || die "loading into schema $SCHEMA failed (exit $?); the message above says why"
+"$@" || exit_as_ours $?
 
 set -- "$PYTHON_BIN" -m cehrgpt_tutorials.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
-"$@" || die "the plausibility checks failed (exit $?)"
+"$@" || exit_as_ours $?
 
 set -- "$PYTHON_BIN" -m cehrgpt_tutorials.synthetic_queries --source-schema "$SOURCE_SCHEMA" --schema "$SCHEMA"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
-"$@" || die "the example queries failed (exit $?)"
+"$@" || exit_as_ours $?

@@ -13,6 +13,8 @@
 #   hold_lock FD OUTPUT WHAT  the exclusive lock on OUTPUT (cehrgpt_tutorials/locks.py) on descriptor FD
 #                         (8 or 9) for the rest of the script and every program it starts; when another
 #                         run holds it, one line naming that run and exit 1. Needs PYTHON_BIN.
+#   exit_as_ours STATUS   after one of this project's Python commands failed: it printed its own one-line
+#                         error (status 1), so exit with it; any other status (a signal) gets a line here
 #   crash_point NAME      kill -9 of the script's process group when CEHRGPT_CRASH_AT=NAME (the fault
 #                         tests' way to stop a step at an exact moment; see cehrgpt_tutorials/faults.py)
 
@@ -60,6 +62,11 @@ hold_lock() {
     # The programs this script starts inherit the descriptor, so they hold the lock too.
     CEHRGPT_HELD_LOCKS="${CEHRGPT_HELD_LOCKS:+$CEHRGPT_HELD_LOCKS:}$_lock_file"
     export CEHRGPT_HELD_LOCKS
+}
+
+exit_as_ours() {
+    [ "$1" -eq 1 ] && exit 1
+    die "stopped with exit status $1"
 }
 
 crash_point() {
