@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cehrgpt_tutorials.faults import crash_point
+
 SAMPLERS = ("constrained", "raw")
 OUTPUT_COLUMNS = [
     "concept_ids", "person_id", "is_numeric_types", "number_as_values",
@@ -232,6 +234,7 @@ def run(args) -> Path:
     def flush(suffix: str = "") -> None:
         pd.DataFrame(rows, columns=OUTPUT_COLUMNS).to_parquet(os.path.join(output_folder, f"{uuid.uuid4()}{suffix}.parquet"))
         rows.clear()
+        crash_point("generate:batch-written")
 
     for batch in range(num_of_batches):
         print(f"{datetime.datetime.now()}: batch {batch + 1} of {num_of_batches}", flush=True)

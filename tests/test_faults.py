@@ -273,6 +273,35 @@ def test_a_load_killed_at_any_point_leaves_the_schema_whole_and_the_next_load_cl
     assert cdm_fingerprint(pg_server, schema) == reference
 
 
+def test_a_load_cut_off_from_the_database_is_one_line_keeps_the_schema_and_the_next_load_cleans_up(
+        demo_csv_dir, pg_server, pipeline_env, tmp_path):
+    """The database side of a restore (restore_synthetic.sh loads with load_omop.py --replace)."""
+    schema = "t_cut_off"
+    load = ["load_omop.py", "--dsn", pg_server, "--schema", schema, "--replace", "--input-dir"]
+    first = clinical_csvs(tmp_path / "first", demo_csv_dir, persons=100)
+    second = clinical_csvs(tmp_path / "second", demo_csv_dir, persons=300)
+    assert run_script(load + [str(first)], env=pipeline_env).returncode == 0
+    before = cdm_fingerprint(pg_server, schema)
+    process = start_in_own_group([sys.executable, *load, str(second)], pipeline_env)
+    deadline = time.monotonic() + 300
+    while not staging_schemas(pg_server, schema):
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGSTOP)  # frozen while its staging schema is being filled
+    query(pg_server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+          ("cehrgpt-tutorial load_omop.py%",))
+    os.killpg(process.pid, signal.SIGCONT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, output[-3000:]
+    assert len([line for line in output.splitlines() if line.startswith("error:")]) == 1, output[-3000:]
+    assert f"schema {schema} left unchanged" in output
+    assert cdm_fingerprint(pg_server, schema) == before
+    again = run_script(load + [str(second)], env=pipeline_env)
+    assert again.returncode == 0, output_of(again)
+    assert staging_schemas(pg_server, schema) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Folder swaps: the old folder or the new one, never neither
 # ---------------------------------------------------------------------------------------------

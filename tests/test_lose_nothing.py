@@ -116,8 +116,12 @@ def test_training_interrupted_mid_run_resumes_from_its_last_checkpoint(demo_pati
     deadline = time.monotonic() + 600
     while not list(model_dir.glob("checkpoint-*/trainer_state.json")) and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.2)
+        time.sleep(0.02)
+    # Frozen first, so that on a fast machine it cannot finish training before Ctrl-C lands; whatever
+    # it was writing then (another checkpoint, say), the re-run below must resume.
+    os.killpg(process.pid, signal.SIGSTOP)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground job
+    os.killpg(process.pid, signal.SIGCONT)
     first_output, _ = process.communicate(timeout=120)
     assert process.returncode != 0, "training finished before it could be interrupted:\n" + first_output[-3000:]
     saved_steps = sorted(int(path.name.split("-")[1]) for path in model_dir.glob("checkpoint-*")
@@ -464,8 +468,11 @@ def test_ctrl_c_during_cleanup_leaves_each_file_whole(pipeline_env, tmp_path):
     deadline = time.monotonic() + 300
     while all(path.read_bytes() == original[path] for path in files[:2]) and process.poll() is None:
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.01)
+    # Frozen first, so that on a fast machine it cannot clean every file before Ctrl-C lands.
+    process.send_signal(signal.SIGSTOP)
     process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted (files cleaned so far stay cleaned")
