@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_script
+from conftest import REPO_ROOT, run_script
 
-import cleanup_tokens  # the repository root is on sys.path (conftest.py)
+from cehrgpt_tutorials.sequences import cleaning
 
 MALFORMED = {"i-D-3", "i-D-12", "VS-D-2-VE", "D5x", "i-W-1"}
 VALID_TIME_TOKENS = ["D5", "i-D3", "W2", "M1", "LT", "VS-D7-VE", "i-H5", "D-5"]
@@ -206,8 +206,8 @@ def test_streaming_in_small_batches_gives_the_same_cleaned_rows(tmp_path, spark_
     else:
         pq.write_table(original, path, compression="snappy", row_group_size=5)
     schema_before = pq.read_schema(path)
-    report = cleanup_tokens.CleanupReport()
-    assert cleanup_tokens.clean_file(path, cleanup_tokens.TokenOracle(), report, dry_run=False,
+    report = cleaning.CleanupReport()
+    assert cleaning.clean_file(path, cleaning.TokenOracle(), report, dry_run=False,
                                      tokens_per_batch=40)
     assert pq.read_table(path).sort_by("person_id").to_pydict() == expected_after_cleanup(original)
     assert pq.read_schema(path).equals(schema_before, check_metadata=True)
@@ -333,7 +333,7 @@ def test_failed_write_leaves_original_byte_identical(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="injected"):
-        cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
+        cleaning.clean_file(paths[0], cleaning.TokenOracle(), cleaning.CleanupReport(),
                                   dry_run=False)
     assert paths[0].read_bytes() == contents[paths[0]]
     # Its .crc was removed before the rename (Spark reads a file without one unchecked); nothing else is left.
@@ -354,7 +354,7 @@ def test_failure_while_writing_parquet_leaves_original(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq.ParquetWriter, "close", failing_close)
     with pytest.raises(OSError, match="injected"):
-        cleanup_tokens.clean_file(paths[0], cleanup_tokens.TokenOracle(), cleanup_tokens.CleanupReport(),
+        cleaning.clean_file(paths[0], cleaning.TokenOracle(), cleaning.CleanupReport(),
                                   dry_run=False)
     assert paths[0].read_bytes() == contents
     assert checksum_of(paths[0]).read_bytes() == checksum
@@ -431,7 +431,7 @@ def test_oracle_shortcut_agrees_with_cehrgpt():
     """Tokens the shortcut passes without asking cehrgpt are ones cehrgpt's parser accepts."""
     from cehrgpt_tutorials.common import time_token_problem
 
-    shortcut = cleanup_tokens.CERTAINLY_FINE_TOKEN
+    shortcut = cleaning.CERTAINLY_FINE_TOKEN
     passed = ["8507", "0", "40213154", "D0", "D1999", "W3", "M11", "Y2", "LT", "i-D0", "i-D45", "VS-D7-VE",
               "[VS]", "[VE]", "[DEATH]", "year:2011", "age:37", "Visit/0", "Discharge/0", "Gender/0", "Race/0"]
     for token in passed:
@@ -440,7 +440,7 @@ def test_oracle_shortcut_agrees_with_cehrgpt():
     for token in [*MALFORMED, "i-D-3", "VS-D-2-VE", "i-3mt-6mt", "5m-15m", "i-LT", "D5x", "i-", "VS-"]:
         assert not shortcut.fullmatch(token), token
     # ...and the ones it calls malformed without asking are ones cehrgpt's parser rejects.
-    negative = cleanup_tokens.CERTAINLY_NEGATIVE_INPATIENT_DAYS
+    negative = cleaning.CERTAINLY_NEGATIVE_INPATIENT_DAYS
     for token in ["i-D-1", "i-D-3", "i-D-12", "i-D-400"]:
         assert negative.fullmatch(token), token
         assert time_token_problem(token) is not None, token
@@ -464,7 +464,7 @@ def test_the_script_gives_arrow_the_c_librarys_allocator_unless_you_chose_one(yo
              "except SystemExit:\n"
              "    import pyarrow\n"
              "    print('pool', pyarrow.default_memory_pool().backend_name)\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(cleanup_tokens.__file__).parent, env=environment,
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=environment,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"pool {expected}"

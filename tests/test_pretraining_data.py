@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, output_of, run_script
 
 from cehrgpt_tutorials.common import (
     DEFAULT_TEST_FRACTION,
@@ -33,7 +33,8 @@ from cehrgpt_tutorials.common import (
     split_position,
     write_patient_splits,
 )
-from cleanup_tokens import write_hadoop_checksum
+from cehrgpt_tutorials.sequences.cleaning import write_hadoop_checksum
+from cehrgpt_tutorials.sequences.concept_floor import choose_threshold, persons_per_concept, read_concept_list
 
 SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
 REQUIRED_TABLES = ["person", "visit_occurrence", "concept", "condition_occurrence", "procedure_occurrence",
@@ -88,6 +89,37 @@ def date_after_datetime(omop_folder: Path) -> int:
     return changed
 
 
+def plant_rare_concept(omop_folder: Path) -> str:
+    """A condition no one in the slice has, given to 3 training persons and 3 held-out persons after the
+    start date and to 2 more training persons in 1970, before it: 8 persons, so the cut (>= 5 persons,
+    every date, both splits) keeps it, but only 3 training persons hold it in the sequences. Returns it."""
+    conditions = pq.read_table(omop_folder / "condition_occurrence")
+    concepts = pq.read_table(omop_folder / "concept").to_pylist()
+    used = set(conditions.column("condition_concept_id").to_pylist())
+    planted = next(row["concept_id"] for row in concepts
+                   if row["domain_id"] == "Condition" and row["standard_concept"] == "S" and row["concept_id"] not in used)
+    rows = conditions.to_pylist()
+    recent = {}  # person -> a condition row of theirs after 2000: the planted one goes on the same visit
+    for row in rows:
+        if row["condition_start_date"].year > 2000:
+            recent.setdefault(row["person_id"], row)
+    train = [person for person in sorted(recent) if not is_test_person(person)]
+    test = [person for person in sorted(recent) if is_test_person(person)]
+    new_rows = []
+    next_id = max(conditions.column("condition_occurrence_id").to_pylist()) + 1
+    for number, person in enumerate(train[:5] + test[:3]):
+        row = dict(recent[person], condition_occurrence_id=next_id + number, condition_concept_id=planted)
+        if number in (3, 4):  # before the start date, outside any visit
+            row.update(condition_start_date=row["condition_start_date"].replace(year=1970), condition_start_datetime=None,
+                       condition_end_date=None, condition_end_datetime=None, visit_occurrence_id=None)
+        new_rows.append(row)
+    shutil.rmtree(omop_folder / "condition_occurrence")
+    (omop_folder / "condition_occurrence").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows + new_rows, schema=conditions.schema),
+                   omop_folder / "condition_occurrence" / "part-00000.parquet")
+    return str(planted)
+
+
 @pytest.fixture(scope="module")
 def step2_run(demo_omop_parquet, pipeline_env, tmp_path_factory):
     """Both Spark apps, once, on a read-only copy of the demo slice (input folder != output folder)."""
@@ -96,6 +128,7 @@ def step2_run(demo_omop_parquet, pipeline_env, tmp_path_factory):
     shutil.copytree(demo_omop_parquet, input_folder, symlinks=False)
     make_writable(input_folder)
     assert date_after_datetime(input_folder) > 20
+    planted = plant_rare_concept(input_folder)
     make_read_only(input_folder)
     listing_before = sorted(str(p.relative_to(input_folder)) for p in input_folder.rglob("*"))
     output_folder = work / "data"
@@ -104,8 +137,67 @@ def step2_run(demo_omop_parquet, pipeline_env, tmp_path_factory):
                        + " --conf 'spark.executorEnv.CEHRGPT_TEST=two words'")
     result = run_step2(["--input_folder", str(input_folder), "--output_folder", str(output_folder),
                         "--start_date", "1985-01-01", "--min_num_of_patients", "5"], environment)
-    yield {"result": result, "input": input_folder, "output": output_folder, "listing_before": listing_before}
+    yield {"result": result, "input": input_folder, "output": output_folder, "listing_before": listing_before,
+           "planted": planted}
     make_writable(input_folder)
+
+
+@pytest.mark.slow
+def test_no_concept_held_by_fewer_training_persons_than_the_floor_reaches_the_sequences(step2_run):
+    result, output, planted = step2_run["result"], step2_run["output"], step2_run["planted"]
+    assert result.returncode == 0, output_of(result)
+    assert "min_num_of_patients 5: as asked (--min_num_of_patients); floor 5" in result.stdout
+    # The cut kept the planted concept (8 persons over every date and both splits)...
+    assert re.search(r"floor 5: \d+ of the \d+ concepts the cut kept .* removed from the sequences: .*\(3\)", result.stdout)
+    # ...and the floor took it out of both splits, and out of the concept list.
+    sequences = output / "patient_sequence"
+    for split in ("train", "test"):
+        tokens = pc.list_flatten(pq.read_table(sequences / split, columns=["concept_ids"])["concept_ids"])
+        assert not pc.any(pc.equal(tokens, planted)).as_py(), split
+    kept = read_concept_list(output / "qualified_concept_list")
+    assert planted not in kept
+    counts = persons_per_concept(sequences / "train", kept)
+    assert min(counts.get(concept, 0) for concept in kept) >= 5
+
+
+def test_the_floor_removes_a_rare_concept_with_its_aligned_values_from_both_splits_and_the_concept_list(tmp_path):
+    from cehrgpt_tutorials.sequences.concept_floor import enforce_floor
+
+    prompt = ["year:2010", "age:40", "8507", "8527"]
+    common, rare = "201826", "4329847"
+
+    def rows(persons: range, with_rare: set[int]) -> pa.Table:
+        tokens = [prompt + ["[VS]", "9202", common] + ([rare] if person in with_rare else []) + ["[VE]"]
+                  for person in persons]
+        return pa.table({"person_id": pa.array(list(persons), pa.int32()),
+                         "concept_ids": pa.array(tokens, pa.list_(pa.string())),
+                         "dates": pa.array([list(range(len(row))) for row in tokens], pa.list_(pa.int32())),
+                         "num_of_concepts": pa.array([len(row) for row in tokens], pa.int64())})
+
+    sequences = tmp_path / "patient_sequence"
+    (sequences / "train").mkdir(parents=True)
+    (sequences / "test").mkdir()
+    pq.write_table(rows(range(10), with_rare={1, 2}), sequences / "train" / "part-0.parquet")
+    pq.write_table(rows(range(10, 16), with_rare={10, 11, 12, 13}), sequences / "test" / "part-0.parquet")
+    concept_list = tmp_path / "qualified_concept_list"
+    concept_list.mkdir()
+    pq.write_table(pa.table({"standard_concept_id": pa.array([int(common), int(rare)], pa.int32()),
+                             "freq": pa.array([16, 6], pa.int64())}), concept_list / "part-0.parquet")
+
+    assert enforce_floor(sequences, concept_list, floor=3) == {rare: 2}  # 2 training persons, 4 held-out
+    for split in ("train", "test"):
+        table = pq.read_table(sequences / split)
+        assert all(rare not in tokens for tokens in table["concept_ids"].to_pylist())
+        assert [len(dates) for dates in table["dates"].to_pylist()] == table["num_of_concepts"].to_pylist() == \
+            [len(tokens) for tokens in table["concept_ids"].to_pylist()]
+    assert read_concept_list(concept_list) == {common}
+    assert enforce_floor(sequences, concept_list, floor=3) == {}  # nothing more to remove
+
+
+def test_the_threshold_follows_the_number_of_persons_down_to_the_floor():
+    assert choose_threshold(1_130) == (11, "1,130 persons (the official 100 is for >= 1,000,000 persons; floor 11)")
+    assert [choose_threshold(persons)[0] for persons in (100, 11_300, 113_000, 500_000, 1_000_000, 5_000_000)] == \
+        [11, 11, 12, 50, 100, 100]
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@
 set -u
 set -f  # no filename globbing: `--master local[2]` must reach spark-submit as written
 
-MIN_NUM_OF_PATIENTS=100
+MIN_NUM_OF_PATIENTS=""  # empty: chosen from the number of persons (sequences/concept_floor.py)
 DOMAIN_TABLES="condition_occurrence procedure_occurrence drug_exposure"
 REQUIRED_TABLES="person visit_occurrence concept $DOMAIN_TABLES"
 # Tables the apps read when they are there (drug roll-up); linked if present. patient_splits: below.
@@ -52,7 +52,10 @@ Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's 
   --input_folder PATH         OMOP tables, one Parquet folder per table (read only)
   --output_folder PATH        where qualified_concept_list/ and patient_sequence/ are written
   --start_date DATE           keep events on or after this date (YYYY-MM-DD), e.g. 1985-01-01
-  --min_num_of_patients N     keep concepts seen in at least N patients (default $MIN_NUM_OF_PATIENTS)
+  --min_num_of_patients N     keep concepts seen in at least N patients (default: the official 100 at
+                              1,000,000 persons and above, proportionally fewer below, never under 11;
+                              concepts held by fewer than min(11, N) training persons in the sequences
+                              are removed too)
   --test_fraction F           share of persons held out as patient_sequence/test, decided per person_id
                               by cehrgpt_tutorials.common.is_test_person (default 0.15); 0: no split.
                               An INPUT_FOLDER/patient_splits of your own is used as it is.
@@ -115,7 +118,8 @@ done
 printf '%s\n' "$START_DATE" | grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' ||
     die "--start_date must look like YYYY-MM-DD, got '$START_DATE'"
 case "$MIN_NUM_OF_PATIENTS" in
-    ''|*[!0-9]*) die "--min_num_of_patients must be a whole number, got '$MIN_NUM_OF_PATIENTS'" ;;
+    '') ;;
+    *[!0-9]*) die "--min_num_of_patients must be a whole number, got '$MIN_NUM_OF_PATIENTS'" ;;
 esac
 if [ -n "$TEST_FRACTION" ]; then
     printf '%s\n' "$TEST_FRACTION" | grep -Eq '^(0|0?\.[0-9]+)$' ||
@@ -216,7 +220,16 @@ else
 fi
 [ -z "$SHUFFLE_PARTITIONS" ] ||
     TUNING_OPTIONS="${TUNING_OPTIONS:+$TUNING_OPTIONS }--conf spark.sql.shuffle.partitions=$SHUFFLE_PARTITIONS"
+# The concept threshold: yours, or sized to the number of persons; and the floor that holds in the
+# training sequences (sequences/concept_floor.py decides both).
+choice=$(PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.sequences.concept_floor \
+    choose "$INPUT_FOLDER/person" ${MIN_NUM_OF_PATIENTS:+--threshold "$MIN_NUM_OF_PATIENTS"}) || exit 1
+MIN_NUM_OF_PATIENTS=$(printf '%s' "$choice" | cut -f1)
+FLOOR=$(printf '%s' "$choice" | cut -f2)
+threshold_note="$MIN_NUM_OF_PATIENTS: $(printf '%s' "$choice" | cut -f3-)"
+
 if [ "$DRY_RUN" = 1 ]; then
+    echo "min_num_of_patients $threshold_note"
     echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
     echo "Partitions:    $partitions_note"
     echo "Dry run: nothing was written"
@@ -295,6 +308,7 @@ fi
 echo "Input folder:  $INPUT_FOLDER"
 echo "Output folder: $OUTPUT_FOLDER"
 echo "Start date:    $START_DATE"
+echo "min_num_of_patients $threshold_note"
 echo "Spark options: ${TUNING_OPTIONS:+$TUNING_OPTIONS }${SPARK_OPTIONS:-(none)}"
 echo "Partitions:    $partitions_note"
 echo "Java:          $java_bin ($java_version)"
@@ -377,6 +391,11 @@ else
         die "generate_training_data wrote no patient_sequence (log: $LOG_DIR/generate_training_data.log)"
     written="$SEQUENCES"
 fi
+# The floor holds for what reaches the model: concepts the cut let through that fewer than FLOOR
+# training persons hold in the sequences go (sequences/concept_floor.py).
+PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.sequences.concept_floor enforce \
+    "$STAGING/patient_sequence" --concept-list "$STAGING/qualified_concept_list" --floor "$FLOOR" \
+    --concept-dir "$INPUT_FOLDER/concept" || exit_as_ours $?
 # Every folder the apps wrote replaces its previous version in one rename each, the sequences last.
 trap '' INT TERM
 PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.files replace-each \
