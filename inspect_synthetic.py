@@ -8,7 +8,10 @@ Reads:
                    parent holding several top_* runs (each is inspected, newest first).
   --real-dir       the training sequences, cehrbert_data's patient_sequence (part files; train/ and
                    test/ subfolders: step 2's held-out split, the real patients the model never saw).
-  --source-visit-dir the source CDM's visit_occurrence (default $OMOP_DIR/visit_occurrence): its last date.
+  --omop-dir       the source CDM's exported OMOP tables (default $OMOP_DIR): person and the condition, drug
+                   and procedure tables, to compare the synthetic patients with the CDM itself (skipped,
+                   with a note, when they are not there).
+  --source-visit-dir the source CDM's visit_occurrence (default <omop-dir>/visit_occurrence): its last date.
   --concept-dir    the OMOP concept table (Parquet), for concept names and which ids are visit types.
   --restored-omop-dir (optional) the OMOP folder cehrgpt's converter restored from this run.
 Writes, per run (default <run>/report, replaced atomically): report.json, report.md, PNG plots and
@@ -39,6 +42,7 @@ from cehrgpt_tutorials.common import (
     patient_sequence_files,
     synthetic_data_output_dir,
 )
+from cehrgpt_tutorials.inspect.cdm_fidelity import MIN_CDM_PREVALENCE, read_cdm_prevalence
 from cehrgpt_tutorials.inspect.evaluate import ReportOptions, inspect_run
 from cehrgpt_tutorials.inspect.inputs import find_runs, load_real, visit_concept_ids
 from cehrgpt_tutorials.inspect.privacy import NN_SAMPLE_SIZE, PRIVACY_SAMPLE_SIZE
@@ -91,10 +95,17 @@ def parse_arguments(argv=None):
         help="real patient_sequence folder (default: $CEHR_GPT_DATA_DIR/patient_sequence)",
     )
     parser.add_argument(
+        "--omop-dir",
+        type=Path,
+        default=None,
+        help="the source CDM's exported OMOP tables (person, condition_occurrence, drug_exposure, "
+        "procedure_occurrence), to compare the synthetic patients with the CDM (default: $OMOP_DIR)",
+    )
+    parser.add_argument(
         "--concept-dir",
         type=Path,
         default=None,
-        help="OMOP concept table folder, for names (default: $OMOP_DIR/concept)",
+        help="OMOP concept table folder, for names (default: <omop-dir>/concept)",
     )
     parser.add_argument(
         "--restored-omop-dir",
@@ -125,7 +136,7 @@ def parse_arguments(argv=None):
         type=Path,
         default=None,
         help="the source CDM's visit_occurrence table (Parquet): its last visit_start_date is the date "
-        "synthetic visits should not pass (default: $OMOP_DIR/visit_occurrence)",
+        "synthetic visits should not pass (default: <omop-dir>/visit_occurrence)",
     )
     parser.add_argument(
         "--source-end-date",
@@ -140,9 +151,11 @@ def parse_arguments(argv=None):
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     concept_dir_given = arguments.concept_dir is not None
+    arguments.omop_dir_given = arguments.omop_dir is not None
+    arguments.omop_dir = arguments.omop_dir or omop_dir()
     arguments.synthetic_dir = arguments.synthetic_dir or synthetic_data_output_dir()
     arguments.real_dir = arguments.real_dir or cehr_gpt_data_dir() / "patient_sequence"
-    arguments.concept_dir = arguments.concept_dir or omop_dir() / "concept"
+    arguments.concept_dir = arguments.concept_dir or arguments.omop_dir / "concept"
     if arguments.nn_sample < 1:
         fail("--nn-sample must be at least 1")
     if arguments.privacy_sample < 2:
@@ -179,12 +192,13 @@ def inspect_all(arguments, concept_dir_given: bool, locks: contextlib.ExitStack)
         print(
             f"Real sequences: {real.description}; {percent(float(real.train_facts.valid.mean()))} structurally valid"
         )
+        cdm = read_source_cdm(arguments)
     except PipelineError as error:
         fail(str(error))
 
     source_end, source_note = arguments.source_end_date, "--source-end-date"
     if source_end is None:
-        visit_dir = arguments.source_visit_dir or omop_dir() / "visit_occurrence"
+        visit_dir = arguments.source_visit_dir or arguments.omop_dir / "visit_occurrence"
         try:
             source_end = source_end_date(visit_dir)
         except PipelineError as error:
@@ -194,7 +208,8 @@ def inspect_all(arguments, concept_dir_given: bool, locks: contextlib.ExitStack)
         source_note = f"the last visit_start_date of {visit_dir}"
     options = ReportOptions(real_dir=arguments.real_dir, concept_dir=arguments.concept_dir,
                             nn_sample=arguments.nn_sample, privacy_sample=arguments.privacy_sample,
-                            seed=arguments.seed, source_end_date=source_end, source_end_note=source_note)
+                            seed=arguments.seed, source_end_date=source_end, source_end_note=source_note,
+                            cdm=cdm)
     failures, reports = [], []
     for index, run in enumerate(runs):
         if arguments.report_dir is None:
@@ -230,6 +245,19 @@ def inspect_all(arguments, concept_dir_given: bool, locks: contextlib.ExitStack)
         print(f"warning: {failure}")
     return 0
 
+
+def read_source_cdm(arguments):
+    """The source CDM's frequent concepts, read once for every run; a --omop-dir given without its
+    tables is an error, the default one missing (a fresh clone) only a note."""
+    cdm = read_cdm_prevalence(arguments.omop_dir, arguments.concept_dir)
+    if cdm.missing and arguments.omop_dir_given:
+        raise PipelineError(cdm.missing)
+    if cdm.missing:
+        print(f"note: {cdm.missing}: the comparison with the source CDM is skipped")
+    else:
+        print(f"Source CDM: {arguments.omop_dir} ({cdm.persons:,} persons, {len(cdm.prevalence)} condition, drug "
+              f"and procedure concepts held by >= {MIN_CDM_PREVALENCE:.0%} of them)")
+    return cdm
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     sequences.py   reading patient sequences as code arrays
     validity.py    VALIDITY_RULES and `analyse` (every rule and per-sequence fact, vectorized)
     fidelity.py    prevalence (and per-concept errors), co-occurrence, distributions
+    cdm_fidelity.py the frequent concepts of the source CDM (exported OMOP tables) vs real and synthetic
     timeline.py    calendar time: visit dates as cehrgpt's converter gives them; censoring at a date
     privacy.py     exact copies, nearest-neighbour distances, cehrgpt's membership and attribute inference
     utility.py     dimension-wise prediction: train on synthetic vs on real, test on held-out real

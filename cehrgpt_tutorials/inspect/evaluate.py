@@ -14,6 +14,7 @@ import yaml
 
 from cehrgpt_tutorials.common import PipelineError, patient_sequence_files
 from cehrgpt_tutorials.files import atomic_directory
+from cehrgpt_tutorials.inspect.cdm_fidelity import CdmPrevalence, cdm_fidelity, report_keys
 from cehrgpt_tutorials.inspect.fidelity import (
     concept_matrix,
     cooccurrence_r,
@@ -67,6 +68,7 @@ class ReportOptions:
     seed: int = 0
     source_end_date: datetime.date | None = None  # None: estimated from the real sequences
     source_end_note: str = ""
+    cdm: CdmPrevalence | None = None  # the source CDM's frequent concepts; None: not compared
 
 
 def inspect_run(
@@ -182,6 +184,7 @@ def inspect_run(
     calendar = calendar_time(real.train_facts, facts, source_end, datetime.date.today())
     calendar["source_end_from"] = source_note
     errors = prevalence_errors(real_prevalence, synthetic_prevalence, tokens, names)
+    against_cdm = cdm_fidelity(options.cdm, real_prevalence, synthetic_prevalence, vocabulary.code_of)
     seconds["calendar_and_prevalence_errors"] = time.perf_counter() - clock
 
     # 6. Conversion to OMOP.
@@ -205,6 +208,8 @@ def inspect_run(
         "prevalence_pearson_r": prevalence_r,
         "prevalence_within_25pct": errors["within_25pct"],
         "prevalence_errors": errors,
+        **report_keys(against_cdm),
+        "cdm_fidelity": against_cdm,
         "visits_after_source_end_fraction": calendar["visits_after_source_end_fraction"],
         "calendar": calendar,
         "cooccurrence_pearson_r": pairs_r,

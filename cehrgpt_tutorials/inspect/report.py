@@ -11,6 +11,7 @@ from cehrgpt_tutorials.inspect.report_sections import (
     _get,
     attack_lines,
     calendar_lines,
+    cdm_fidelity_lines,
     prevalence_error_lines,
     print_new_metrics,
     utility_lines,
@@ -37,6 +38,9 @@ METRICS = {
     "(from --restored-omop-dir, or the run's restored_omop/)",
     "prevalence_within_25pct": "share of the concepts in >= 5% of real training patients whose synthetic "
     "prevalence is within +-25% (relative) of the real one",
+    "cdm_concepts_within_25pct": "share of the condition, drug and procedure concepts held by >= 5% of the source "
+    "CDM's persons (exported OMOP tables) whose synthetic prevalence is within +-25% (relative) of the CDM's "
+    "(cdm_concepts_within_25pct_real_sequences: the same for the real training sequences)",
     "visits_after_source_end_fraction": "share of synthetic visits (as generated, dated the way cehrgpt's "
     "converter dates them) that start after the source data's last visit date",
     "membership_inference": "cehrgpt's membership inference: synthetic patients' distances to sampled training "
@@ -61,6 +65,8 @@ READINGS = {
     "visits_after_source_end_fraction": "0% in real data; more than a few % means synthetic patients live in "
     "the future (the restore step censors them at the source's last date)",
     "prevalence_within_25pct": "below ~0.8: frequent concepts, which analyses depend on, are mis-generated",
+    "cdm_concepts_within_25pct": "well below the real sequences' figure: the model mis-generates what step 2 kept; "
+    "the real sequences' figure itself well below 1: step 2 lost concepts (or persons) before any model",
 }
 
 
@@ -156,6 +162,8 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"| heldout_real_sequences | {report['heldout_real_sequences']:,} | real sequences the model never saw, "
         "the reference of the privacy and utility checks |",
         f"| prevalence_within_25pct | {percent(report['prevalence_within_25pct'])} | {METRICS['prevalence_within_25pct']} |",
+        f"| cdm_concepts_within_25pct (real sequences) | {percent(report['cdm_concepts_within_25pct'])} "
+        f"({percent(report['cdm_concepts_within_25pct_real_sequences'])}) | {METRICS['cdm_concepts_within_25pct']} |",
         f"| visits_after_source_end_fraction | {percent(report['visits_after_source_end_fraction'])} | "
         f"{METRICS['visits_after_source_end_fraction']} |",
         f"| membership_inference accuracy | {number(_get(report['membership_inference'], 'accuracy'))} | "
@@ -204,6 +212,7 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         "",
     ]
     lines += prevalence_error_lines(report, plots)
+    lines += cdm_fidelity_lines(report)
     lines += [
         "",
         "## 3. Distributions",

@@ -1,5 +1,6 @@
-"""The report's sections on what the summary numbers hide: per-concept prevalence errors, the authors'
-privacy attacks, utility and calendar time (printed lines and report.md), each with a one-line reading."""
+"""The report's sections on what the summary numbers hide: per-concept prevalence errors (against the
+real sequences and the source CDM), the authors' privacy attacks, utility and calendar time (printed
+lines and report.md), each with a one-line reading."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def print_new_metrics(report: dict) -> None:
     errors = report["prevalence_errors"]
     print(f"Concepts in >= {percent(errors['min_real_prevalence'])} of real patients within +-25% prevalence: "
           f"{percent(errors['within_25pct'])} of {errors['concepts']}")
+    print(cdm_fidelity_line(report["cdm_fidelity"]))
     calendar = report["calendar"]
     print(f"Synthetic visits after the source's last date ({calendar['source_end_date']}): "
           f"{percent(calendar['visits_after_source_end_fraction'])}, after today: "
@@ -65,6 +67,61 @@ def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
         shown = ", ".join(f"{_concept(row)} {percent(row['real_prevalence'])} -> {percent(row['synthetic_prevalence'])} "
                           f"({row['relative_error']:+.0%})" for row in rows)
         lines += ["", f"Most {label} conditions: {shown or 'none (or no concept domains known)'}."]
+    return lines
+
+
+ABSENT_PRINTED = 5
+
+
+def _named(row: dict) -> str:
+    return f"{row['name']} ({row['concept_id']})" if row["name"] else row["concept_id"]
+
+
+def cdm_fidelity_line(section: dict) -> str:
+    if "not_measured" in section:
+        return f"vs the source CDM: not measured ({section['not_measured']})"
+    count, absent = section["concepts"], section["absent"]
+    shown = ", ".join(_named(row) for row in absent[:ABSENT_PRINTED])
+    more = f" and {len(absent) - ABSENT_PRINTED} more" if len(absent) > ABSENT_PRINTED else ""
+    return (f"vs the source CDM: {section['within_25pct_count']} of {count} frequent concepts within +-25% "
+            f"(real sequences: {section['real_within_25pct_count']} of {count}); absent: {shown or 'none'}{more}")
+
+
+def cdm_fidelity_lines(report: dict) -> list[str]:
+    _, readings, _, percent = _formatting()
+    section = report["cdm_fidelity"]
+    lines = ["", "### Against the source CDM", ""]
+    if "not_measured" in section:
+        return lines + [f"Not measured: {section['not_measured']} (`--omop-dir`, default `$OMOP_DIR`)."]
+    absent = section["absent"]
+    lost = sum(row["real_prevalence"] == 0 for row in absent)
+    lines += [
+        f"Of the {section['concepts']} condition, drug and procedure concepts held by >= "
+        f"{percent(section['min_cdm_prevalence'])} of the {section['persons']:,} persons of the source CDM "
+        f"(`{section['omop_dir']}`; a person holds a concept with any row of it, any date), "
+        f"{section['within_25pct_count']} ({percent(section['within_25pct'])}) have a synthetic prevalence within "
+        f"+-25% of the CDM's; in the real training sequences {section['real_within_25pct_count']} "
+        f"({percent(section['real_within_25pct'])}): what step 2 (its concept cut and its patients) loses before "
+        f"any model. Reading: {readings['cdm_concepts_within_25pct']}.",
+        "",
+        f"Never generated: {len(absent)}, {lost} of them absent from the real training sequences too.",
+    ]
+    lines += _cdm_table(absent, "", percent)
+    lines += ["", "The worst of the generated ones:"] + _cdm_table(section["worst_generated"], "synthetic", percent)
+    return lines
+
+
+def _cdm_table(rows: list[dict], synthetic: str, percent) -> list[str]:
+    if not rows:
+        return ["", "None."]
+    extra = " synthetic | relative error (synthetic vs CDM) |" if synthetic else ""
+    lines = ["", f"| concept | domain | CDM | real sequences |{extra}", "|---|---|---|---|" + ("---|---|" if extra else "")]
+    for row in rows:
+        line = (f"| {_concept(row)} | {row['domain'] or '?'} | {percent(row['cdm_prevalence'])} | "
+                f"{percent(row['real_prevalence'])} |")
+        if synthetic:
+            line += f" {percent(row['synthetic_prevalence'])} | {row['relative_error']:+.0%} |"
+        lines.append(line)
     return lines
 
 
