@@ -269,7 +269,9 @@ def summary(total_seconds: float | None = None) -> None:
         show("cdm_concepts_within_25pct", "CDM concepts within 25%")
         show("visits_after_source_end_fraction", "visits after source end")
         show("exact_copy_fraction", "exact copies")
-        show("membership_accuracy", "membership inference", (numbers.get("membership_inference") or {}).get("accuracy"))
+        membership = numbers.get("membership_inference") or {}
+        show("membership_accuracy", "membership inference", membership.get("accuracy"))
+        show("membership_control", "membership on copies", membership.get("control_accuracy"))
         show("dimension_wise_auroc_ratio", "utility AUROC ratio")
         print(f"  report                   {report.with_name('report.md')}")
     prediction = cehr_gpt_data_dir() / "prediction" / "predict_report.json"

@@ -13,12 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cehrgpt_tutorials.inspect import privacy
 from cehrgpt_tutorials.inspect.fidelity import prevalence, prevalence_errors
 from cehrgpt_tutorials.inspect.privacy import (
     attribute_config,
     attribute_f1,
     attribute_inference,
     membership_inference,
+    membership_threshold,
 )
 from cehrgpt_tutorials.inspect.sequences import read_sequences, sequences_from_lists
 from cehrgpt_tutorials.inspect.timeline import calendar_time, censor_folder, visit_dates
@@ -139,6 +141,52 @@ def test_membership_inference_tells_copies_of_training_patients_from_new_ones():
     assert copies["sample_per_set"] == 80
     assert copies["accuracy"] >= 0.95 and copies["recall"] == 1.0
     assert 0.3 <= independent["accuracy"] <= 0.7
+    # The control is the sampled training patients themselves: the same score, whatever was generated.
+    assert independent["control_accuracy"] == copies["accuracy"] and independent["informative"]
+
+
+def alike(count: int, seed: int) -> list[list[str]]:
+    """Patients with 3 of 10 concepts and one gender and race: half of any two sets share a concept set."""
+    rng = random.Random(seed)
+    return [["year:2010", f"age:{rng.randint(30, 60)}", "8507", "8527", "[VS]", "9202"]
+            + [str(concept) for concept in rng.sample(range(1001, 1011), 3)] + ["[VE]"] for _ in range(count)]
+
+
+def test_on_patients_alike_cehrgpts_constant_threshold_is_blind_and_the_data_threshold_is_not(monkeypatch):
+    train, heldout = alike(80, seed=1), alike(80, seed=2)
+    vocabulary, sets = privacy_sets(train, train, heldout)
+    copies = membership_inference(*sets, vocabulary, sample_size=80)
+    vocabulary, sets = privacy_sets(alike(80, seed=3), train, heldout)
+    fresh = membership_inference(*sets, vocabulary, sample_size=80)
+    assert copies["threshold"] < 1  # nearer than one concept apart: only ages differ
+    assert copies["heldout_under_threshold"] <= 0.05
+    assert copies["accuracy"] >= 0.9 and copies["informative"]
+    assert abs(fresh["accuracy"] - 0.5) <= 0.1 and fresh["control_accuracy"] >= 0.9
+    # member_inference.THRESHOLD: every held-out patient is within 5 of a training one.
+    monkeypatch.setattr(privacy, "membership_threshold", lambda distances: 5.0)
+    vocabulary, sets = privacy_sets(train, train, heldout)
+    constant = membership_inference(*sets, vocabulary, sample_size=80)
+    assert constant["accuracy"] == 0.5 and not constant["informative"]
+
+
+def test_the_membership_threshold_leaves_at_most_5_percent_of_held_out_patients_nearer():
+    spread = np.random.default_rng(0).permutation(np.arange(100.0))
+    assert membership_threshold(spread) == 5.0  # 0..4 are nearer: 5%
+    # Ties stay on the non-member side: 3 at 0, then 10 at 2 -> threshold 2, 3% nearer.
+    assert membership_threshold(np.array([0.0] * 3 + [2.0] * 10 + [7.0] * 87)) == 2.0
+    # Most held-out patients have an exact twin in training: nobody can be called a member.
+    assert membership_threshold(np.array([0.0] * 10 + [3.0] * 90)) == 0.0
+    assert membership_threshold(np.array([4.0, 1.0])) == 1.0
+
+
+def test_when_every_patient_is_the_same_the_controls_fail():
+    same = [PROMPT + ["[VS]", "9202", "1001", "1002", "1003", "1004", "[VE]"]] * 30
+    vocabulary, sets = privacy_sets(same, same, same)
+    membership = membership_inference(*sets, vocabulary, sample_size=30)
+    assert membership["control_accuracy"] == 0.5 and not membership["informative"]
+    config = attribute_config(prevalence(analyse(sets[0][0], vocabulary), len(vocabulary)), vocabulary.tokens)
+    attributes = attribute_inference(*sets, vocabulary, config, sample_size=30)
+    assert attributes["f1_control"] == attributes["f1_baseline"] == 1.0 and not attributes["informative"]
 
 
 def test_attribute_inference_from_copies_beats_the_held_out_baseline():
@@ -153,6 +201,8 @@ def test_attribute_inference_from_copies_beats_the_held_out_baseline():
     assert copies["f1_synthetic"] >= 0.95
     assert copies["f1_synthetic"] > copies["f1_baseline"] + 0.5
     assert abs(independent["f1_synthetic"] - independent["f1_baseline"]) < 0.1
+    # The control, copies of the sampled training patients, is what the copies above scored.
+    assert independent["f1_control"] == copies["f1_synthetic"] and independent["informative"]
 
 
 def test_attribute_f1_is_cehrgpts_formula():
@@ -165,14 +215,10 @@ def test_attribute_f1_is_cehrgpts_formula():
 
 
 @pytest.mark.slow
-def test_the_constants_and_formulas_copied_from_cehrgpt_are_still_cehrgpts():
-    """MEMBERSHIP_THRESHOLD and attribute_f1 stand in for cehrgpt modules that import torch (~10 s)."""
+def test_the_attribute_f1_copied_from_cehrgpt_is_still_cehrgpts():
+    """attribute_f1 stands in for a cehrgpt module that imports torch (~10 s)."""
     from cehrgpt.analysis.privacy.attribute_inference import cal_f1_score
-    from cehrgpt.analysis.privacy.member_inference import THRESHOLD
 
-    from cehrgpt_tutorials.inspect.privacy import MEMBERSHIP_THRESHOLD
-
-    assert MEMBERSHIP_THRESHOLD == THRESHOLD
     rng = np.random.default_rng(0)
     known, guessed = rng.random((50, 20)) < 0.3, rng.random((50, 20)) < 0.3
     # Matched one to one, both formulas agree...

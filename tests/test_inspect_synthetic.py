@@ -315,8 +315,9 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     report = inspect(tmp_path, population(40, seed=1), population(30, seed=9))
     assert REQUIRED_KEYS <= set(report)
     assert report["converted_fraction"] is None  # no restored OMOP folder given
-    assert set(report["membership_inference"]) >= {"accuracy", "precision", "recall", "f1"}
-    assert set(report["attribute_inference"]) >= {"f1_synthetic", "f1_baseline"}
+    assert set(report["membership_inference"]) >= {"accuracy", "precision", "recall", "f1", "threshold",
+                                                   "threshold_rule", "control_accuracy", "informative"}
+    assert set(report["attribute_inference"]) >= {"f1_synthetic", "f1_baseline", "f1_control", "informative"}
     folder = tmp_path / "synthetic" / "top_p9500" / "report"
     config = yaml.safe_load((folder / "attribute_inference_config.yml").read_text())
     assert len(config["common_attributes"]) == report["attribute_inference"]["common_attributes"]
@@ -343,6 +344,32 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     assert "Number of sequences: 30" in output
     assert "Sequence length: min" in output and "Most common tokens after [VS]: 9202" in output
     assert "First 50 tokens of sequence 0: year:" in output
+
+
+def test_the_report_says_when_the_privacy_attacks_cannot_see_copies(tmp_path, capsys):
+    # Every patient the same: copies of training patients are as near to held-out ones as to themselves.
+    report = inspect(tmp_path, [BASE] * 20, [BASE] * 10, real_split=[BASE] * 10)
+    assert report["membership_inference"]["control_accuracy"] == 0.5
+    assert not report["membership_inference"]["informative"] and not report["attribute_inference"]["informative"]
+    markdown = (tmp_path / "synthetic" / "top_p9500" / "report" / "report.md").read_text()
+    output = capsys.readouterr().out
+    for text in (markdown, output):
+        assert "this attack scores 0.500 on copies of training patients; here it scores 0.500" in text
+        assert "Under 0.8 on copies, the attack is too weak on this data to mean anything" in text
+        assert "synthetic F1 is not above the held-out baseline" in text
+        assert "so the attack is too weak on this data to mean anything" in text
+
+
+def test_the_report_prints_the_attack_beside_its_control_on_copies(tmp_path, capsys):
+    train = population(60, seed=1)
+    report = inspect(tmp_path, train, population(30, seed=3), real_split=population(30, seed=2))
+    membership = report["membership_inference"]
+    assert membership["informative"] and membership["control_accuracy"] >= 0.9
+    assert membership["heldout_under_threshold"] <= 0.05
+    markdown = (tmp_path / "synthetic" / "top_p9500" / "report" / "report.md").read_text()
+    assert (f"this attack scores {membership['control_accuracy']:.3f} on copies of training patients; here it "
+            f"scores {membership['accuracy']:.3f}. Member: nearer than {membership['threshold']:.3f}") in markdown
+    assert "too weak" not in markdown and "too weak" not in capsys.readouterr().out
 
 
 def write_restored(folder, person_ids: list[int]) -> None:

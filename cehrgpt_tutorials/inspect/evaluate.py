@@ -155,7 +155,8 @@ def inspect_run(
     if len(synthetic_distances) and len(heldout_distances) and heldout_distances.mean() > 0:
         nn_ratio = float(synthetic_distances.mean() / heldout_distances.mean())
 
-    # 5b. The CEHR-GPT authors' attacks, against the real patients the model never saw.
+    # 5b. The CEHR-GPT authors' attacks, against the real patients the model never saw, each beside the
+    # same attack on copies of the training patients (what it would score if the model copied them).
     clock = time.perf_counter()
     train_set = (real.train, real.reference_rows)
     heldout_set = (real.heldout, real.heldout_candidates)

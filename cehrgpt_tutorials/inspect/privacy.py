@@ -63,9 +63,18 @@ def copied_rows(synthetic_hashes: np.ndarray, real_hashes: np.ndarray) -> np.nda
 # with a seed, number concepts with ConceptIndex, and call the same vector and matching functions.
 # ---------------------------------------------------------------------------------------------
 
-# cehrgpt.analysis.privacy.member_inference.THRESHOLD: a synthetic patient within this squared
-# Euclidean distance of a real one is called a member (tests check it is still cehrgpt's value).
-MEMBERSHIP_THRESHOLD = 5
+# The membership attack calls a synthetic patient a member when it sits nearer a training patient than
+# MEMBERSHIP_FALSE_POSITIVES of the held-out real patients do. cehrgpt's constant (a squared distance of
+# 5) ignores how alike the patients are: 63% of the demo's held-out patients fall under it, and the
+# attack then scores 0.71 on exact copies of its members.
+MEMBERSHIP_FALSE_POSITIVES = 0.05
+# An attack this weak on exact copies cannot see memorization: at accuracy 0.8 with 5% false positives
+# it misses about a third of verbatim copies, and 0.8 is over 10 standard errors from chance even at
+# 166 patients per set (the demo).
+MEMBERSHIP_CONTROL_BAR = 0.8
+# Copies of training patients must reveal this much more F1 than held-out strangers do, or the
+# sensitive concepts are as guessable from the common ones in any real population as from a copy.
+ATTRIBUTE_CONTROL_GAP = 0.2
 # Patients per set for both attacks (cehrgpt's default is 5,000): the distance matrices are
 # sample x sample, so 2,000 keeps both attacks to a few seconds at 100k patients.
 PRIVACY_SAMPLE_SIZE = 2_000
@@ -115,14 +124,39 @@ def _samples(sets: dict, vocabulary, sample_size: int, seed: int) -> tuple[dict,
     return frames, size
 
 
+def membership_threshold(heldout_to_train: np.ndarray, false_positives: float = MEMBERSHIP_FALSE_POSITIVES) -> float:
+    """The smallest held-out distance with at most `false_positives` of the held-out distances below it.
+
+    'Member' means strictly nearer than this, so by construction at most that share of real patients the
+    model never saw would be called members; ties at the threshold stay non-members.
+    """
+    ordered = np.sort(heldout_to_train)
+    return float(ordered[min(int(false_positives * len(ordered)), len(ordered) - 1)])
+
+
+def _attack_scores(to_train: np.ndarray, to_heldout: np.ndarray, threshold: float) -> dict:
+    """cehrgpt's scoring: nearest-training distances are members, nearest-held-out ones are not."""
+    from sklearn import metrics
+
+    labels = np.concatenate((np.ones(len(to_train), dtype=int), np.zeros(len(to_heldout), dtype=int)))
+    predicted = (np.concatenate((to_train, to_heldout)) < threshold).astype(int)
+    return {
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+    }
+
+
 def membership_inference(train, heldout, synthetic, vocabulary, sample_size: int = PRIVACY_SAMPLE_SIZE,
                          seed: int = 0) -> dict | None:
-    """train, heldout, synthetic: (Sequences, candidate rows). cehrgpt's member_inference: each sampled synthetic patient's distance to its nearest sampled
-    training patient (label: member) and to its nearest held-out patient (label: non-member); the
-    attack says "member" below MEMBERSHIP_THRESHOLD. Accuracy 0.5 = synthetic patients are no closer
-    to the training patients than to patients the model never saw."""
+    """train, heldout, synthetic: (Sequences, candidate rows). cehrgpt's member_inference: each sampled
+    synthetic patient's distance to its nearest sampled training patient (label: member) and to its nearest
+    held-out patient (label: non-member); "member" below a threshold set from the held-out patients
+    (membership_threshold). Accuracy 0.5 = synthetic patients are no closer to the training patients than
+    to patients the model never saw. control_accuracy: the same attack with the sampled training patients
+    themselves as the synthetic set, what it scores when a model copies its members."""
     from cehrgpt.analysis.privacy import utils
-    from sklearn import metrics
 
     frames, size = _samples({"train": train, "heldout": heldout, "synthetic": synthetic}, vocabulary, sample_size, seed)
     if size < 2:
@@ -131,17 +165,25 @@ def membership_inference(train, heldout, synthetic, vocabulary, sample_size: int
     race = utils.create_race_encoder(frames["train"], frames["heldout"], frames["synthetic"])
     index = ConceptIndex(utils.extract_medical_concepts(tokens) for frame in frames.values() for tokens in frame.concept_ids)
     vectors = {name: utils.create_vector_representations(frame, index, gender, race) for name, frame in frames.items()}
-    to_train = utils.find_match(vectors["synthetic"], vectors["train"])
-    to_heldout = utils.find_match(vectors["synthetic"], vectors["heldout"])
-    labels = np.concatenate((np.ones(len(to_train), dtype=int), np.zeros(len(to_heldout), dtype=int)))
-    predicted = (np.concatenate((to_train, to_heldout)) < MEMBERSHIP_THRESHOLD).astype(int)
+
+    def nearest(queries: str, references: str) -> np.ndarray:
+        # find_match expands |a-b|^2 and leaves ~1e-13 for identical rows: a copy must be at 0 exactly.
+        return np.maximum(np.round(utils.find_match(vectors[queries], vectors[references]), 9), 0)
+
+    heldout_to_train = nearest("heldout", "train")
+    threshold = membership_threshold(heldout_to_train)
+    control = _attack_scores(nearest("train", "train"), nearest("train", "heldout"), threshold)
     return {
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+        **_attack_scores(nearest("synthetic", "train"), nearest("synthetic", "heldout"), threshold),
         "sample_per_set": size,
-        "threshold": MEMBERSHIP_THRESHOLD,
+        "threshold": threshold,
+        "threshold_rule": f"the smallest squared distance from a held-out real patient to its nearest sampled "
+        f"training patient with at most {MEMBERSHIP_FALSE_POSITIVES:.0%} of held-out patients nearer",
+        "heldout_under_threshold": float((heldout_to_train < threshold).mean()),
+        "control_accuracy": control["accuracy"],
+        "control_recall": control["recall"],
+        "control_bar": MEMBERSHIP_CONTROL_BAR,
+        "informative": control["accuracy"] >= MEMBERSHIP_CONTROL_BAR,
     }
 
 
@@ -173,10 +215,12 @@ def attribute_f1(known: np.ndarray, guessed: np.ndarray, match: np.ndarray) -> n
 
 def attribute_inference(train, heldout, synthetic, vocabulary, config: dict,
                         sample_size: int = PRIVACY_SAMPLE_SIZE, seed: int = 0) -> dict | None:
-    """train, heldout, synthetic: (Sequences, candidate rows). cehrgpt's attribute_inference: match each sampled training patient, on demographics and common
-    concepts, to its nearest synthetic patient and guess its sensitive concepts from that match (F1).
-    Baselines: the same guess from the nearest held-out real patient (f1_baseline: what any real
-    population gives) and from the nearest other training patient (cehrgpt's own train-train)."""
+    """train, heldout, synthetic: (Sequences, candidate rows). cehrgpt's attribute_inference: match each
+    sampled training patient, on demographics and common concepts, to its nearest synthetic patient and
+    guess its sensitive concepts from that match (F1). Baselines: the same guess from the nearest held-out
+    real patient (f1_baseline: what any real population gives) and from the nearest other training patient
+    (cehrgpt's own train-train). Control: the sampled training patients themselves as the synthetic set
+    (f1_control: what the attack recovers when a model copies them)."""
     from cehrgpt.analysis.privacy import utils
 
     frames, size = _samples({"train": train, "heldout": heldout, "synthetic": synthetic}, vocabulary, sample_size,
@@ -198,9 +242,13 @@ def attribute_inference(train, heldout, synthetic, vocabulary, config: dict,
         return float(attribute_f1(train_sensitive, vectors[name][1], match).mean())
 
     self_match = utils.find_match_self(train_common, train_common, return_index=True)
+    baseline, control = f1_against("heldout"), f1_against("train")
     return {
         "f1_synthetic": f1_against("synthetic"),
-        "f1_baseline": f1_against("heldout"),
+        "f1_baseline": baseline,
+        "f1_control": control,
+        "control_gap": ATTRIBUTE_CONTROL_GAP,
+        "informative": control - baseline >= ATTRIBUTE_CONTROL_GAP,
         "f1_train_train": float(attribute_f1(train_sensitive, train_sensitive, self_match).mean()),
         "sample_per_set": size,
         "common_attributes": len(common),

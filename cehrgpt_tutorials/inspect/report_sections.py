@@ -33,11 +33,13 @@ def print_new_metrics(report: dict) -> None:
           f"{percent(calendar['real_visits_after_source_end_fraction'])}); last synthetic visit {calendar['last_visit_date']}")
     membership, attributes = report["membership_inference"], report["attribute_inference"]
     if membership is not None:
-        print(f"Membership inference (cehrgpt, vs held-out real): accuracy {number(membership['accuracy'])}, "
-              f"F1 {number(membership['f1'])} ({membership['sample_per_set']:,} per set)")
+        print(f"Membership inference (cehrgpt, vs held-out real; member: nearer than "
+              f"{number(membership['threshold'], 2)}, as {percent(membership['heldout_under_threshold'])} of held-out "
+              f"real patients are; {membership['sample_per_set']:,} per set): {membership_verdict(membership)}")
     if attributes is not None:
-        print(f"Attribute inference (cehrgpt): F1 synthetic {number(attributes['f1_synthetic'])} vs held-out real "
-              f"{number(attributes['f1_baseline'])} (train-train {number(attributes['f1_train_train'])})")
+        print(f"Attribute inference (cehrgpt): F1 synthetic {number(attributes['f1_synthetic'])}, held-out real "
+              f"{number(attributes['f1_baseline'])}, copies of training patients {number(attributes['f1_control'])} "
+              f"(train-train {number(attributes['f1_train_train'])}): {attribute_verdict(attributes)}")
     if report["utility"] is not None:
         print(f"Dimension-wise prediction AUROC on held-out real: trained on synthetic "
               f"{number(report['dimension_wise_auroc_synthetic'])}, on real {number(report['dimension_wise_auroc_real'])}")
@@ -125,8 +127,30 @@ def _cdm_table(rows: list[dict], synthetic: str, percent) -> list[str]:
     return lines
 
 
+def membership_verdict(membership: dict) -> str:
+    """Both accuracies side by side; an attack that cannot see copies says so."""
+    _, _, number, _ = _formatting()
+    verdict = (f"this attack scores {number(membership['control_accuracy'])} on copies of training patients; here it "
+               f"scores {number(membership['accuracy'])}")
+    if not membership["informative"]:
+        verdict += (f". Under {membership['control_bar']} on copies, the attack is too weak on this data to mean "
+                    "anything")
+    return verdict
+
+
+def attribute_verdict(attributes: dict) -> str:
+    _, _, number, _ = _formatting()
+    gap = attributes["f1_synthetic"] - attributes["f1_baseline"]
+    verdict = ("synthetic F1 is not above the held-out baseline, so the synthetic patients reveal no more than "
+               "real strangers" if gap <= 0 else f"synthetic F1 is {number(gap)} above the held-out baseline")
+    if not attributes["informative"]:
+        verdict += (f"; but copies of the training patients reveal less than {attributes['control_gap']} F1 more "
+                    "than strangers, so the attack is too weak on this data to mean anything")
+    return verdict
+
+
 def attack_lines(report: dict) -> list[str]:
-    metrics, readings, number, _ = _formatting()
+    metrics, readings, number, percent = _formatting()
     membership, attributes = report["membership_inference"], report["attribute_inference"]
     lines = [""]
     if membership is None:
@@ -134,9 +158,12 @@ def attack_lines(report: dict) -> list[str]:
     else:
         lines.append(
             f"- Membership inference (cehrgpt.analysis.privacy.member_inference, against the held-out real patients): "
-            f"accuracy {number(membership['accuracy'])}, precision {number(membership['precision'])}, recall "
-            f"{number(membership['recall'])}, F1 {number(membership['f1'])}, on {membership['sample_per_set']:,} "
-            f"sampled patients per set. {metrics['membership_inference']}. Reading: {readings['membership_inference']}."
+            f"{membership_verdict(membership)}. Member: nearer than {number(membership['threshold'])} (squared "
+            f"Euclidean distance on cehrgpt's patient vectors) to a sampled training patient, the distance under which "
+            f"{percent(membership['heldout_under_threshold'])} of the real patients the model never saw fall "
+            f"({membership['threshold_rule']}). Precision {number(membership['precision'])}, recall {number(membership['recall'])}, "
+            f"F1 {number(membership['f1'])}, on {membership['sample_per_set']:,} sampled patients per set. "
+            f"{metrics['membership_inference']}. Reading: {readings['membership_inference']}."
         )
     if attributes is None:
         lines.append("- Attribute inference: not measured (too few patients, or no sensitive concepts).")
@@ -146,8 +173,9 @@ def attack_lines(report: dict) -> list[str]:
             f"{attributes['common_attributes']} most common concepts known, {attributes['sensitive_attributes']:,} others "
             f"sensitive; written to attribute_inference_config.yml): F1 from synthetic patients "
             f"{number(attributes['f1_synthetic'])}, from held-out real patients {number(attributes['f1_baseline'])}, "
-            f"from other training patients (cehrgpt's baseline) {number(attributes['f1_train_train'])}, on "
-            f"{attributes['sample_per_set']:,} patients per set. Reading: {readings['attribute_inference']}."
+            f"from copies of the training patients {number(attributes['f1_control'])}, from other training patients "
+            f"(cehrgpt's baseline) {number(attributes['f1_train_train'])}, on {attributes['sample_per_set']:,} "
+            f"patients per set: {attribute_verdict(attributes)}. Reading: {readings['attribute_inference']}."
         )
     return lines
 
