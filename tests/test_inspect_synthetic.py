@@ -330,6 +330,7 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
         "validity.png",
         "prevalence_errors.png",
         "visits_per_year.png",
+        "timelines.png",  # a few real and synthetic patients, before any number about them
     ]
     for name in images:
         data = (folder / name).read_bytes()

@@ -30,7 +30,7 @@ from cehrgpt_tutorials.inspect.inputs import (
     read_concepts,
     restored_omop_counts,
 )
-from cehrgpt_tutorials.inspect.plots import write_plots
+from cehrgpt_tutorials.inspect.plots import write_plots, write_timelines
 from cehrgpt_tutorials.inspect.privacy import (
     NN_SAMPLE_SIZE,
     PRIVACY_SAMPLE_SIZE,
@@ -286,6 +286,8 @@ def inspect_run(
             tokens,
             names,
         )
+        plots.update(write_timelines(staging, (real.heldout, real.heldout_facts, real.heldout_candidates),
+                                     (synthetic, facts), vocabulary, names, options.seed))
         (staging / "report.json").write_text(json.dumps(json_ready(report), indent=2) + "\n")
         # The attribute config the attack used, in the format cehrgpt's attribute_inference reads.
         (staging / "attribute_inference_config.yml").write_text(yaml.safe_dump(attributes_known))

@@ -9,9 +9,18 @@ import numpy as np
 
 from cehrgpt_tutorials.inspect.fidelity import numeric_distributions
 from cehrgpt_tutorials.inspect.report import number, percent, token_label
+from cehrgpt_tutorials.inspect.sequences import Sequences
+from cehrgpt_tutorials.inspect.timeline import visit_dates
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES, Facts
+from cehrgpt_tutorials.inspect.vocabulary import CONCEPT, DEATH, VISIT_END, Vocabulary
 
 REAL_COLOUR, SYNTHETIC_COLOUR = "#1f77b4", "#ff7f0e"
+# timelines.png: visit types by colour (the rest is "other"), patients per panel and which of them.
+VISIT_COLOURS = {"inpatient": "#d62728", "outpatient": "#2ca02c", "ER": "#9467bd", "other": "#7f7f7f"}
+EMERGENCY_VISIT_CONCEPT_IDS = frozenset({"9203"})  # 262 (ER and inpatient) counts as inpatient
+OUTPATIENT_VISIT_CONCEPT_IDS = frozenset({"9202"})
+TIMELINE_PATIENTS = 6
+TIMELINE_VISITS = (3, 30)  # patients with this many visits: enough to compare, few enough to read
 
 
 def write_plots(
@@ -207,3 +216,112 @@ def _save(figure, folder: Path, name: str) -> str:
     plt.close(figure)
     return name
 
+
+
+def write_timelines(folder: Path, real: tuple[Sequences, Facts, np.ndarray], synthetic: tuple[Sequences, Facts],
+                    vocabulary: Vocabulary, names, seed: int) -> dict[str, str]:
+    """timelines.png: a few real patients the model never saw (real: sequences, facts and the rows to
+    pick from) above a few synthetic ones, one row per patient, each visit a mark at its date as
+    cehrgpt's converter dates it, coloured by visit type and named by its first concepts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    panels = [("Real patients the model never saw", *real),
+              ("Synthetic patients", *synthetic, np.arange(synthetic[1].count))]
+    chosen = [_timeline_rows(facts, rows, seed) for _, _, facts, rows in panels]
+    heights = [max(len(rows), 1) for rows in chosen]
+    figure, axes = plt.subplots(2, 1, figsize=(14, 0.6 * sum(heights) + 2.0), sharex=True,
+                                gridspec_kw={"height_ratios": heights})
+    for axis, (title, sequences, facts, _), rows in zip(axes, panels, chosen, strict=True):
+        _draw_timelines(axis, sequences, facts, rows, vocabulary, names)
+        axis.set_title(f"{title}: {len(rows)} of those with {TIMELINE_VISITS[0]}-{TIMELINE_VISITS[1]} visits, "
+                       f"at random (seed {seed})", fontsize=10, loc="left")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=kind)
+               for kind, colour in VISIT_COLOURS.items()]
+    handles.append(Line2D([], [], marker="x", linestyle="", color="black", label="death"))
+    axes[0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles), fontsize=8,
+                   frameon=False)
+    axes[-1].set_xlabel("calendar year of the visit (as cehrgpt's converter dates it)")
+    return {"timelines": _save(figure, folder, "timelines.png")}
+
+
+def _timeline_rows(facts: Facts, candidates: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded choice of TIMELINE_PATIENTS candidates with enough visits (with more, when too few have)."""
+    dated = np.bincount(facts.visit_sequence[~np.isnat(visit_dates(facts))], minlength=facts.count)
+    low, high = TIMELINE_VISITS
+    candidates = np.asarray(candidates, dtype=np.int64)
+    eligible = candidates[(dated[candidates] >= low) & (dated[candidates] <= high)]
+    if len(eligible) < TIMELINE_PATIENTS:
+        eligible = candidates[dated[candidates] >= low]
+    size = min(TIMELINE_PATIENTS, len(eligible))
+    return np.sort(np.random.default_rng(seed).choice(eligible, size, replace=False)) if size else eligible
+
+
+def _visit_kind(code: int | None, facts: dict[str, np.ndarray], token: str) -> str:
+    if code is not None and facts["kind"][code] == DEATH:
+        return "death"
+    if code is not None and facts["inpatient_visit"][code]:
+        return "inpatient"
+    if token in EMERGENCY_VISIT_CONCEPT_IDS:
+        return "ER"
+    return "outpatient" if token in OUTPATIENT_VISIT_CONCEPT_IDS else "other"
+
+
+def _visit_concepts(codes: np.ndarray, position: int, end: int, facts: dict[str, np.ndarray], limit: int = 3) -> list[int]:
+    """The first distinct clinical concepts (codes) of the visit whose [VS] is at `position`, after its type."""
+    kinds, discharge = facts["kind"], facts["discharge"]
+    found: list[int] = []
+    for index in range(position + 2, end):
+        code = int(codes[index])
+        if kinds[code] == VISIT_END or len(found) == limit:
+            break
+        is_discharge = discharge[code] and index + 1 < end and kinds[codes[index + 1]] == VISIT_END
+        if kinds[code] == CONCEPT and not is_discharge and code not in found:
+            found.append(code)
+    return found
+
+
+def _clipped(text: str, width: int = 22) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _calendar_years(dates: np.ndarray) -> np.ndarray:
+    """datetime64[D] as decimal calendar years (NaT: nan)."""
+    known = ~np.isnat(dates)
+    years = np.full(len(dates), np.nan)
+    starts = dates[known].astype("datetime64[Y]")
+    years[known] = starts.astype(np.int64) + 1970 + (dates[known] - starts.astype("datetime64[D]")).astype(np.int64) / 365.25
+    return years
+
+
+def _draw_timelines(axis, sequences: Sequences, facts: Facts, rows: np.ndarray, vocabulary: Vocabulary, names):
+    token_facts = {name: vocabulary.fact(name) for name in ("kind", "inpatient_visit", "discharge")}
+    years = _calendar_years(visit_dates(facts))
+    span = float(np.nanmax(years) - np.nanmin(years)) if np.isfinite(years).any() else 1.0
+    labels = []
+    for line, row in enumerate(rows):
+        y, end, last_label = len(rows) - 1 - line, sequences.offsets[row + 1], -np.inf
+        for visit in np.flatnonzero((facts.visit_sequence == row) & np.isfinite(years)):
+            position, x = int(facts.visit_positions[visit]), float(years[visit])
+            code = int(sequences.codes[position + 1]) if position + 1 < end else None
+            kind = _visit_kind(code, token_facts, "" if code is None else vocabulary.tokens[code])
+            if kind == "death":
+                axis.plot(x, y, marker="x", color="black", markersize=7)
+                continue
+            axis.plot(x, y, marker="o", color=VISIT_COLOURS[kind], markersize=5, alpha=0.85)
+            if x - last_label >= span / 12:  # name only the visits with room for their text
+                concepts = [vocabulary.tokens[c] for c in _visit_concepts(sequences.codes, position, end, token_facts)]
+                text = "\n".join(_clipped(names.get(token, ("",))[0] or token) for token in concepts)
+                axis.annotate(text, (x, y), xytext=(0, 5), textcoords="offset points", fontsize=5, va="bottom")
+                last_label = x
+        person = sequences.person_ids[row] if sequences.person_ids is not None else row
+        labels.append(f"person {person} ({facts.visits[row]} visits)")
+    axis.set_yticks(np.arange(len(rows))[::-1], labels, fontsize=7)
+    axis.set_ylim(-0.5, max(len(rows), 1) - 0.1)
+    axis.grid(axis="x", alpha=0.3)
+    if not len(rows):
+        axis.text(0.5, 0.5, f"no patient with {TIMELINE_VISITS[0]}+ dated visits", transform=axis.transAxes,
+                  ha="center", fontsize=9)

@@ -14,6 +14,7 @@ from cehrgpt_tutorials.inspect.report_sections import (
     cdm_fidelity_lines,
     prevalence_error_lines,
     print_new_metrics,
+    timeline_lines,
     utility_lines,
 )
 from cehrgpt_tutorials.inspect.validity import VALIDITY_RULES
@@ -180,6 +181,7 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"| dimension_wise_auroc_synthetic / dimension_wise_auroc_real | {number(report['dimension_wise_auroc_synthetic'])} / "
         f"{number(report['dimension_wise_auroc_real'])} | {METRICS['dimension_wise_auroc']} |",
         "",
+        *timeline_lines(plots),
         "## 1. Structural validity",
         "",
         f"{percent(report['valid_fraction'])} of the synthetic sequences ({report['num_valid']:,} of "

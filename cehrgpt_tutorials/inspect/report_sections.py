@@ -1,6 +1,6 @@
-"""The report's sections on what the summary numbers hide: per-concept prevalence errors (against the
-real sequences and the source CDM), the authors' privacy attacks, utility and calendar time (printed
-lines and report.md), each with a one-line reading."""
+"""The report's sections on what the summary numbers hide: a few patients' timelines, per-concept
+prevalence errors (against the real sequences and the source CDM), the authors' privacy attacks, utility
+and calendar time (printed lines and report.md), each with a one-line reading."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ def _formatting():
 
 def _concept(row: dict) -> str:
     return f"{row['concept_id']} {row['name']}" if row["name"] else row["concept_id"]
+
+
+def timeline_lines(plots: dict[str, str]) -> list[str]:
+    """report.md's first picture: what the patients look like, before any number about them."""
+    if "timelines" not in plots:
+        return []
+    return [
+        "## Patients at a glance",
+        "",
+        "A few real patients the model never saw (top) and a few synthetic ones (bottom), one row each: every visit "
+        "is a mark at its date as cehrgpt's converter dates it, coloured by visit type, with its first concepts "
+        "named (`python -m cehrgpt_tutorials.show_patient` prints one patient's tokens beside its OMOP rows).",
+        "",
+        f"![Timelines of real and synthetic patients]({plots['timelines']})",
+        "",
+    ]
 
 
 def print_new_metrics(report: dict) -> None:
