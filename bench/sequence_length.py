@@ -1,0 +1,163 @@
+"""Diagnostic for steps 4-5: why synthetic patients come out shorter than real ones.
+
+A synthetic patient's length is its number of visits times the tokens of each visit. This script splits
+the gap between the real training sequences and a generated sample into those two factors (and the
+clinical concepts per visit, the days between visits, the calendar year reached), without a model.
+Then, with the model and without sampling, it asks where the model ends things too early: on the
+held-out real sequences (teacher forcing), at every [VE] it takes the probability the constrained
+sampler gives [END] there (the model's [END] probability renormalised over what the grammar allows
+after [VE]: a time token, [VS] or [END]), and at every event inside a visit the probability of [VE]
+next (renormalised the same way over what may follow an event). Their means, against how often the
+real sequences end (or close the visit) at those points, say which hazard the model overstates; the
+expected visits of a patient following real contexts under the model's own end hazard is the product
+ratio of the two end hazards is about the inverse ratio of the number of visits (a geometric length).
+
+Deterministic for a model and a set of sequences, so it compares trainings on identical contexts.
+A measurement for bench/RESULTS.md, not a goal.
+
+Reads:  --model-dir (default $CEHR_GPT_MODEL_DIR), --real-dir (default $CEHR_GPT_DATA_DIR/patient_sequence:
+        train/ for the decomposition, test/ for the teacher forcing), --synthetic-dir (a generated_sequences folder)
+Writes: the numbers on stdout; --json FILE too.
+
+Example:
+    python bench/sequence_length.py --synthetic-dir omop_synthea/synthetic_data/top_p10000_constrained/generated_sequences
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from cehrgpt_tutorials.common import (  # noqa: E402
+    PipelineError,
+    cehr_gpt_data_dir,
+    cehr_gpt_model_dir,
+    fail,
+    patient_sequence_files,
+)
+from cehrgpt_tutorials.inspect.sequences import read_sequences  # noqa: E402
+from cehrgpt_tutorials.inspect.validity import analyse  # noqa: E402
+from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: E402
+    TIME,
+    VISIT_START,
+    Vocabulary,
+)
+
+
+def shape(folder: Path, vocabulary: Vocabulary) -> dict:
+    """Length, visits, tokens and clinical concepts per visit, days between visits, last year reached."""
+    sequences = read_sequences(patient_sequence_files(folder), vocabulary, f"reading {folder.name}")
+    facts = analyse(sequences, vocabulary)
+    visits = np.maximum(facts.visits, 1)
+    last_day = np.zeros(facts.count)
+    np.maximum.at(last_day, facts.visit_sequence, facts.visit_days)
+    return {
+        "sequences": facts.count,
+        "tokens": float(facts.lengths.mean()),
+        "visits": float(facts.visits.mean()),
+        "tokens_per_visit": float((facts.lengths / visits).mean()),
+        "clinical_concepts_per_visit": float((facts.clinical_lengths / visits).mean()),
+        "days_between_visits_median": float(np.median(facts.days_between_visits)) if len(facts.days_between_visits) else None,
+        "days_between_visits_mean": float(np.mean(facts.days_between_visits)) if len(facts.days_between_visits) else None,
+        "years_covered": float(np.nanmean(last_day / 365.25)),
+        "last_year_reached": float(np.nanmean(facts.start_year + last_day / 365.25)),
+        "ending_with_death": float(np.mean([tokens.count("[DEATH]") > 0 for tokens in
+                                            (sequences.tokens(i, vocabulary) for i in range(facts.count))])),
+    }
+
+
+def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
+    """The model's [END]-after-[VE] and [VE]-after-event probabilities on real contexts, against the data's."""
+    import pyarrow.parquet as pq
+    import torch
+    from cehrgpt.gpt_utils import construct_age_sequence
+    from cehrgpt.models.hf_cehrgpt import CEHRGPT2LMHeadModel
+    from cehrgpt.models.special_tokens import END_TOKEN
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+    tokenizer = CehrGptTokenizer.from_pretrained(str(model_dir))
+    model = CEHRGPT2LMHeadModel.from_pretrained(str(model_dir)).eval()
+    by_id = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    classified = Vocabulary()
+    codes = classified.codes(by_id)  # classifies each token, so before fact()
+    kinds = classified.fact("kind")[codes]
+    end_id, visit_end_id = by_id.index(END_TOKEN), by_id.index("[VE]")
+    after_visit_end = np.isin(kinds, [TIME, VISIT_START]) | (np.arange(len(by_id)) == end_id)
+    # After an event inside a visit: another event (concept, inpatient time) or [VE].
+    after_event = ~np.isin(kinds, [TIME, VISIT_START]) & (np.arange(len(by_id)) != end_id)
+    vocabulary = set(by_id)
+    sequences = [tokens for path in patient_sequence_files(folder)
+                 for tokens in pq.read_table(path, columns=["concept_ids"]).column(0).to_pylist()]
+    chosen = np.random.default_rng(seed).permutation(len(sequences))[:count]
+    context = model.config.n_positions
+    end, ended, close, closed = [], [], [], []
+    with torch.no_grad():
+        for index in sorted(chosen):
+            tokens = [token for token in sequences[index] if token in vocabulary][:context]
+            outputs = model(input_ids=torch.tensor([tokenizer.encode(tokens)]),
+                            ages=torch.tensor([construct_age_sequence(tokens)]))
+            probabilities = torch.softmax(outputs.logits[0].float(), dim=-1).numpy()
+            in_visit = False
+            for position, token in enumerate(tokens):
+                following = tokens[position + 1] if position + 1 < len(tokens) else END_TOKEN
+                row = probabilities[position]
+                if token == "[VE]":
+                    in_visit = False
+                    hazard = row[end_id] / row[after_visit_end].sum()
+                    end.append(hazard)
+                    ended.append(following == END_TOKEN)
+                elif token == "[VS]":
+                    in_visit = True
+                elif in_visit and tokens[position - 1] != "[VS]":  # an event of an open visit
+                    close.append(row[visit_end_id] / row[after_event].sum())
+                    closed.append(following == "[VE]")
+    return {
+        "sequences": len(chosen),
+        "end_after_visit_end_model": float(np.mean(end)),
+        "end_after_visit_end_data": float(np.mean(ended)),
+        "end_hazard_ratio": float(np.mean(end) / max(np.mean(ended), 1e-9)),
+        "visit_end_after_event_model": float(np.mean(close)),
+        "visit_end_after_event_data": float(np.mean(closed)),
+        "visit_end_hazard_ratio": float(np.mean(close) / max(np.mean(closed), 1e-9)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=cehr_gpt_model_dir(), help="default: %(default)s")
+    parser.add_argument("--real-dir", type=Path, default=cehr_gpt_data_dir() / "patient_sequence",
+                        help="patient_sequence with train/ and test/ (default: %(default)s)")
+    parser.add_argument("--synthetic-dir", type=Path, required=True, help="a generated_sequences folder")
+    parser.add_argument("--num-sequences", type=int, default=200, help="real sequences teacher-forced")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="teacher-force held-out (default) or training sequences")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    arguments = parser.parse_args()
+    try:
+        vocabulary = Vocabulary()
+        result = {"real": shape(arguments.real_dir / "train", vocabulary),
+                  "synthetic": shape(arguments.synthetic_dir, vocabulary),
+                  "model": hazards(arguments.model_dir, arguments.real_dir / arguments.split, arguments.num_sequences,
+                                   arguments.seed)}
+    except PipelineError as error:
+        fail(str(error))
+    for key in result["real"]:
+        real, synthetic = result["real"][key], result["synthetic"][key]
+        ratio = f"{synthetic / real:.2f}x" if real and synthetic is not None else ""
+        print(f"{key:<28} real {real:>10.3f}  synthetic {synthetic:>10.3f}  {ratio}")
+    for key, value in result["model"].items():
+        print(f"{key:<40} {value:.4f}")
+    if arguments.json:
+        arguments.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
