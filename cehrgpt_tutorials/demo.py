@@ -13,7 +13,8 @@ interrupted or failed demo resumes at the failed step. Redoing a step invalidate
     python -m cehrgpt_tutorials.demo clean            # make clean: stop the database, delete outputs
 
 Knobs for a smaller run (the end-to-end test uses them): DEMO_MAX_PERSONS (load only the first N
-persons), TRAIN_PROFILE (demo | seed | tiny), NUM_PATIENTS (synthetic patients to generate).
+persons), TRAIN_PROFILE (demo | seed | tiny), NUM_PATIENTS (synthetic patients to generate), and
+MIN_NUM_OF_PATIENTS (step 2's concept threshold; by default step 2 chooses it from the data).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
     max_persons = environment.get("DEMO_MAX_PERSONS", "")
     profile = environment.get("TRAIN_PROFILE", "demo")
     num_patients = environment.get("NUM_PATIENTS", "")
+    threshold = environment.get("MIN_NUM_OF_PATIENTS", "")
     load_demo = "python load_omop.py --demo" + (f" --max-persons {max_persons}" if max_persons else "")
     generate = "sh cehrgpt_tutorials/scripts/generate_synthetic.sh" + (
         f" --num-patients {num_patients}" if num_patients else ""
@@ -67,7 +69,8 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
              "summary table (rows, seconds, MB per table)"),
         Step("sequences", "Step 2: build patient sequences with Spark",
              'sh cehrgpt_tutorials/scripts/create_cehrgpt_pretraining_data.sh --input_folder "$OMOP_DIR" '
-             '--output_folder "$CEHR_GPT_DATA_DIR" --start_date 1985-01-01',
+             '--output_folder "$CEHR_GPT_DATA_DIR" --start_date 1985-01-01'
+             + (f" --min_num_of_patients {threshold}" if threshold else ""),
              "holds 15% of the persons out (patient_splits), then runs cehrbert_data's two Spark apps (concept "
              "list, then one token sequence per patient) into $CEHR_GPT_DATA_DIR/patient_sequence/train and /test; "
              "look at the spark-submit lines it prints"),

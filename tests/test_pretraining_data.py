@@ -219,7 +219,7 @@ def test_step2_writes_patient_sequences_without_touching_the_input(step2_run, pi
     assert "generate_training_data.py" in commands[1]
     # App 2 reads the links and the new concept list from the run's staging folder (kept as spark_input/).
     assert re.search(rf"--input_folder {re.escape(str(output))}/\.patient_sequence\.tmp-\d+/spark_input ", commands[1])
-    assert (output / "spark_input" / "qualified_concept_list" / "_SUCCESS").exists()
+    assert read_concept_list(output / "spark_input" / "qualified_concept_list")  # the link points to the kept list
     assert "--include_death" in commands[1]  # the demo export has a death table
     for option in ["--att_type day", "--inpatient_att_type day", "-iv", "-ip", "--include_concept_list",
                    "--gpt_patient_sequence", "--should_construct_artificial_visits",
@@ -394,11 +394,16 @@ def test_java_17_is_refused_before_spark_starts(pipeline_env, tmp_path):
 
 
 def sparse_input_folder(folder: Path, megabytes_per_table: int) -> Path:
-    """Step 2's input tables as sparse files of the given size (no disk used; Spark never reads them)."""
+    """Step 2's input tables as sparse files of the given size (no disk used; Spark never reads them);
+    the person table is a real one of 2,000 persons (the threshold is chosen from it) padded to the size."""
     for table in REQUIRED_TABLES:
         (folder / table).mkdir(parents=True)
-        with open(folder / table / "part-00000.parquet", "wb") as part:
-            part.truncate(megabytes_per_table * 1024 * 1024)
+        padding = folder / table / ("padding.bin" if table == "person" else "part-00000.parquet")
+        if table == "person":
+            pq.write_table(pa.table({"person_id": pa.array(range(2_000), pa.int64())}),
+                           folder / table / "part-00000.parquet")
+        with open(padding, "wb") as part:
+            part.truncate(megabytes_per_table * 1024 * 1024 - sum(p.stat().st_size for p in (folder / table).iterdir()))
     return folder
 
 

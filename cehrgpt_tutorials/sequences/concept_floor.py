@@ -61,7 +61,10 @@ def count_persons(person_dir: Path) -> int:
     files = patient_sequence_files(person_dir) if Path(person_dir).is_dir() else []
     if not files:
         raise PipelineError(f"no Parquet files in {person_dir}: expected the OMOP person table")
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    try:
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    except (OSError, pa.ArrowException) as error:
+        raise PipelineError(f"cannot count the persons of {person_dir}: {error}") from None
 
 
 def read_concept_list(folder: Path) -> set[str]:
