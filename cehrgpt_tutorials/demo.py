@@ -102,10 +102,10 @@ EXTRA_STEPS = {"predict": "train"}
 
 def extra_steps() -> list[Step]:
     return [
-        Step("predict", "Step 7: use the model to predict (features, zero-shot) on a cohort defined in SQL",
+        Step("predict", "Step 7: use the model to predict (features, fine-tuning, zero-shot) on a cohort defined in SQL",
              "python predict.py",
-             "an ER visit within a year of an outpatient visit: cehrgpt's linear probe and zero-shot against a "
-             "bag-of-concepts baseline on the held-out patients; look at the AUCs and their intervals"),
+             "an ER visit within a year of an outpatient visit: cehrgpt's linear probe, fine-tuning and zero-shot "
+             "against a bag-of-concepts baseline on the held-out patients; look at the AUCs and their intervals"),
     ]
 
 
@@ -280,14 +280,14 @@ def summary(total_seconds: float | None = None) -> None:
     prediction = cehr_gpt_data_dir() / "prediction" / "predict_report.json"
     if prediction.exists():
         numbers = json.loads(prediction.read_text())
-        for key, label in (("linear_probe", "linear probe AUROC"), ("zero_shot", "zero-shot AUROC"),
-                           ("baseline", "baseline AUROC")):
+        for key, label in (("linear_probe", "linear probe AUROC"), ("fine_tune", "fine-tuned AUROC"),
+                           ("zero_shot", "zero-shot AUROC"), ("baseline", "baseline AUROC")):
             if key in numbers:
                 low, high = numbers[key]["roc_auc_ci"]
                 print(f"  {label:<24} {numbers[key]['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f})")
         print(f"  prediction report        {prediction.with_suffix('.md')}")
     else:
-        print("  prediction (step 7)      not run yet: make predict (features and zero-shot on a SQL cohort)")
+        print("  prediction (step 7)      not run yet: make predict (features, fine-tuning and zero-shot on a SQL cohort)")
     if total_seconds is not None:
         print(f"  total wall time          {format_seconds(total_seconds)}")
 

@@ -384,7 +384,7 @@ def test_report_killed_while_it_writes_keeps_the_previous_report_and_the_rerun_e
 def predict_command(uri: str, model_dir: Path, sequences: Path, output: Path) -> list:
     return [sys.executable, "predict.py", "--dsn", uri, "--cdm-schema", "demo_small", "--cohort-schema",
             "predict_faults", "--patient-sequence-dir", sequences, "--model-dir", model_dir, "--output-dir", output,
-            "--no-zero-shot", "--n-boot", "50"]
+            "--no-zero-shot", "--no-fine-tune", "--n-boot", "50"]  # the folder swap is tested, not the methods
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""Issue 17: step 7, predict.py: a cohort in SQL, histories before the index date, three predictors, a report.
+"""Issue 17: step 7, predict.py: a cohort in SQL, histories before the index date, four predictors, a report.
 
 The end-to-end test runs the real script (SQL against the real PostgreSQL, cehrgpt's feature,
-probe, zero-shot and bootstrap commands) with the session's tiny model on the 300-person demo slice,
+probe, fine-tuning, zero-shot and bootstrap commands) with the session's tiny model on the 300-person demo slice,
 whose sequences carry planted marker concepts around each index date, so it also proves that
 nothing dated on or after an index date reaches any model input.
 """
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -39,6 +42,15 @@ def test_make_predict_runs_the_demo_up_to_training_then_predict_and_make_demo_le
     assert [step.name for step in steps_for("predict")] == ["demo-db", "export", "sequences", "cleanup", "train",
                                                             "predict"]
     assert "predict" not in [step.name for step in steps_for("all")]
+
+
+def test_fine_tuning_is_on_by_default_bounded_in_epochs_and_can_be_left_out():
+    from predict import parse_arguments
+
+    assert parse_arguments([]).fine_tune_epochs == 5 and not parse_arguments([]).no_fine_tune
+    assert parse_arguments(["--no-fine-tune"]).no_fine_tune
+    with pytest.raises(SystemExit):
+        parse_arguments(["--fine-tune-epochs", "0"])
 
 
 def plant_markers(source, target, cohort) -> dict[int, datetime.date]:
@@ -82,7 +94,7 @@ def tokens_in(folder) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def prediction_run(tiny_model, demo_patient_sequence, demo_omop_parquet, pg_server, pipeline_env, tmp_path_factory):
-    """predict.py end to end on the demo slice with planted markers (about a minute)."""
+    """predict.py end to end on the demo slice with planted markers (about a minute; 2 epochs of fine-tuning)."""
     import psycopg2
 
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
@@ -98,13 +110,13 @@ def prediction_run(tiny_model, demo_patient_sequence, demo_omop_parquet, pg_serv
     result = run_script(
         ["predict.py", "--dsn", pg_server, "--cdm-schema", SLICE_SCHEMA, "--cohort-schema", "predict_test",
          "--patient-sequence-dir", planted, "--model-dir", tiny_model["model_dir"], "--output-dir", output,
-         "--max-new-tokens", "16", "--n-boot", "200"],
+         "--max-new-tokens", "16", "--n-boot", "200", "--fine-tune-epochs", "2"],
         env=pipeline_env, timeout=900)
     return {"result": result, "output": output, "planted": planted, "cohort": cohort, "uri": pg_server}
 
 
 @pytest.mark.slow
-def test_predict_writes_the_report_with_intervals_for_the_three_methods(prediction_run):
+def test_predict_writes_the_report_with_intervals_for_the_four_methods(prediction_run):
     result, output = prediction_run["result"], prediction_run["output"]
     assert result.returncode == 0, output_of(result)
     report = json.loads((output / "predict_report.json").read_text())
@@ -113,16 +125,66 @@ def test_predict_writes_the_report_with_intervals_for_the_three_methods(predicti
     assert report["positives"] == int(cohort["label"].sum())
     assert report["test_patients"] + report["train_patients"] + report["dropped_no_history"] + \
         report["dropped_no_sequence"] == len(cohort)
-    for key in ("linear_probe", "zero_shot", "baseline"):
+    for key in ("linear_probe", "fine_tune", "zero_shot", "baseline"):
         low, high = report[key]["roc_auc_ci"]
         assert 0 <= low <= report[key]["roc_auc"] <= high <= 1, (key, report[key])
         assert 0 <= report[key]["pr_auc"] <= 1
     for name in ("predict_report.md", "roc_curves.png", "calibration.png"):
         assert (output / name).stat().st_size > 0
     # Every cehrgpt command is printed as it runs.
-    for module in ("compute_cehrgpt_features", "train_with_cehrgpt_features", "time_to_event_prediction",
-                   "bootstrap_ci"):
+    for module in ("compute_cehrgpt_features", "train_with_cehrgpt_features", "hf_cehrgpt_finetune_runner",
+                   "time_to_event_prediction", "bootstrap_ci"):
         assert "-m cehrgpt." in result.stdout and module in result.stdout, module
+
+
+def printed_command(stdout: str, module: str) -> list[str]:
+    """The one command line predict.py printed ("$ ...") that runs module."""
+    lines = [line[2:] for line in stdout.splitlines() if line.startswith("$ ") and f"-m {module} " in line]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+def argument(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def in_output(path: str, output: Path) -> Path:
+    """Where a path inside the run's temporary folder (.NAME.tmp-XXXX/...) is once swapped into output."""
+    parts = Path(path).parts
+    start = next(i for i, part in enumerate(parts) if part.startswith(f".{output.name}.tmp-"))
+    return output.joinpath(*parts[start + 1:])
+
+
+@pytest.mark.slow
+def test_fine_tuning_predicts_every_test_patient_with_the_runner_command_it_printed(prediction_run):
+    result, output = prediction_run["result"], prediction_run["output"]
+    assert result.returncode == 0, output_of(result)
+    command = printed_command(result.stdout, "cehrgpt.runners.hf_cehrgpt_finetune_runner")
+    # The workarounds are in the command a learner copies: the held-out examples as the test data,
+    # early stopping's per-epoch evaluation and saving, and new folders inside this run's folder.
+    assert in_output(argument(command, "--data_folder"), output) == output / "cohort_sequences" / "train"
+    assert in_output(argument(command, "--test_data_folder"), output) == output / "cohort_sequences" / "test"
+    assert (argument(command, "--eval_strategy"), argument(command, "--save_strategy"),
+            argument(command, "--load_best_model_at_end"), argument(command, "--num_train_epochs")) == \
+        ("epoch", "epoch", "true", "2")
+    model_out = in_output(argument(command, "--output_dir"), output)
+    assert model_out == output / "fine_tune" / "model"
+    assert in_output(argument(command, "--dataset_prepared_path"), output) == output / "fine_tune" / "dataset_prepared"
+    assert (model_out / "model.safetensors").is_file() and (output / "logs" / "hf_cehrgpt_finetune_runner.log").is_file()
+    # A prediction for every test example, and for nothing else, in the format the bootstrap reads.
+    test = pq.read_table(output / "cohort_sequences" / "test").to_pandas()
+    predictions = pd.read_parquet(model_out / "test_predictions")
+    assert sorted(predictions["subject_id"]) == sorted(test["person_id"])
+    by_person = test.set_index("person_id")
+    assert all(by_person.loc[person, "index_date"] == when
+               for person, when in zip(predictions["subject_id"], predictions["prediction_time"], strict=True))
+    assert list(predictions["boolean_value"].astype(int)) == [int(by_person.loc[p, "label"]) for p in predictions["subject_id"]]
+    assert predictions["predicted_boolean_probability"].between(0, 1).all()
+    report = json.loads((output / "predict_report.json").read_text())
+    tuned = report["fine_tune"]
+    assert 1 <= tuned["epochs_trained"] <= tuned["epochs"] == 2
+    assert 1 <= tuned["best_epoch"] <= tuned["epochs_trained"] == len(tuned["validation_loss"])
+    assert "## Fine-tuning" in (output / "predict_report.md").read_text()
 
 
 @pytest.mark.slow
@@ -152,6 +214,33 @@ def test_no_event_on_or_after_the_index_date_reaches_any_model_input(prediction_
     # The check can fail: the marker planted the day before the index date is in every history.
     assert all(MARKER_BEFORE_INDEX_DATE in tokens for tokens in examples)
     assert MARKER_BEFORE_INDEX_DATE in baseline_features
+    # What cehrgpt's fine-tuning runner read: the folders its printed command names.
+    command = printed_command(prediction_run["result"].stdout, "cehrgpt.runners.hf_cehrgpt_finetune_runner")
+    fine_tuning = {flag: tokens_in(in_output(argument(command, flag), output))
+                   for flag in ("--data_folder", "--test_data_folder")}
+    assert fine_tuning["--data_folder"] and fine_tuning["--test_data_folder"]
+    assert len(fine_tuning["--data_folder"]) + len(fine_tuning["--test_data_folder"]) == len(examples)
+    for tokens in fine_tuning.values():
+        assert not [row for row in tokens if MARKER_ON_INDEX_DATE in row]
+        assert all(MARKER_BEFORE_INDEX_DATE in row for row in tokens)
+    # What it trained and predicted on: its tokenized dataset, where the tokenizer has already dropped
+    # unknown tokens like the markers, so the check is on time: every token dated before the index date
+    # (the runner's index_date: POSIX seconds of its midnight UTC), and no patient in two of its parts.
+    from datasets import load_from_disk
+
+    prepared = [path for path in (output / "fine_tune" / "dataset_prepared").iterdir() if path.is_dir()]
+    assert len(prepared) == 1, prepared
+    splits = load_from_disk(str(prepared[0]))
+    assert sorted(splits) == ["test", "train", "validation"]
+    assert len(splits["train"]) + len(splits["validation"]) == len(fine_tuning["--data_folder"])
+    assert len(splits["test"]) == len(fine_tuning["--test_data_folder"])
+    for name in splits:
+        late = [(person, max(times), index) for person, times, index in
+                zip(splits[name]["person_id"], splits[name]["epoch_times"], splits[name]["index_date"], strict=True)
+                if max(times) >= index]
+        assert not late, (name, late[:3])
+    patients = {name: set(splits[name]["person_id"]) for name in splits}
+    assert not (patients["train"] & patients["validation"] or patients["test"] & (patients["train"] | patients["validation"]))
 
 
 @pytest.mark.parametrize("sql, message", [

@@ -86,10 +86,14 @@ def query_cohort(connection, sql: str, cdm_schema: str, sql_name: str) -> pd.Dat
                     f"the cohort SQL in {sql_name} lacks the column(s) {', '.join(missing)} (it returns "
                     f"{', '.join(columns)}); it must return {', '.join(COHORT_COLUMNS)}"
                 )
+            # Ordered: the rows' order is the examples' order, on which the cross-validation folds and
+            # the fine-tuning's validation patients depend; unordered, it is whatever plan PostgreSQL
+            # picks, and it changed between two runs of one cohort (the same SQL, the same server).
             cursor.execute(
                 f"SELECT c.subject_id::bigint, c.cohort_start_date::date, c.cohort_end_date::date, "
                 f"c.outcome_date::date, p.year_of_birth, p.month_of_birth, p.day_of_birth "
-                f"FROM ({body}) AS c LEFT JOIN {cdm}.person AS p ON p.person_id = c.subject_id"
+                f"FROM ({body}) AS c LEFT JOIN {cdm}.person AS p ON p.person_id = c.subject_id "
+                f"ORDER BY 1, 2"
             )
             rows = cursor.fetchall()
     except psycopg2.Error as error:

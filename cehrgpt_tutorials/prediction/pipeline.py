@@ -1,4 +1,4 @@
-"""predict.py's steps in order: cohort -> histories -> baseline -> linear probe -> zero-shot -> intervals -> report.
+"""predict.py's steps in order: cohort -> histories -> baseline -> linear probe -> fine-tuning -> zero-shot -> report.
 
 Everything is built in a temporary folder beside --output-dir and swapped into place at the end, so
 a failed or interrupted run leaves the previous report as it was (and cehrgpt's tools, which append
@@ -89,7 +89,7 @@ def run_locked(arguments, output_dir: Path) -> dict:
         raise PipelineError(unfinished)
 
     # 1. The cohort, from SQL, into the OHDSI cohort table.
-    t = stage(f"1/6 cohort: {sql_path} against schema {arguments.cdm_schema}")
+    t = stage(f"1/7 cohort: {sql_path} against schema {arguments.cdm_schema}")
     connection = connect(arguments.dsn, application_name=application_name("predict.py"))
     try:
         cohort = cohorts.query_cohort(connection, sql_path.read_text(), arguments.cdm_schema, str(sql_path))
@@ -111,7 +111,7 @@ def run_locked(arguments, output_dir: Path) -> dict:
 
     with atomic_directory(output_dir) as work:
         # 2. Histories strictly before the index date, split by person.
-        t = stage(f"2/6 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
+        t = stage(f"2/7 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
         histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
         paths = cohorts.write_histories(histories, work / "cohort_sequences")
         train_labels = histories.train.column("label").to_pylist()
@@ -125,23 +125,29 @@ def run_locked(arguments, output_dir: Path) -> dict:
         expected = {"train": len(train_labels), "test": len(test_labels)}
         seconds["histories"] = time.monotonic() - t
 
-        # 3-5. The three predictors.
-        t = stage("3/6 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
+        # 3-6. The four predictors.
+        t = stage("3/7 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
         predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
         seconds["baseline"] = time.monotonic() - t
-        t = stage("4/6 cehrgpt features + linear probe")
+        t = stage("4/7 cehrgpt features + linear probe")
         predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
                                                           context, expected)
         seconds["linear_probe"] = time.monotonic() - t
+        if not arguments.no_fine_tune:
+            t = stage(f"5/7 fine-tuning: the pretrained model + a classification head, up to "
+                      f"{arguments.fine_tune_epochs} epochs on the train examples")
+            predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
+                                                        context, arguments.fine_tune_epochs, expected)
+            seconds["fine_tune"] = time.monotonic() - t
         if not arguments.no_zero_shot:
-            t = stage(f"5/6 zero-shot: {arguments.trajectories} sampled futures per test patient")
+            t = stage(f"6/7 zero-shot: {arguments.trajectories} sampled futures per test patient")
             predictions["zero_shot"] = models.zero_shot(
                 histories.test, arguments.model_dir, work, outcome_tokens, window_days, arguments.trajectories,
                 arguments.max_new_tokens, context, arguments.workers)
             seconds["zero_shot"] = time.monotonic() - t
 
-        # 6. Intervals, plots, report.
-        t = stage("6/6 bootstrap intervals and report")
+        # 7. Intervals, plots, report.
+        t = stage("7/7 bootstrap intervals and report")
         intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
         summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
         frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
@@ -156,6 +162,12 @@ def run_locked(arguments, output_dir: Path) -> dict:
                 "outcome_tokens": outcome_tokens, "window_days": window_days,
                 "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
                                                                             arguments.trajectories), 4),
+            })
+        if "fine_tune" in summaries:
+            summaries["fine_tune"].update({
+                "epochs": arguments.fine_tune_epochs, "learning_rate": models.FINE_TUNE_LEARNING_RATE,
+                "validation_fraction": models.FINE_TUNE_VALIDATION,
+                **models.fine_tune_epochs(predictions["fine_tune"].parent),
             })
         all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
                                                                 outcome_tokens or ["-"], arguments.test_fraction)

@@ -14,6 +14,7 @@ from cehrgpt_tutorials.prediction.models import run_together
 
 METHODS = {  # report key -> what the reader sees
     "linear_probe": "cehrgpt features + linear probe",
+    "fine_tune": "cehrgpt fine-tuned (classifier head)",
     "zero_shot": "cehrgpt zero-shot (sampled futures)",
     "baseline": "bag-of-concepts logistic regression",
 }
@@ -145,6 +146,21 @@ def write_report(folder: Path, report: dict) -> None:
         "![ROC curves](roc_curves.png)",
         "",
     ]
+    tuned = report.get("fine_tune")
+    if tuned:
+        losses = ", ".join(f"{loss:.3f}" for loss in tuned["validation_loss"])
+        lines += [
+            "## Fine-tuning",
+            "",
+            f"The pretrained model with a classification head (its last hidden state after the history, plus age), "
+            f"all weights trained on the train examples at learning rate {tuned['learning_rate']:g}, early stopping "
+            f"on {tuned['validation_fraction']:.0%} of their patients: {tuned['epochs_trained']} of at most "
+            f"{tuned['epochs']} epochs, the best (kept) epoch {tuned['best_epoch']}; validation loss by epoch: "
+            f"{losses}. Its probabilities are in the calibration plot.",
+            "",
+        ]
+        if not report.get("zero_shot"):  # else the zero-shot section shows the plot
+            lines += ["![Calibration](calibration.png)", ""]
     zero = report.get("zero_shot")
     if zero:
         lines += [
