@@ -50,6 +50,9 @@ from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: E402
     Vocabulary,
 )
 
+GAP_BUCKETS = np.array([7, 30, 90, 365, 100_000])  # upper bounds, days (LT: 1,095)
+GAP_LABELS = ["0-7 days", "8-30", "31-90", "91-365", "over a year"]
+
 
 def shape(folder: Path, vocabulary: Vocabulary) -> dict:
     """Length, visits, tokens and clinical concepts per visit, days between visits, last year reached."""
@@ -70,6 +73,9 @@ def shape(folder: Path, vocabulary: Vocabulary) -> dict:
         "last_year_reached": float(np.nanmean(facts.start_year + last_day / 365.25)),
         "ending_with_death": float(np.mean([tokens.count("[DEATH]") > 0 for tokens in
                                             (sequences.tokens(i, vocabulary) for i in range(facts.count))])),
+        **{f"gap {label}": float(share) for label, share in zip(GAP_LABELS, np.bincount(
+            np.searchsorted(GAP_BUCKETS, facts.days_between_visits, side="left"), minlength=len(GAP_BUCKETS))
+            / max(len(facts.days_between_visits), 1), strict=True)},
     }
 
 
@@ -98,13 +104,18 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
     chosen = np.random.default_rng(seed).permutation(len(sequences))[:count]
     context = model.config.n_positions
     end, ended, close, closed = [], [], [], []
+    numbers = classified.fact("number")[codes]
+    is_time = kinds == TIME
+    gap_model, gap_data = np.zeros(len(GAP_BUCKETS)), np.zeros(len(GAP_BUCKETS))
+    bucket_of_token = np.searchsorted(GAP_BUCKETS, np.nan_to_num(numbers, nan=0.0), side="left")
+    by_events = {}  # events so far in the visit -> ([VE] probability sum, [VE] count, contexts)
     with torch.no_grad():
         for index in sorted(chosen):
             tokens = [token for token in sequences[index] if token in vocabulary][:context]
             outputs = model(input_ids=torch.tensor([tokenizer.encode(tokens)]),
                             ages=torch.tensor([construct_age_sequence(tokens)]))
             probabilities = torch.softmax(outputs.logits[0].float(), dim=-1).numpy()
-            in_visit = False
+            in_visit, events = False, 0
             for position, token in enumerate(tokens):
                 following = tokens[position + 1] if position + 1 < len(tokens) else END_TOKEN
                 row = probabilities[position]
@@ -113,11 +124,21 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
                     hazard = row[end_id] / row[after_visit_end].sum()
                     end.append(hazard)
                     ended.append(following == END_TOKEN)
+                    if following in vocabulary and is_time[by_id.index(following)]:  # the gap to the next visit
+                        gap_model += np.bincount(bucket_of_token[is_time], weights=row[is_time] / row[is_time].sum(),
+                                                 minlength=len(GAP_BUCKETS))[: len(GAP_BUCKETS)]
+                        gap_data[min(bucket_of_token[by_id.index(following)], len(GAP_BUCKETS) - 1)] += 1
                 elif token == "[VS]":
-                    in_visit = True
+                    in_visit, events = True, 0
                 elif in_visit and tokens[position - 1] != "[VS]":  # an event of an open visit
-                    close.append(row[visit_end_id] / row[after_event].sum())
+                    events += 1
+                    hazard = row[visit_end_id] / row[after_event].sum()
+                    close.append(hazard)
                     closed.append(following == "[VE]")
+                    totals = by_events.setdefault(min(events, 6), [0.0, 0, 0])
+                    totals[0] += hazard
+                    totals[1] += following == "[VE]"
+                    totals[2] += 1
     return {
         "sequences": len(chosen),
         "end_after_visit_end_model": float(np.mean(end)),
@@ -126,6 +147,12 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
         "visit_end_after_event_model": float(np.mean(close)),
         "visit_end_after_event_data": float(np.mean(closed)),
         "visit_end_hazard_ratio": float(np.mean(close) / max(np.mean(closed), 1e-9)),
+        "visit_end_by_events_so_far": {f"{events}{'+' if events == 6 else ''}": {
+            "model": totals[0] / totals[2], "data": totals[1] / totals[2], "contexts": totals[2]}
+            for events, totals in sorted(by_events.items())},
+        "gap_after_visit": {label: {"model": float(model / max(gap_model.sum(), 1e-9)),
+                                    "data": float(data / max(gap_data.sum(), 1e-9))}
+                            for label, model, data in zip(GAP_LABELS, gap_model, gap_data, strict=True)},
     }
 
 
@@ -154,7 +181,11 @@ def main() -> None:
         ratio = f"{synthetic / real:.2f}x" if real and synthetic is not None else ""
         print(f"{key:<28} real {real:>10.3f}  synthetic {synthetic:>10.3f}  {ratio}")
     for key, value in result["model"].items():
-        print(f"{key:<40} {value:.4f}")
+        if isinstance(value, dict):
+            for label, numbers in value.items():
+                print(f"{key} {label:<12} " + "  ".join(f"{name} {number:.3f}" for name, number in numbers.items()))
+        else:
+            print(f"{key:<40} {value:.4f}")
     if arguments.json:
         arguments.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from cehrgpt_tutorials.faults import crash_point
+from cehrgpt_tutorials.inspect.vocabulary import VISIT_END
 
 SAMPLERS = ("constrained", "raw")
 OUTPUT_COLUMNS = [
@@ -72,6 +73,12 @@ class GrammarLogitsProcessor:
         # The state bookkeeping is numpy: torch's small-tensor indexing and masked_fill cost
         # milliseconds per call on a busy 2-core CPU (thread hand-offs), numpy's take microseconds.
         self.penalty = np.where(allowed[:, self.class_of_token], 0.0, -np.inf).astype(np.float32)
+        # Where [VE] is forbidden for want of a discharge: which token ids take its probability.
+        closing = np.concatenate((grammar.closing_discharge, np.zeros((states, 2), dtype=bool)), axis=1)
+        self.closing = closing[:, self.class_of_token]
+        self.needs_closing = self.closing.any(axis=1)
+        self.visit_end_ids = np.flatnonzero([grammar.classes[c].kind == VISIT_END if c < len(grammar.classes) else False
+                                             for c in self.class_of_token])
         self.next_state = grammar.next_state.astype(np.int64)
         unreachable = np.iinfo(np.int32).max
         steps = np.minimum(grammar.steps_to_valid_end, unreachable)
@@ -118,8 +125,28 @@ class GrammarLogitsProcessor:
             result = self.torch.from_numpy(scores.detach().numpy() + penalty)  # numpy: see __init__
         else:
             result = scores + self.torch.from_numpy(penalty).to(scores.device, scores.dtype)
+        closing_rows = np.flatnonzero(self.needs_closing[self.state])
+        if len(closing_rows):
+            result = self.move_visit_end_to_discharge(scores, result, closing_rows, penalty[closing_rows])
         self.seconds += time.perf_counter() - started
         self.calls += 1
+        return result
+
+
+    def move_visit_end_to_discharge(self, scores, result, rows: np.ndarray, penalty: np.ndarray):
+        """In `rows` (inpatient visits without a discharge), the probability the model gave [VE] goes to
+        the discharge tokens that may close the visit, in proportion to theirs (evenly when all are 0)."""
+        torch = self.torch
+        index = torch.from_numpy(rows).to(scores.device)
+        probabilities = torch.softmax(scores[index].float(), dim=-1)
+        closing = torch.from_numpy(self.closing[self.state[rows], : scores.shape[1]]).to(scores.device)
+        moved = probabilities[:, self.visit_end_ids].sum(dim=1, keepdim=True)
+        weights = probabilities * closing
+        share = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-30),
+                            closing / closing.sum(dim=1, keepdim=True).clamp_min(1))
+        updated = torch.log(probabilities + moved * share) + torch.from_numpy(penalty).to(scores.device)
+        result = result.clone()
+        result[index] = updated.to(result.dtype)
         return result
 
 

@@ -82,6 +82,47 @@ def test_processor_never_lets_a_forbidden_token_through_random_logits():
     assert not np.logical_or.reduce(list(problems.values())).any()
 
 
+def test_the_probability_of_ending_an_inpatient_visit_without_discharge_goes_to_the_discharge():
+    # [VS] 9201 1002: an inpatient visit with one event and no discharge yet; the model wants [VE].
+    grammar, class_of_token = grammar_for_tokens(TOKENS)
+    processor = GrammarLogitsProcessor(grammar, class_of_token, START_ID, None)
+    ids = torch.tensor([PROMPT_IDS + [TOKENS.index(token) for token in ("[VS]", "9201", "1002")]])
+    logits = torch.zeros(1, len(TOKENS))
+    logits[0, TOKENS.index("[VE]")] = 5.0
+    before = torch.softmax(logits, dim=-1)[0]
+    after = torch.softmax(processor(ids, logits.clone()), dim=-1)[0]
+    discharges = [TOKENS.index(token) for token in ("Discharge/0", "4216643") if token in TOKENS]
+    visit_end = TOKENS.index("[VE]")
+    assert after[visit_end] == 0
+    # The [VE] mass lands on the discharges that may close the visit; every other allowed token keeps
+    # its share relative to the rest (not inflated by [VE]'s mass, as spreading it over all would).
+    allowed = (after > 0).numpy()
+    kept = float(before[allowed].sum() + before[visit_end])
+    assert float(after[discharges].sum()) == pytest.approx(float(before[discharges].sum() + before[visit_end]) / kept,
+                                                           rel=1e-5)
+    others = [index for index in np.flatnonzero(allowed) if index not in discharges]
+    assert others and torch.allclose(after[others], before[others] / kept, rtol=1e-5)
+
+
+def test_constrained_inpatient_visits_of_a_model_eager_to_close_them_stay_short():
+    # +4 on [VE] everywhere: the model would end every visit after an event or two. Without a discharge
+    # an inpatient visit may not end; its visits must still end after a few events, not run on.
+    end_id = TOKENS.index("[VE]")
+
+    def eager_to_close(rng, ids):
+        logits = rng.normal(0, 1, (ids.shape[0], len(TOKENS))).astype(np.float32)
+        logits[:, end_id] += 4
+        return logits
+
+    sequences = constrained_walks(eager_to_close, batch=128, steps=120, max_length=None, seed=4)
+    lengths = []
+    for tokens in sequences:
+        for start, token in enumerate(tokens):
+            if token == "[VS]" and start + 1 < len(tokens) and tokens[start + 1] in ("9201", "262") and "[VE]" in tokens[start:]:
+                lengths.append(tokens.index("[VE]", start) - start)
+    assert len(lengths) > 20 and np.mean(lengths) < 6, (len(lengths), np.mean(lengths))
+
+
 def test_a_model_that_wants_to_break_the_grammar_yields_only_valid_sequences():
     # Planted logits: +8 on every token the grammar forbids right now, so an unconstrained sampler
     # would break a rule almost every step; a short window forces the processor to close in time.
