@@ -1,9 +1,9 @@
-"""Step 7 of the tutorial: use the pretrained model on a prediction task defined in SQL.
+"""Step 7 of the tutorial: use the pretrained model on prediction tasks defined in SQL.
 
-The paper's claim is one model for three uses; steps 5-6 generate, this step predicts:
-  1. the cohort: a SQL file (default: an emergency room visit within 365 days after the first
-     outpatient visit of 2010-2016) run against the CDM in PostgreSQL, its rows written into an
-     OHDSI-style `cohort` table (--cohort-schema, default results);
+The paper's claim is one model for three uses; steps 5-6 generate, this step predicts. For each task
+(every cohort SQL in cehrgpt_tutorials/prediction/cohorts/, or the one given with --sql):
+  1. the cohort: the SQL run against the CDM in PostgreSQL, its rows written into an OHDSI-style
+     `cohort` table (--cohort-schema, default results);
   2. histories: each person's patient sequence (step 2) cut strictly before the index date; the
      examples of patients the model was trained on are the train split, the held-out ones the test;
   3. a baseline: logistic regression on bag-of-concepts counts of those histories;
@@ -11,23 +11,26 @@ The paper's claim is one model for three uses; steps 5-6 generate, this step pre
   5. cehrgpt's fine-tuning runner: the whole model + a classification head trained on the train
      examples (early stopping on 15% of their patients), predicting the test examples;
   6. cehrgpt's zero-shot prediction: sampled futures, probability = share with the outcome;
-  7. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
-     (cehrgpt.tools.bootstrap_ci), ROC and calibration plots.
+  7. few-shot curves: the probe and the baseline on 10-100% of the train examples;
+  8. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
+     (cehrgpt.tools.bootstrap_ci), ROC and calibration plots, and a reading of what they can show.
 It prints every cehrgpt command it runs; their output goes to OUTPUT_DIR/logs/.
 
 Reads:  the CDM in PostgreSQL (--dsn, else the libpq variables, else the embedded demo server),
         $CEHR_GPT_DATA_DIR/patient_sequence (train/ and test/), the model in $CEHR_GPT_MODEL_DIR.
 Writes: <cohort schema>.cohort in PostgreSQL, and OUTPUT_DIR (default $CEHR_GPT_DATA_DIR/prediction):
-        predict_report.md, predict_report.json, roc_curves.png, calibration.png, the examples
+        predict_report.md and .json over every task, and per task (OUTPUT_DIR/<task>/, or OUTPUT_DIR
+        itself with --sql) its report, roc_curves.png, calibration.png, few_shot.png, the examples
         (cohort_sequences/), each method's predictions and logs. A previous OUTPUT_DIR is replaced
         only when the new one is complete.
 
 Your own cohort: a SQL file with one SELECT returning subject_id, cohort_start_date (the index
 date), cohort_end_date (end of the time at risk) and outcome_date (first outcome in it, or NULL);
-write @cdm_schema for the CDM schema. See cehrgpt_tutorials/prediction/cohorts/*.sql.
+write @cdm_schema for the CDM schema, and a comment line `-- outcome_concepts: ID ...` for zero-shot
+(or pass --outcome-concepts). See cehrgpt_tutorials/prediction/cohorts/*.sql.
 
 Examples (after `source setup_env.sh`):
-    python predict.py                                   # what `make predict` runs
+    python predict.py                                   # what `make predict` runs: every task
     python predict.py --sql my_cohort.sql --outcome-concepts 9201 --task-name inpatient_1y
 """
 
@@ -47,9 +50,7 @@ from cehrgpt_tutorials.common import (
     fail,
 )
 from cehrgpt_tutorials.errors import describe_os_error
-from cehrgpt_tutorials.prediction.cohort import DEFAULT_COHORT_SQL
-
-DEFAULT_OUTCOME_CONCEPTS = ["9203"]  # the default cohort's outcome: an emergency room visit
+from cehrgpt_tutorials.prediction.cohort import COHORT_SQL_DIR, DEFAULT_COHORT_SQL
 
 
 def usable_cores() -> int:
@@ -60,11 +61,14 @@ def usable_cores() -> int:
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sql", type=Path, default=None,
-                        help=f"cohort SQL file (default: {DEFAULT_COHORT_SQL.name}, an ER visit within a year)")
+                        help=f"one cohort SQL file (default: every task in {COHORT_SQL_DIR}, "
+                             f"{DEFAULT_COHORT_SQL.name} first)")
+    parser.add_argument("--cohort-dir", type=Path, default=None,
+                        help=f"without --sql: run every cohort SQL of this folder (default {COHORT_SQL_DIR})")
     parser.add_argument("--outcome-concepts", nargs="+", default=None, metavar="CONCEPT_ID",
-                        help="the outcome's concept ids (tokens) that zero-shot looks for in sampled futures "
-                             "(default with the default SQL: 9203, emergency room visit; required with --sql)")
-    parser.add_argument("--task-name", default=None, help="name in the report (default: the SQL file's name)")
+                        help="with --sql: the outcome's concept ids (tokens) that zero-shot looks for in sampled "
+                             "futures (default: the SQL's '-- outcome_concepts:' line)")
+    parser.add_argument("--task-name", default=None, help="with --sql: its name in the report (default: the file's name)")
     parser.add_argument("--dsn", default=None,
                         help="PostgreSQL connection string (default: libpq variables or the demo server)")
     parser.add_argument("--cdm-schema", default="cdm", help="schema of the CDM tables, @cdm_schema in the SQL (default cdm)")
@@ -92,10 +96,8 @@ def parse_arguments(argv=None):
                         help="only for sequences without train/ and test/: the held-out share, decided as in step 2 "
                              f"(default {DEFAULT_TEST_FRACTION})")
     arguments = parser.parse_args(argv)
-    if arguments.sql is None:
-        arguments.sql = DEFAULT_COHORT_SQL
-        if arguments.outcome_concepts is None:
-            arguments.outcome_concepts = DEFAULT_OUTCOME_CONCEPTS
+    if arguments.sql is None and (arguments.outcome_concepts or arguments.task_name):
+        parser.error("--outcome-concepts and --task-name go with --sql (each task's SQL names its own)")
     arguments.patient_sequence_dir = arguments.patient_sequence_dir or cehr_gpt_data_dir() / "patient_sequence"
     arguments.model_dir = arguments.model_dir or cehr_gpt_model_dir()
     arguments.output_dir = arguments.output_dir or cehr_gpt_data_dir() / "prediction"

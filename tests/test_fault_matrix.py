@@ -38,6 +38,7 @@ from conftest import REPO_ROOT, SCRIPTS, cdm_fingerprint, output_of, run_script,
 from test_faults import kill_when, start_in_own_group, tree_digest
 
 from cehrgpt_tutorials.locks import output_lock
+from cehrgpt_tutorials.prediction.cohort import DEFAULT_COHORT_SQL
 
 pytestmark = pytest.mark.slow
 
@@ -383,7 +384,8 @@ def test_report_killed_while_it_writes_keeps_the_previous_report_and_the_rerun_e
 
 def predict_command(uri: str, model_dir: Path, sequences: Path, output: Path) -> list:
     return [sys.executable, "predict.py", "--dsn", uri, "--cdm-schema", "demo_small", "--cohort-schema",
-            "predict_faults", "--patient-sequence-dir", sequences, "--model-dir", model_dir, "--output-dir", output,
+            "predict_faults", "--sql", DEFAULT_COHORT_SQL, "--patient-sequence-dir", sequences, "--model-dir",
+            model_dir, "--output-dir", output,
             "--no-zero-shot", "--no-fine-tune", "--n-boot", "50"]  # the folder swap is tested, not the methods
 
 

@@ -28,6 +28,49 @@ MARKER_BEFORE_INDEX_DATE = "999999002"
 SLICE_SCHEMA = "demo_small"  # the 300 persons of the demo_omop_parquet fixture
 
 
+def test_few_shot_curves_draw_the_same_examples_for_both_methods_and_leave_out_draws_without_enough_positives():
+    import numpy as np
+
+    from cehrgpt_tutorials.prediction import few_shot
+
+    rng = np.random.default_rng(0)
+    train_y, test_y = (rng.random(400) < 0.1).astype(int), (rng.random(200) < 0.1).astype(int)
+    informative = lambda labels: labels[:, None] * 1.5 + rng.normal(0, 1, (len(labels), 3))  # noqa: E731
+    noise = lambda labels: rng.normal(0, 1, (len(labels), 3))  # noqa: E731
+    reversed_order = np.arange(len(train_y))[::-1]
+    methods = {"good": (informative(train_y), informative(test_y), 100, reversed_order),
+               "noise": (noise(train_y), noise(test_y), 1000, np.arange(len(train_y)))}
+    points = few_shot.curve(methods, train_y, test_y)
+    assert [point["fraction"] for point in points] == [0.1, 0.25, 0.5, 1.0]
+    smallest = points[0]
+    assert smallest["train_examples"] == 40 and smallest["train_positives"] == round(0.1 * train_y.sum())
+    if smallest["train_positives"] < few_shot.MIN_PER_CLASS:  # too few to cross-validate: said, not scored
+        assert smallest["draws"] == 0 and smallest["good_roc_auc"] is None
+    assert points[-1]["draws"] == 1 and points[-1]["good_roc_auc"] > 0.8 and 0.3 < points[-1]["noise_roc_auc"] < 0.7
+    # Same rows drawn for both methods, whatever each one's fit order.
+    assert few_shot.stratified_draw(train_y, 0.25, 3).tolist() == few_shot.stratified_draw(train_y, 0.25, 3).tolist()
+
+
+def test_the_reading_of_a_task_is_generated_from_its_numbers():
+    from cehrgpt_tutorials.prediction.report import reading
+
+    task = {"test_positives": 19, "test_patients": 150, "outcome_visible_fraction": 0.35, "zero_shot_skipped": "",
+            "baseline": {"roc_auc": 0.8, "roc_auc_ci": [0.7, 0.9]},
+            "linear_probe": {"roc_auc": 0.45, "roc_auc_ci": [0.3, 0.6]},
+            "zero_shot": {"roc_auc": 0.3, "roc_auc_ci": [0.2, 0.4]},
+            "few_shot": [{"train_examples": 86, "draws": 3, "linear_probe_roc_auc": 0.64, "baseline_roc_auc": 0.62}]}
+    sentences = reading(task)
+    assert sentences[0] == ("19 positives among 150 test examples: a ROC-AUC interval here is about 0.23 wide, so "
+                            "only differences larger than that are evidence.")
+    assert any(sentence.startswith("Warning: the model never sees most of these outcomes (only 35%") for sentence in sentences)
+    assert "bag-of-concepts logistic regression: better than chance (its interval is above 0.5)." in sentences
+    assert "cehrgpt zero-shot (sampled futures): worse than chance (its interval is below 0.5)." in sentences
+    assert "cehrgpt features + linear probe: not distinguishable from chance (its interval spans 0.5)." in sentences
+    assert any("bag-of-concepts logistic regression is above cehrgpt zero-shot" in sentence for sentence in sentences)
+    assert sentences[-1].startswith("With the fewest labels (86 train examples) the probe scores 0.640 against the "
+                                    "baseline's 0.620")
+
+
 def test_history_ends_with_the_last_whole_visit_before_the_index_date():
     day = 86_400
     tokens = ["year:2010", "age:30", "8507", "8527", "[VS]", "9202", "1", "[VE]", "D5", "[VS]", "9201", "2", "[VE]"]
@@ -109,8 +152,8 @@ def prediction_run(tiny_model, demo_patient_sequence, demo_omop_parquet, pg_serv
     output = folder / "prediction"
     result = run_script(
         ["predict.py", "--dsn", pg_server, "--cdm-schema", SLICE_SCHEMA, "--cohort-schema", "predict_test",
-         "--patient-sequence-dir", planted, "--model-dir", tiny_model["model_dir"], "--output-dir", output,
-         "--max-new-tokens", "16", "--n-boot", "200", "--fine-tune-epochs", "2"],
+         "--sql", cohorts.DEFAULT_COHORT_SQL, "--patient-sequence-dir", planted, "--model-dir", tiny_model["model_dir"],
+         "--output-dir", output, "--max-new-tokens", "16", "--n-boot", "200", "--fine-tune-epochs", "2"],
         env=pipeline_env, timeout=900)
     return {"result": result, "output": output, "planted": planted, "cohort": cohort, "uri": pg_server}
 
@@ -129,12 +172,63 @@ def test_predict_writes_the_report_with_intervals_for_the_four_methods(predictio
         low, high = report[key]["roc_auc_ci"]
         assert 0 <= low <= report[key]["roc_auc"] <= high <= 1, (key, report[key])
         assert 0 <= report[key]["pr_auc"] <= 1
-    for name in ("predict_report.md", "roc_curves.png", "calibration.png"):
+    for name in ("predict_report.md", "roc_curves.png", "calibration.png", "few_shot.png"):
         assert (output / name).stat().st_size > 0
+    # One task: its numbers at the top and as the only entry of `tasks`; zero-shot's outcome from the
+    # SQL's own header line.
+    assert [task["task"] for task in report["tasks"]] == ["er_visit_within_365_days"]
+    assert report["outcome_tokens"] == ["9203"] and 0 <= report["outcome_visible_fraction"] <= 1
+    # The few-shot curve: the probe and the baseline at each size, on the same test examples.
+    assert [point["fraction"] for point in report["few_shot"]] == [0.1, 0.25, 0.5, 1.0]
+    full = report["few_shot"][-1]
+    assert full["train_examples"] == report["train_patients"] and full["draws"] == 1
+    # All the examples: the very fits of the probe and the baseline above, so the same ROC-AUC.
+    for name in ("linear_probe", "baseline"):
+        assert full[f"{name}_roc_auc"] == pytest.approx(report[name]["roc_auc"], abs=1e-3), name
+    # The reading is generated from the numbers: the interval width and each method's verdict.
+    assert report["reading"][0].startswith(f"{report['test_positives']} positives among {report['test_patients']}")
+    assert sum("chance" in sentence for sentence in report["reading"]) == 4
     # Every cehrgpt command is printed as it runs.
     for module in ("compute_cehrgpt_features", "train_with_cehrgpt_features", "hf_cehrgpt_finetune_runner",
                    "time_to_event_prediction", "bootstrap_ci"):
         assert "-m cehrgpt." in result.stdout and module in result.stdout, module
+
+
+@pytest.mark.slow
+def test_without_sql_every_task_of_the_cohort_folder_runs_into_one_report(tiny_model, demo_patient_sequence,
+                                                                         pg_server, pipeline_env, tmp_path):
+    # Two tasks of the ER cohort (one with a window too long for any outcome in the slice, so it has
+    # no positives and is skipped with its reason, while the other still runs).
+    folder = tmp_path / "cohorts"
+    folder.mkdir()
+    sql = cohorts.DEFAULT_COHORT_SQL.read_text()
+    (folder / "er_a.sql").write_text(sql)
+    (folder / "never.sql").write_text(sql.replace("er.visit_concept_id = 9203", "er.visit_concept_id = -1"))
+    output = tmp_path / "prediction"
+    result = run_script(
+        ["predict.py", "--dsn", pg_server, "--cdm-schema", SLICE_SCHEMA, "--cohort-schema", "predict_tasks",
+         "--cohort-dir", folder, "--patient-sequence-dir", demo_patient_sequence, "--model-dir",
+         tiny_model["model_dir"], "--output-dir", output, "--no-zero-shot", "--no-fine-tune", "--n-boot", "50"],
+        env=pipeline_env, timeout=900)
+    assert result.returncode == 0, output_of(result)
+    report = json.loads((output / "predict_report.json").read_text())
+    assert [task["task"] for task in report["tasks"]] == ["er_a"] and report["task"] == "er_a"
+    assert list(report["skipped_tasks"]) == ["never"] and "0 positive" in report["skipped_tasks"]["never"]
+    assert (output / "er_a" / "predict_report.md").is_file() and (output / "er_a" / "few_shot.png").is_file()
+    text = (output / "predict_report.md").read_text()
+    assert "| er_a |" in text and "never: not run" in text and "(er_a/roc_curves.png)" in text
+    cohort_ids = {row[0] for row in query_rows(pg_server, "SELECT DISTINCT cohort_definition_id FROM predict_tasks.cohort")}
+    assert cohort_ids <= {1, 2, 3, 4} and {1, 2} <= cohort_ids  # each task its own pair of ids
+
+
+def query_rows(uri: str, statement: str) -> list[tuple]:
+    import psycopg2
+
+    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute(statement)
+        rows = cursor.fetchall()
+    connection.close()
+    return rows
 
 
 def printed_command(stdout: str, module: str) -> list[str]:

@@ -105,19 +105,23 @@ def run_together(commands: list[list], log_paths: list[Path], what: str, progres
     return seconds
 
 
+class TooFewExamples(PipelineError):
+    """A task's examples cannot train or test the methods (too few positives or negatives)."""
+
+
 def check_trainable(labels, split: str) -> None:
     """LogisticRegressionCV's stratified folds need positives and negatives in each of the 5 folds."""
     positives = int(np.sum(labels))
     negatives = int(len(labels) - positives)
     if min(positives, negatives) < CV_FOLDS:
-        raise PipelineError(f"the {split} split has {positives} positive and {negatives} negative examples; the "
+        raise TooFewExamples(f"the {split} split has {positives} positive and {negatives} negative examples; the "
                             f"logistic regressions need at least {CV_FOLDS} of each ({CV_FOLDS}-fold cross-validation)")
 
 
 def check_evaluable(labels, split: str) -> None:
     positives = int(np.sum(labels))
     if positives == 0 or positives == len(labels):
-        raise PipelineError(f"the {split} split has {positives} positives among {len(labels)} examples: "
+        raise TooFewExamples(f"the {split} split has {positives} positives among {len(labels)} examples: "
                             "ROC-AUC needs both classes")
 
 
@@ -253,10 +257,10 @@ def bag_of_concepts(tables, vocabulary: dict[str, int] | None = None):
     return matrix, vocabulary
 
 
-def baseline(train, test, work_dir: Path) -> Path:
-    """Fit on the train examples, predict the test ones; returns the predictions folder."""
+def baseline_design(train, test):
+    """The baseline's inputs: bag-of-concepts counts (vocabulary from the train examples) plus age
+    (standardised on them), for the train and the test examples; and the vocabulary."""
     from scipy import sparse
-    from sklearn.linear_model import LogisticRegressionCV
 
     train_counts, vocabulary = bag_of_concepts(train)
     test_counts, _ = bag_of_concepts(test, vocabulary)
@@ -267,11 +271,19 @@ def baseline(train, test, work_dir: Path) -> Path:
         age = (np.asarray(table.column("age").to_pylist(), float) - mean) / std
         return sparse.hstack([counts, sparse.csr_matrix(age[:, None])]).tocsr()
 
+    return design(train_counts, train), design(test_counts, test), vocabulary
+
+
+def baseline(train, test, work_dir: Path) -> Path:
+    """Fit on the train examples, predict the test ones; returns the predictions folder."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    train_x, test_x, vocabulary = baseline_design(train, test)
     labels = np.asarray(train.column("label").to_pylist())
     # The same model and selection as cehrgpt's linear probe, so the two differ only in their features.
     model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000)
-    model.fit(design(train_counts, train), labels)
-    probability = model.predict_proba(design(test_counts, test))[:, 1]
+    model.fit(train_x, labels)
+    probability = model.predict_proba(test_x)[:, 1]
     out = work_dir / "baseline"
     predictions = out / "test_predictions"
     predictions.mkdir(parents=True, exist_ok=True)
@@ -285,6 +297,40 @@ def baseline(train, test, work_dir: Path) -> Path:
     (out / "features.json").write_text(json.dumps({"concepts": sorted(vocabulary), "plus": ["age"]}, indent=1))
     print(f"  {len(vocabulary)} concepts + age, {train.num_rows} train / {test.num_rows} test examples", flush=True)
     return predictions
+
+
+def few_shot_features(train, test, work_dir: Path) -> tuple[dict[str, tuple], np.ndarray, np.ndarray]:
+    """What the probe and the baseline were trained on, for few_shot.curve: per method (train matrix,
+    test matrix, max_iter, fit order), rows in the examples' order, with the train and test labels.
+
+    Each method keeps its full-data fit's settings: the probe cehrgpt's features, fitted in the order
+    train_with_cehrgpt_features uses (sorted by patient and date, then shuffled with seed 42) with its
+    default max_iter; the baseline the bag of concepts in the examples' order, max_iter 1000."""
+    import pyarrow.parquet as pq
+
+    def keyed(table) -> list[tuple]:
+        return [(int(person), pd.Timestamp(day).date()) for person, day in
+                zip(table.column("person_id").to_pylist(), table.column("index_date").to_pylist(), strict=True)]
+
+    def probe_features(split: str, keys: list[tuple]) -> tuple[np.ndarray, pd.DataFrame]:
+        frame = pq.read_table(work_dir / "cehrgpt_features" / "features_with_label" / f"{split}_features",
+                              columns=["subject_id", "prediction_time", "features"]).to_pandas()
+        vectors = {(int(subject), pd.Timestamp(time).date()): np.asarray(vector, float).ravel()
+                   for subject, time, vector in zip(frame["subject_id"], frame["prediction_time"], frame["features"],
+                                                    strict=True)}
+        return np.stack([vectors[key] for key in keys]), frame
+
+    train_keys = keyed(train)
+    probe_train, frame = probe_features("train", train_keys)
+    probe_test, _ = probe_features("test", keyed(test))
+    shuffled = frame.sort_values(["subject_id", "prediction_time"]).sample(frac=1.0, random_state=42)
+    row_of = {key: row for row, key in enumerate(train_keys)}
+    probe_order = np.array([row_of[(int(subject), pd.Timestamp(time).date())] for subject, time in
+                            zip(shuffled["subject_id"], shuffled["prediction_time"], strict=True)])
+    train_x, test_x, _ = baseline_design(train, test)
+    methods = {"linear_probe": (probe_train, probe_test, 100, probe_order),
+               "baseline": (train_x, test_x, 1000, np.arange(train.num_rows))}
+    return methods, np.asarray(train.column("label").to_pylist()), np.asarray(test.column("label").to_pylist())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""predict.py's steps in order: cohort -> histories -> baseline -> linear probe -> fine-tuning -> zero-shot -> report.
+"""predict.py's steps, per task: cohort -> histories -> baseline -> linear probe -> fine-tuning -> zero-shot
+-> few-shot curves -> report; then one report over every task.
 
 Everything is built in a temporary folder beside --output-dir and swapped into place at the end, so
 a failed or interrupted run leaves the previous report as it was (and cehrgpt's tools, which append
@@ -10,16 +11,19 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from cehrgpt_tutorials.common import PipelineError, connect
 from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
 from cehrgpt_tutorials.prediction import cohort as cohorts
-from cehrgpt_tutorials.prediction import models, report
+from cehrgpt_tutorials.prediction import few_shot, models, report
+from cehrgpt_tutorials.prediction.models import TooFewExamples
 from cehrgpt_tutorials.training import training_not_finished, unfinished_model_problem
 
 REPORT_NAME = "predict_report.json"
+HEADER_NAMES = ("outcome_concepts", "zero_shot")  # what a cohort SQL's comments may say about its task
 
 
 def model_context(model_dir: Path) -> int:
@@ -43,17 +47,18 @@ def model_vocabulary(model_dir: Path) -> set[str]:
     return set(json.loads(path.read_text())["model"]["vocab"])
 
 
-def checked_outcome_tokens(arguments, vocabulary: set[str]) -> list[str]:
-    """The outcome concepts zero-shot looks for, those the model knows (none needed with --no-zero-shot)."""
-    outcome_tokens = [str(token) for token in arguments.outcome_concepts or []]
-    if arguments.no_zero_shot:
+def checked_outcome_tokens(task: Task, zero_shot: bool, vocabulary: set[str]) -> list[str]:
+    """The outcome concepts zero-shot looks for, those the model knows (none needed without zero-shot)."""
+    outcome_tokens = [str(token) for token in task.outcome_concepts]
+    if not zero_shot:
         return outcome_tokens
     if not outcome_tokens:
-        raise PipelineError("zero-shot needs the outcome's concept ids: pass --outcome-concepts (or --no-zero-shot)")
+        raise PipelineError(f"zero-shot needs the outcome's concept ids of {task.sql.name}: pass --outcome-concepts, "
+                            "write a '-- outcome_concepts: ...' line in the SQL, or pass --no-zero-shot")
     known = [token for token in outcome_tokens if token in vocabulary]
     if not known:
-        raise PipelineError(f"none of the outcome concepts {', '.join(outcome_tokens)} is in the model's "
-                            "vocabulary, so no sampled future can contain one; pass others or --no-zero-shot")
+        raise PipelineError(f"none of the outcome concepts {', '.join(outcome_tokens)} of {task.name} is in the "
+                            "model's vocabulary, so no sampled future can contain one; pass others or --no-zero-shot")
     return known
 
 
@@ -69,6 +74,53 @@ def stage(title: str) -> float:
     return time.monotonic()
 
 
+@dataclass(frozen=True)
+class Task:
+    """One prediction task: a cohort SQL and what zero-shot looks for."""
+
+    name: str
+    sql: Path
+    outcome_concepts: list[str]
+    cohort_id: int  # the target cohort's id in the cohort table; the outcome's is the next one
+    zero_shot_off: str = ""  # why zero-shot is skipped for this task (its SQL says), or empty
+
+
+def sql_header(sql_path: Path) -> dict[str, str]:
+    """The `-- name: value` lines of a cohort SQL's comments (outcome_concepts, zero_shot)."""
+    header = {}
+    for line in Path(sql_path).read_text().splitlines():
+        text = line.strip()
+        if text.startswith("--") and ":" in text:
+            name, value = text.lstrip("-").strip().split(":", 1)
+            if name.strip() in HEADER_NAMES:
+                header[name.strip()] = value.strip()
+    return header
+
+
+def task_of(sql_path: Path, name: str, outcome_concepts: list[str] | None, cohort_id: int) -> Task:
+    if not Path(sql_path).is_file():
+        raise PipelineError(f"cohort SQL file {sql_path} does not exist")
+    header = sql_header(sql_path)
+    concepts = outcome_concepts or header.get("outcome_concepts", "").split()
+    zero_shot = header.get("zero_shot", "")
+    off = zero_shot.split(",", 1)[1].strip() if zero_shot.startswith("off") and "," in zero_shot else \
+        ("its SQL says so" if zero_shot.startswith("off") else "")
+    return Task(name, Path(sql_path), concepts, cohort_id, off)
+
+
+def tasks_to_run(arguments) -> list[Task]:
+    """--sql: that task; else every cohort SQL in --cohort-dir (default COHORT_SQL_DIR), the default one
+    first, each with its own pair of cohort ids."""
+    if arguments.sql is not None:
+        return [task_of(arguments.sql, arguments.task_name or Path(arguments.sql).stem, arguments.outcome_concepts,
+                        arguments.cohort_id)]
+    folder = Path(getattr(arguments, "cohort_dir", None) or cohorts.COHORT_SQL_DIR)
+    files = sorted(folder.glob("*.sql"), key=lambda path: (path != cohorts.DEFAULT_COHORT_SQL, path.name))
+    if not files:
+        raise PipelineError(f"no cohort SQL files (*.sql) in {folder}")
+    return [task_of(path, path.stem, None, arguments.cohort_id + 2 * number) for number, path in enumerate(files)]
+
+
 def run(arguments) -> dict:
     """All of step 7; returns the report (also written to output_dir/predict_report.json)."""
     output_dir = Path(arguments.output_dir)
@@ -79,22 +131,53 @@ def run(arguments) -> dict:
 
 def run_locked(arguments, output_dir: Path) -> dict:
     started = time.monotonic()
-    seconds: dict[str, float] = {}
     check_output_dir(output_dir)
-    sql_path = Path(arguments.sql)
-    if not sql_path.is_file():
-        raise PipelineError(f"cohort SQL file {sql_path} does not exist")
+    tasks = tasks_to_run(arguments)
     unfinished = training_not_finished(arguments.model_dir)
     if unfinished is not None:  # a missing model is found after the cohort (its SQL is checked first)
         raise PipelineError(unfinished)
+    with atomic_directory(output_dir) as work:
+        results, skipped = [], {}
+        for number, task in enumerate(tasks, start=1):
+            if len(tasks) == 1:
+                results.append(run_task(arguments, task, work))
+                continue
+            print(f"\n#### task {number} of {len(tasks)}: {task.name}", flush=True)
+            try:
+                results.append(run_task(arguments, task, work / task.name))
+            except TooFewExamples as error:  # one task too small for this CDM: the others still run
+                skipped[task.name] = str(error)
+                print(f"  skipped: {error}", flush=True)
+        if not results:
+            raise PipelineError("no task could be trained and tested: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
+        # The first task's keys stay at the top, so readers of a one-task report keep working.
+        combined = {**results[0], "tasks": results, "skipped_tasks": skipped,
+                    "seconds_total": round(time.monotonic() - started, 1)}
+        report.write_report(work, combined, several=len(tasks) > 1)
+    print()
+    for result in results:
+        print(f"{result['task']}: test patients {result['test_patients']} ({result['test_positives']} positives)")
+        for key, name in report.METHODS.items():
+            if key in result:
+                low, high = result[key]["roc_auc_ci"]
+                print(f"  {name:<38} ROC-AUC {result[key]['roc_auc']:.3f} ({low:.3f}-{high:.3f})  "
+                      f"PR-AUC {result[key]['pr_auc']:.3f}")
+    print(f"report: {output_dir / 'predict_report.md'} (and .json, plots); {combined['seconds_total']:.0f} s")
+    return combined
 
+
+def run_task(arguments, task: Task, work: Path) -> dict:
+    """One task, from its SQL to its report folder `work`; returns its numbers. A flat recipe: each
+    stage reads what the one before wrote."""
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
     # 1. The cohort, from SQL, into the OHDSI cohort table.
-    t = stage(f"1/7 cohort: {sql_path} against schema {arguments.cdm_schema}")
+    t = stage(f"1/8 cohort: {task.sql} against schema {arguments.cdm_schema}")
     connection = connect(arguments.dsn, application_name=application_name("predict.py"))
     try:
-        cohort = cohorts.query_cohort(connection, sql_path.read_text(), arguments.cdm_schema, str(sql_path))
+        cohort = cohorts.query_cohort(connection, task.sql.read_text(), arguments.cdm_schema, str(task.sql))
         schema_lock(connection, arguments.cohort_schema, "the cohort schema")
-        cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, arguments.cohort_id)
+        cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, task.cohort_id)
     finally:
         connection.close()
     positives = int(cohort["label"].sum())
@@ -103,107 +186,113 @@ def run_locked(arguments, output_dir: Path) -> dict:
                       for start, end in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True))
     window_days = lengths.most_common(1)[0][0]
     print(f"  {len(cohort):,} persons/index dates, {positives:,} with the outcome; written to "
-          f"{arguments.cohort_schema}.cohort as cohort {arguments.cohort_id} (target) "
-          f"and {arguments.cohort_id + 1} (outcome)")
+          f"{arguments.cohort_schema}.cohort as cohort {task.cohort_id} (target) and {task.cohort_id + 1} (outcome)")
     seconds["cohort"] = time.monotonic() - t
     context = model_context(arguments.model_dir)
-    outcome_tokens = checked_outcome_tokens(arguments, model_vocabulary(arguments.model_dir))
+    zero_shot = not arguments.no_zero_shot and not task.zero_shot_off
+    outcome_tokens = checked_outcome_tokens(task, zero_shot, model_vocabulary(arguments.model_dir))
+    work.mkdir(parents=True, exist_ok=True)
 
-    with atomic_directory(output_dir) as work:
-        # 2. Histories strictly before the index date, split by person.
-        t = stage(f"2/7 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
-        histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
-        paths = cohorts.write_histories(histories, work / "cohort_sequences")
-        train_labels = histories.train.column("label").to_pylist()
-        test_labels = histories.test.column("label").to_pylist()
-        print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
-              f"({sum(test_labels)} positives); split: {histories.split_source}")
-        print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
-              f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
-        models.check_trainable(train_labels, "train")
-        models.check_evaluable(test_labels, "test")
-        expected = {"train": len(train_labels), "test": len(test_labels)}
-        seconds["histories"] = time.monotonic() - t
+    # 2. Histories strictly before the index date, split by person.
+    t = stage(f"2/8 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
+    histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
+    paths = cohorts.write_histories(histories, work / "cohort_sequences")
+    train_labels = histories.train.column("label").to_pylist()
+    test_labels = histories.test.column("label").to_pylist()
+    print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
+          f"({sum(test_labels)} positives); split: {histories.split_source}")
+    print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
+          f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
+    models.check_trainable(train_labels, "train")
+    models.check_evaluable(test_labels, "test")
+    expected = {"train": len(train_labels), "test": len(test_labels)}
+    seconds["histories"] = time.monotonic() - t
 
-        # 3-6. The four predictors.
-        t = stage("3/7 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
-        predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
-        seconds["baseline"] = time.monotonic() - t
-        t = stage("4/7 cehrgpt features + linear probe")
-        predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
-                                                          context, expected)
-        seconds["linear_probe"] = time.monotonic() - t
-        if not arguments.no_fine_tune:
-            t = stage(f"5/7 fine-tuning: the pretrained model + a classification head, up to "
-                      f"{arguments.fine_tune_epochs} epochs on the train examples")
-            predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
-                                                        context, arguments.fine_tune_epochs, expected)
-            seconds["fine_tune"] = time.monotonic() - t
-        if not arguments.no_zero_shot:
-            t = stage(f"6/7 zero-shot: {arguments.trajectories} sampled futures per test patient")
-            predictions["zero_shot"] = models.zero_shot(
-                histories.test, arguments.model_dir, work, outcome_tokens, window_days, arguments.trajectories,
-                arguments.max_new_tokens, context, arguments.workers)
-            seconds["zero_shot"] = time.monotonic() - t
+    # 3-6. The four predictors.
+    t = stage("3/8 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
+    predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
+    seconds["baseline"] = time.monotonic() - t
+    t = stage("4/8 cehrgpt features + linear probe")
+    predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
+                                                      context, expected)
+    seconds["linear_probe"] = time.monotonic() - t
+    if not arguments.no_fine_tune:
+        t = stage(f"5/8 fine-tuning: the pretrained model + a classification head, up to "
+                  f"{arguments.fine_tune_epochs} epochs on the train examples")
+        predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
+                                                    context, arguments.fine_tune_epochs, expected)
+        seconds["fine_tune"] = time.monotonic() - t
+    # The futures must reach the end of the time at risk: about the default's tokens per year.
+    max_new_tokens = max(arguments.max_new_tokens, round(arguments.max_new_tokens * window_days / 365))
+    if zero_shot:
+        t = stage(f"6/8 zero-shot: {arguments.trajectories} sampled futures of up to {max_new_tokens} tokens "
+                  "per test patient")
+        predictions["zero_shot"] = models.zero_shot(
+            histories.test, arguments.model_dir, work, outcome_tokens, window_days, arguments.trajectories,
+            max_new_tokens, context, arguments.workers)
+        seconds["zero_shot"] = time.monotonic() - t
 
-        # 7. Intervals, plots, report.
-        t = stage("7/7 bootstrap intervals and report")
-        intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
-        summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
-        frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
-        calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}
-        report.plot_roc(frames, summaries, work / "roc_curves.png")
-        report.plot_calibration(calibration, work / "calibration.png")
-        for key in summaries:
-            summaries[key]["calibration"] = calibration[key]
-        if "zero_shot" in summaries:
-            summaries["zero_shot"].update({
-                "trajectories": arguments.trajectories, "max_new_tokens": arguments.max_new_tokens,
-                "outcome_tokens": outcome_tokens, "window_days": window_days,
-                "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
-                                                                            arguments.trajectories), 4),
-            })
-        if "fine_tune" in summaries:
-            summaries["fine_tune"].update({
-                "epochs": arguments.fine_tune_epochs, "learning_rate": models.FINE_TUNE_LEARNING_RATE,
-                "validation_fraction": models.FINE_TUNE_VALIDATION,
-                **models.fine_tune_epochs(predictions["fine_tune"].parent),
-            })
-        all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
-                                                                outcome_tokens or ["-"], arguments.test_fraction)
-        seconds["report"] = time.monotonic() - t
-        result = {
-            "task": arguments.task_name or sql_path.stem,
-            "task_description": first_comment_line(sql_path),
-            "cohort_sql": str(sql_path),
-            "cohort_table": f"{arguments.cohort_schema}.cohort",
-            "cohort_ids": [arguments.cohort_id, arguments.cohort_id + 1],
-            "cohort_rows": len(cohort),
-            "positives": positives,
-            "dropped_no_sequence": histories.no_sequence,
-            "dropped_no_history": histories.no_history,
-            "split_source": histories.split_source,
-            "train_patients": len(train_labels),
-            "train_positives": int(sum(train_labels)),
-            "test_patients": len(test_labels),
-            "test_positives": int(sum(test_labels)),
-            "test_prevalence": round(sum(test_labels) / len(test_labels), 4),
-            "outcome_visible_fraction": round(visible / all_positives, 4) if all_positives else 0.0,
-            "model_dir": str(arguments.model_dir),
-            "context": context,
-            **summaries,
-            "seconds": {key: round(value, 1) for key, value in seconds.items()},
-            "seconds_total": round(time.monotonic() - started, 1),
-        }
-        report.write_report(work, result)
-    print(f"\nTest patients: {result['test_patients']} ({result['test_positives']} positives)")
-    for key, name in report.METHODS.items():
-        if key in result:
-            low, high = result[key]["roc_auc_ci"]
-            print(f"  {name:<38} ROC-AUC {result[key]['roc_auc']:.3f} ({low:.3f}-{high:.3f})  "
-                  f"PR-AUC {result[key]['pr_auc']:.3f}")
-    print(f"report: {output_dir / 'predict_report.md'} (and .json, roc_curves.png, calibration.png); "
-          f"{result['seconds_total']:.0f} s")
+    # 7. Few-shot: the probe and the baseline on fewer training examples, same test examples.
+    t = stage("7/8 few-shot: the linear probe and the baseline on 10%, 25%, 50% and 100% of the train examples")
+    shots = few_shot.curve(*models.few_shot_features(histories.train, histories.test, work))
+    few_shot.plot(shots, {"linear_probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
+                  work / "few_shot.png", f"{task.name}: {sum(test_labels)} positives among {len(test_labels)} test examples")
+    seconds["few_shot"] = time.monotonic() - t
+
+    # 8. Intervals, plots, report.
+    t = stage("8/8 bootstrap intervals and report")
+    intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
+    summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
+    frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
+    calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}
+    report.plot_roc(frames, summaries, work / "roc_curves.png")
+    report.plot_calibration(calibration, work / "calibration.png")
+    for key in summaries:
+        summaries[key]["calibration"] = calibration[key]
+    if "zero_shot" in summaries:
+        summaries["zero_shot"].update({
+            "trajectories": arguments.trajectories, "max_new_tokens": max_new_tokens,
+            "outcome_tokens": outcome_tokens, "window_days": window_days,
+            "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
+                                                                        arguments.trajectories), 4),
+        })
+    if "fine_tune" in summaries:
+        summaries["fine_tune"].update({
+            "epochs": arguments.fine_tune_epochs, "learning_rate": models.FINE_TUNE_LEARNING_RATE,
+            "validation_fraction": models.FINE_TUNE_VALIDATION,
+            **models.fine_tune_epochs(predictions["fine_tune"].parent),
+        })
+    all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
+                                                            outcome_tokens or ["-"], arguments.test_fraction)
+    seconds["report"] = time.monotonic() - t
+    result = {
+        "task": task.name,
+        "task_description": first_comment_line(task.sql),
+        "cohort_sql": str(task.sql),
+        "cohort_table": f"{arguments.cohort_schema}.cohort",
+        "cohort_ids": [task.cohort_id, task.cohort_id + 1],
+        "cohort_rows": len(cohort),
+        "positives": positives,
+        "dropped_no_sequence": histories.no_sequence,
+        "dropped_no_history": histories.no_history,
+        "split_source": histories.split_source,
+        "train_patients": len(train_labels),
+        "train_positives": int(sum(train_labels)),
+        "test_patients": len(test_labels),
+        "test_positives": int(sum(test_labels)),
+        "test_prevalence": round(sum(test_labels) / len(test_labels), 4),
+        "outcome_tokens": outcome_tokens,
+        "outcome_visible_fraction": round(visible / all_positives, 4) if all_positives else 0.0,
+        "zero_shot_skipped": "" if zero_shot else (task.zero_shot_off or "--no-zero-shot"),
+        "model_dir": str(arguments.model_dir),
+        "context": context,
+        **summaries,
+        "few_shot": shots,
+        "seconds": {key: round(value, 1) for key, value in seconds.items()},
+        "seconds_total": round(time.monotonic() - started, 1),
+    }
+    result["reading"] = report.reading(result)
+    report.write_task_report(work, result)
     return result
 
 

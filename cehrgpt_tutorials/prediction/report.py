@@ -109,9 +109,14 @@ def plot_calibration(tables: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(folder: Path, report: dict) -> None:
-    """predict_report.json (the numbers) and predict_report.md (the same, for a person)."""
+def write_task_report(folder: Path, report: dict) -> None:
+    """One task's predict_report.json (the numbers) and predict_report.md (the same, for a person)."""
     (folder / "predict_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / "predict_report.md").write_text("\n".join(task_lines(report, "")))
+
+
+def task_lines(report: dict, folder: str) -> list[str]:
+    """The markdown of one task; `folder` prefixes its pictures' paths (a task's subfolder in a report of several)."""
     lines = [
         f"# Step 7: predicting `{report['task']}`",
         "",
@@ -127,6 +132,10 @@ def write_report(folder: Path, report: dict) -> None:
         f"- train: {report['train_patients']:,} examples ({report['train_positives']} positives); "
         f"test (never seen by the pretrained model): **{report['test_patients']:,} examples, "
         f"{report['test_positives']} positives**",
+        f"- outcome in the patient sequences: {report['outcome_visible_fraction']:.0%} of the positives have an "
+        f"outcome token ({', '.join(report['outcome_tokens']) or 'none given'}) in their sequence inside the time at "
+        "risk" + (": **the model never sees most of these outcomes: zero-shot cannot find them**"
+                  if report["outcome_visible_fraction"] < 0.5 else ""),
         f"- model: `{report['model_dir']}` (context {report['context']})",
         "",
         "| method | ROC-AUC (95% CI) | PR-AUC (95% CI) |",
@@ -143,7 +152,7 @@ def write_report(folder: Path, report: dict) -> None:
         "score gets. Intervals: patients resampled 1,000 times (cehrgpt.tools.bootstrap_ci). With this few "
         "positives an interval spans tenths of AUC: differences inside it are not evidence.",
         "",
-        "![ROC curves](roc_curves.png)",
+        f"![ROC curves]({folder}roc_curves.png)",
         "",
     ]
     tuned = report.get("fine_tune")
@@ -160,7 +169,7 @@ def write_report(folder: Path, report: dict) -> None:
             "",
         ]
         if not report.get("zero_shot"):  # else the zero-shot section shows the plot
-            lines += ["![Calibration](calibration.png)", ""]
+            lines += [f"![Calibration]({folder}calibration.png)", ""]
     zero = report.get("zero_shot")
     if zero:
         lines += [
@@ -183,7 +192,90 @@ def write_report(folder: Path, report: dict) -> None:
         ]
         lines += [f"| {i + 1} | {row['n']} | {row['predicted']:.3f} | {row['observed']:.3f} |"
                   for i, row in enumerate(zero["calibration"])]
-        lines += ["", "![Calibration](calibration.png)", ""]
+        lines += ["", f"![Calibration]({folder}calibration.png)", ""]
+    lines += few_shot_lines(report, folder)
+    lines += ["## How to read this task", ""] + [f"- {sentence}" for sentence in report["reading"]] + [""]
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["seconds"].items())
     lines += [f"Wall time: {report['seconds_total']:.0f} s ({stages})", ""]
-    (folder / "predict_report.md").write_text("\n".join(lines))
+    return lines
+
+
+def few_shot_lines(report: dict, folder: str) -> list[str]:
+    lines = ["## Few-shot", "", "The linear probe and the baseline trained on part of the train examples (drawn "
+             "three times per size, by label; the bars are the lowest and highest of the draws), tested on the same "
+             "held-out examples: where a pretrained representation should pay is with few labels.", "",
+             "| train examples (positives) | linear probe ROC-AUC | baseline ROC-AUC | draws |", "|---|---|---|---|"]
+    for point in report["few_shot"]:
+        lines.append(f"| {point['train_examples']} ({point['train_positives']}) | {few_shot_cell(point, 'linear_probe')} | "
+                     f"{few_shot_cell(point, 'baseline')} | {point['draws']} |")
+    return lines + ["", f"![Few-shot curves]({folder}few_shot.png)", ""]
+
+
+def few_shot_cell(point: dict, name: str) -> str:
+    value, span = point[f"{name}_roc_auc"], point[f"{name}_roc_auc_range"]
+    return "too few positives" if value is None else f"{value:.3f} ({span[0]:.3f}-{span[1]:.3f})"
+
+
+def interval_width(report: dict) -> float:
+    widths = [report[key]["roc_auc_ci"][1] - report[key]["roc_auc_ci"][0] for key in METHODS if key in report]
+    return float(np.mean(widths)) if widths else 0.0
+
+
+def reading(report: dict) -> list[str]:
+    """What the numbers of one task can and cannot show, in sentences generated from them."""
+    sentences = [f"{report['test_positives']} positives among {report['test_patients']} test examples: a ROC-AUC "
+                 f"interval here is about {interval_width(report):.2f} wide, so only differences larger than that "
+                 "are evidence."]
+    visible = report["outcome_visible_fraction"]
+    if visible < 0.5:
+        sentences.append(f"Warning: the model never sees most of these outcomes (only {visible:.0%} of the positives "
+                         "have the outcome in their patient sequence inside the time at risk): zero-shot cannot find "
+                         "them, and no method can learn them from the sequences.")
+    for key, name in METHODS.items():
+        if key in report:
+            low, high = report[key]["roc_auc_ci"]
+            verdict = ("better than chance (its interval is above 0.5)" if low > 0.5 else
+                       "worse than chance (its interval is below 0.5)" if high < 0.5 else
+                       "not distinguishable from chance (its interval spans 0.5)")
+            sentences.append(f"{name}: {verdict}.")
+    methods = [key for key in METHODS if key in report]
+    apart = [(a, b) for a in methods for b in methods
+             if report[a]["roc_auc_ci"][0] > report[b]["roc_auc_ci"][1]]
+    sentences.append("; ".join(f"{METHODS[a]} is above {METHODS[b]} (the intervals do not overlap)" for a, b in apart)
+                     + "." if apart else "The methods' intervals overlap: this task cannot rank them.")
+    if report.get("zero_shot_skipped"):
+        sentences.append(f"Zero-shot was not run: {report['zero_shot_skipped']}.")
+    smallest = next((point for point in report["few_shot"] if point["linear_probe_roc_auc"] is not None
+                     and point["baseline_roc_auc"] is not None), None)
+    if smallest is not None:
+        probe, base = smallest["linear_probe_roc_auc"], smallest["baseline_roc_auc"]
+        sentences.append(f"With the fewest labels ({smallest['train_examples']} train examples) the probe scores "
+                         f"{probe:.3f} against the baseline's {base:.3f} (mean of {smallest['draws']} draws): "
+                         + ("the pretrained features help most where labels are few."
+                            if probe >= base else "the pretrained features do not help even with few labels here."))
+    return sentences
+
+
+def write_report(folder: Path, combined: dict, several: bool) -> None:
+    """The report over every task: predict_report.json (the first task's keys at the top, and `tasks`)
+    and, when several tasks were asked for (each in its subfolder), predict_report.md with a summary
+    table and each task's section."""
+    (folder / "predict_report.json").write_text(json.dumps(combined, indent=2, default=str) + "\n")
+    if not several:
+        return  # the task's own predict_report.md, in this folder, is the report
+    tasks = combined["tasks"]
+    lines = [f"# Step 7: the model on {len(tasks)} prediction tasks", "",
+             "ROC-AUC (95% interval) on the held-out patients; the sections below have each task's details.", "",
+             "| task | test examples (positives) | outcome visible | " + " | ".join(METHODS.values()) + " |",
+             "|---|---|---|" + "---|" * len(METHODS)]
+    for task in tasks:
+        cells = [f"{task[key]['roc_auc']:.3f} ({task[key]['roc_auc_ci'][0]:.2f}-{task[key]['roc_auc_ci'][1]:.2f})"
+                 if key in task else "-" for key in METHODS]
+        lines.append(f"| {task['task']} | {task['test_patients']} ({task['test_positives']}) | "
+                     f"{task['outcome_visible_fraction']:.0%} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {name}: not run, {why}" for name, why in combined.get("skipped_tasks", {}).items()]
+    for task in tasks:
+        lines += ["#" + line if line.startswith("#") else line for line in task_lines(task, f"{task['task']}/")]
+    lines.append(f"Wall time, every task: {combined['seconds_total']:.0f} s")
+    (folder / "predict_report.md").write_text("\n".join(lines) + "\n")

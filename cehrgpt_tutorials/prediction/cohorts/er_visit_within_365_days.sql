@@ -1,4 +1,5 @@
--- Step 7's default prediction task: an emergency room visit within a year of an outpatient visit.
+-- Step 7's first prediction task: an emergency room visit within a year of an outpatient visit.
+-- outcome_concepts: 9203
 --
 -- Target cohort: every person with an outpatient visit (visit_concept_id 9202) in 2010-2016; the
 -- index (prediction) date is the day after their first such visit, so that visit is part of the
@@ -11,6 +12,8 @@
 --   cohort_end_date    the last day of the time at risk
 --   outcome_date       the first outcome between cohort_start_date and cohort_end_date, else NULL
 -- @cdm_schema is replaced by predict.py's --cdm-schema (default cdm), as in OHDSI's SqlRender.
+-- The `outcome_concepts:` line names the tokens zero-shot looks for in sampled futures; a line
+-- `zero_shot: off, <why>` leaves zero-shot out for a task.
 -- One row per person and index date; predict.py writes the rows into an OHDSI `cohort` table.
 WITH index_visit AS (
     SELECT person_id, MIN(visit_start_date) AS visit_date
