@@ -197,12 +197,14 @@ def test_predict_writes_the_report_with_intervals_for_the_four_methods(predictio
 @pytest.mark.slow
 def test_without_sql_every_task_of_the_cohort_folder_runs_into_one_report(tiny_model, demo_patient_sequence,
                                                                          pg_server, pipeline_env, tmp_path):
-    # Two tasks of the ER cohort (one with a window too long for any outcome in the slice, so it has
-    # no positives and is skipped with its reason, while the other still runs).
+    # Three tasks on the ER cohort's index dates: the ER one; an outpatient visit in the year (the same
+    # examples, other labels: its cehrgpt features are reused, relabelled); and an outcome no one has
+    # (no positives: skipped with its reason, while the others run).
     folder = tmp_path / "cohorts"
     folder.mkdir()
     sql = cohorts.DEFAULT_COHORT_SQL.read_text()
     (folder / "er_a.sql").write_text(sql)
+    (folder / "outpatient.sql").write_text(sql.replace("er.visit_concept_id = 9203", "er.visit_concept_id = 9202"))
     (folder / "never.sql").write_text(sql.replace("er.visit_concept_id = 9203", "er.visit_concept_id = -1"))
     output = tmp_path / "prediction"
     result = run_script(
@@ -212,13 +214,24 @@ def test_without_sql_every_task_of_the_cohort_folder_runs_into_one_report(tiny_m
         env=pipeline_env, timeout=900)
     assert result.returncode == 0, output_of(result)
     report = json.loads((output / "predict_report.json").read_text())
-    assert [task["task"] for task in report["tasks"]] == ["er_a"] and report["task"] == "er_a"
+    assert [task["task"] for task in report["tasks"]] == ["er_a", "outpatient"] and report["task"] == "er_a"
     assert list(report["skipped_tasks"]) == ["never"] and "0 positive" in report["skipped_tasks"]["never"]
     assert (output / "er_a" / "predict_report.md").is_file() and (output / "er_a" / "few_shot.png").is_file()
     text = (output / "predict_report.md").read_text()
-    assert "| er_a |" in text and "never: not run" in text and "(er_a/roc_curves.png)" in text
+    assert "| er_a |" in text and "| outpatient |" in text and "never: not run" in text
+    assert "(er_a/roc_curves.png)" in text and "(outpatient/few_shot.png)" in text
+    # The features were computed once (one printed command) and reused with the second task's labels.
+    assert result.stdout.count("-m cehrgpt.tools.linear_prob.compute_cehrgpt_features") == 1
+    assert "the same examples as er_a: its cehrgpt features, with this task's labels" in result.stdout
+    for task in ("er_a", "outpatient"):
+        features = pq.read_table(output / task / "cehrgpt_features" / "features_with_label" / "test_features").to_pandas()
+        examples = pq.read_table(output / task / "cohort_sequences" / "test").to_pandas()
+        labels = dict(zip(zip(examples["person_id"], examples["index_date"].dt.date, strict=True), examples["label"],
+                          strict=True))
+        assert all(labels[(person, time.date())] == value for person, time, value in
+                   zip(features["subject_id"], features["prediction_time"], features["boolean_value"], strict=True))
     cohort_ids = {row[0] for row in query_rows(pg_server, "SELECT DISTINCT cohort_definition_id FROM predict_tasks.cohort")}
-    assert cohort_ids <= {1, 2, 3, 4} and {1, 2} <= cohort_ids  # each task its own pair of ids
+    assert {1, 2, 5, 6} <= cohort_ids <= {1, 2, 3, 4, 5, 6}  # each task its own pair of ids (never: 3, 4)
 
 
 def query_rows(uri: str, statement: str) -> list[tuple]:

@@ -321,6 +321,21 @@ def build_histories(cohort: pd.DataFrame, patient_sequence_dir: Path,
                      no_history=no_history, split_source=split_source)
 
 
+def examples_fingerprint(histories: Histories) -> str:
+    """A digest of the examples without their labels: equal for two tasks with the same persons, index
+    dates and histories (their features are the same)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for table in (histories.train, histories.test):
+        unlabelled = table.drop_columns([name for name in ("label", "time_to_event") if name in table.column_names])
+        for batch in unlabelled.to_batches():
+            for column in batch.columns:
+                digest.update(str(column.to_pylist()).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
 def write_histories(histories: Histories, folder: Path) -> dict[str, Path]:
     """Write train/ and test/ Parquet folders (what cehrgpt's feature and zero-shot tools read)."""
     import pyarrow.parquet as pq

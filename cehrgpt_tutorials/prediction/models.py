@@ -138,23 +138,21 @@ def count_rows(folder: Path) -> int:
 
 
 def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int,
-                 expected: dict[str, int]) -> Path:
+                 expected: dict[str, int], same_examples: Path | None = None) -> Path:
     """Features of every example, then a logistic regression on the train examples' features.
 
     Returns the folder of the test predictions. The work folder is new for every run: the feature
     script appends to its output folder and reuses any tokenized dataset it finds at the same path
     (so a re-run into the same folder would duplicate features or read stale examples).
+    same_examples: the work folder of an earlier task with these very examples (other labels): its
+    features are reused, relabelled, instead of computed again.
     """
     features_dir = work_dir / "cehrgpt_features"
-    run_logged([
-        sys.executable, "-m", "cehrgpt.tools.linear_prob.compute_cehrgpt_features",
-        "--data_folder", train_dir, "--test_data_folder", test_dir,
-        "--dataset_prepared_path", features_dir / "dataset_prepared",
-        "--model_name_or_path", model_dir, "--tokenizer_name_or_path", model_dir,
-        "--output_dir", features_dir, "--max_position_embeddings", context,
-        "--per_device_eval_batch_size", 16, "--preprocessing_num_workers", 1,
-        "--dataloader_num_workers", 0, "--report_to", "none",
-    ], work_dir / "logs" / "compute_cehrgpt_features.log", "cehrgpt feature extraction")
+    if same_examples is not None:
+        relabelled_features(same_examples / "cehrgpt_features", features_dir, train_dir, test_dir)
+        print(f"  the same examples as {same_examples.name}: its cehrgpt features, with this task's labels", flush=True)
+    else:
+        compute_features(train_dir, test_dir, model_dir, work_dir, context)
     for split in ("train", "test"):
         rows = count_rows(features_dir / "features_with_label" / f"{split}_features")
         if rows != expected[split]:
@@ -166,6 +164,38 @@ def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Pat
         "--features_data_dir", features_dir, "--output_dir", probe_dir,
     ], work_dir / "logs" / "train_with_cehrgpt_features.log", "the linear probe")
     return probe_dir / "logistic" / "test_predictions"
+
+
+def relabelled_features(source: Path, target: Path, train_dir: Path, test_dir: Path) -> None:
+    """An earlier task's features of the same examples, with the labels of this task's example files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, examples in (("train", train_dir), ("test", test_dir)):
+        table = pq.read_table(examples, columns=["person_id", "index_date", "label"]).to_pydict()
+        labels = {(int(person), pd.Timestamp(day).date()): bool(label)
+                  for person, day, label in zip(table["person_id"], table["index_date"], table["label"], strict=True)}
+        folder = target / "features_with_label" / f"{split}_features"
+        folder.mkdir(parents=True)
+        features = pq.read_table(source / "features_with_label" / f"{split}_features")
+        relabelled = [labels[(int(subject), pd.Timestamp(time).date())] for subject, time in
+                      zip(features["subject_id"].to_pylist(), features["prediction_time"].to_pylist(), strict=True)]
+        column = features.schema.get_field_index("boolean_value")
+        pq.write_table(features.set_column(column, "boolean_value", pa.array(relabelled, features.schema.field(column).type)),
+                       folder / "part-00000.parquet")
+
+
+def compute_features(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int) -> None:
+    features_dir = work_dir / "cehrgpt_features"
+    run_logged([
+        sys.executable, "-m", "cehrgpt.tools.linear_prob.compute_cehrgpt_features",
+        "--data_folder", train_dir, "--test_data_folder", test_dir,
+        "--dataset_prepared_path", features_dir / "dataset_prepared",
+        "--model_name_or_path", model_dir, "--tokenizer_name_or_path", model_dir,
+        "--output_dir", features_dir, "--max_position_embeddings", context,
+        "--per_device_eval_batch_size", 16, "--preprocessing_num_workers", 1,
+        "--dataloader_num_workers", 0, "--report_to", "none",
+    ], work_dir / "logs" / "compute_cehrgpt_features.log", "cehrgpt feature extraction")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,13 +138,14 @@ def run_locked(arguments, output_dir: Path) -> dict:
         raise PipelineError(unfinished)
     with atomic_directory(output_dir) as work:
         results, skipped = [], {}
+        examples_seen: dict[str, Path] = {}  # fingerprint of a task's examples -> the folder of the first task with them
         for number, task in enumerate(tasks, start=1):
             if len(tasks) == 1:
-                results.append(run_task(arguments, task, work))
+                results.append(run_task(arguments, task, work, examples_seen))
                 continue
             print(f"\n#### task {number} of {len(tasks)}: {task.name}", flush=True)
             try:
-                results.append(run_task(arguments, task, work / task.name))
+                results.append(run_task(arguments, task, work / task.name, examples_seen))
             except TooFewExamples as error:  # one task too small for this CDM: the others still run
                 skipped[task.name] = str(error)
                 print(f"  skipped: {error}", flush=True)
@@ -166,7 +167,7 @@ def run_locked(arguments, output_dir: Path) -> dict:
     return combined
 
 
-def run_task(arguments, task: Task, work: Path) -> dict:
+def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) -> dict:
     """One task, from its SQL to its report folder `work`; returns its numbers. A flat recipe: each
     stage reads what the one before wrote."""
     started = time.monotonic()
@@ -213,8 +214,11 @@ def run_task(arguments, task: Task, work: Path) -> dict:
     predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
     seconds["baseline"] = time.monotonic() - t
     t = stage("4/8 cehrgpt features + linear probe")
+    # Tasks with the same index dates have the same examples (only the labels differ): features once.
+    fingerprint = cohorts.examples_fingerprint(histories)
     predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
-                                                      context, expected)
+                                                      context, expected, examples_seen.get(fingerprint))
+    examples_seen.setdefault(fingerprint, work)
     seconds["linear_probe"] = time.monotonic() - t
     if not arguments.no_fine_tune:
         t = stage(f"5/8 fine-tuning: the pretrained model + a classification head, up to "
