@@ -14,7 +14,9 @@ choose). Then, per threshold, from the run's own outputs:
   the CDM, NN ratio, membership and attribute inference with their controls, dimension-wise AUROC
   ratio) and step 7's ROC-AUCs.
 
-Timings mean something only on a quiet machine: run nothing else meanwhile.
+Timings mean something only on a quiet machine: run nothing else meanwhile. With --output, a threshold
+whose folder holds a finished run (its seconds.json) is read again, not rerun, so an interrupted bench
+goes on where it stopped.
 
 Example:
     python bench/threshold_bench.py --thresholds 100 30 11 --json bench/out/threshold_bench.json
@@ -121,8 +123,14 @@ def main() -> None:
     results = {}
     for threshold in arguments.thresholds:
         folder = root / f"min_{threshold}"
-        folder.mkdir(parents=True, exist_ok=False)
-        seconds = run_demo(folder, threshold)
+        if (folder / "seconds.json").is_file():  # a finished run of an earlier, interrupted bench: read, not rerun
+            seconds = json.loads((folder / "seconds.json").read_text())
+        elif folder.exists():
+            raise SystemExit(f"error: {folder} holds an unfinished run (no seconds.json): move it away to rerun it")
+        else:
+            folder.mkdir(parents=True)
+            seconds = run_demo(folder, threshold)
+            (folder / "seconds.json").write_text(json.dumps(seconds, indent=1) + "\n")
         results[threshold] = {"seconds": seconds, **coverage(folder), **headline(folder)}
         print(f"threshold {threshold}: {json.dumps(results[threshold])}", flush=True)
     keys = [key for key in next(iter(results.values())) if key != "seconds"]

@@ -58,7 +58,7 @@ def test_the_reading_of_a_task_is_generated_from_its_numbers():
             "baseline": {"roc_auc": 0.8, "roc_auc_ci": [0.7, 0.9]},
             "linear_probe": {"roc_auc": 0.45, "roc_auc_ci": [0.3, 0.6]},
             "zero_shot": {"roc_auc": 0.3, "roc_auc_ci": [0.2, 0.4]},
-            "few_shot": [{"train_examples": 86, "draws": 3, "linear_probe_roc_auc": 0.64, "baseline_roc_auc": 0.62}]}
+            "few_shot": [{"train_examples": 86, "draws": 3, "probe_roc_auc": 0.64, "baseline_roc_auc": 0.62}]}
     sentences = reading(task)
     assert sentences[0] == ("19 positives among 150 test examples: a ROC-AUC interval here is about 0.23 wide, so "
                             "only differences larger than that are evidence.")
@@ -183,8 +183,8 @@ def test_predict_writes_the_report_with_intervals_for_the_four_methods(predictio
     full = report["few_shot"][-1]
     assert full["train_examples"] == report["train_patients"] and full["draws"] == 1
     # All the examples: the very fits of the probe and the baseline above, so the same ROC-AUC.
-    for name in ("linear_probe", "baseline"):
-        assert full[f"{name}_roc_auc"] == pytest.approx(report[name]["roc_auc"], abs=1e-3), name
+    for name, method in (("probe", "linear_probe"), ("baseline", "baseline")):
+        assert full[f"{name}_roc_auc"] == pytest.approx(report[method]["roc_auc"], abs=1e-3), name
     # The reading is generated from the numbers: the interval width and each method's verdict.
     assert report["reading"][0].startswith(f"{report['test_positives']} positives among {report['test_patients']}")
     assert sum("chance" in sentence for sentence in report["reading"]) == 4

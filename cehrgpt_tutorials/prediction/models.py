@@ -358,7 +358,7 @@ def few_shot_features(train, test, work_dir: Path) -> tuple[dict[str, tuple], np
     probe_order = np.array([row_of[(int(subject), pd.Timestamp(time).date())] for subject, time in
                             zip(shuffled["subject_id"], shuffled["prediction_time"], strict=True)])
     train_x, test_x, _ = baseline_design(train, test)
-    methods = {"linear_probe": (probe_train, probe_test, 100, probe_order),
+    methods = {"probe": (probe_train, probe_test, 100, probe_order),
                "baseline": (train_x, test_x, 1000, np.arange(train.num_rows))}
     return methods, np.asarray(train.column("label").to_pylist()), np.asarray(test.column("label").to_pylist())
 

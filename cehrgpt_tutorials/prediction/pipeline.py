@@ -239,7 +239,7 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
     # 7. Few-shot: the probe and the baseline on fewer training examples, same test examples.
     t = stage("7/8 few-shot: the linear probe and the baseline on 10%, 25%, 50% and 100% of the train examples")
     shots = few_shot.curve(*models.few_shot_features(histories.train, histories.test, work))
-    few_shot.plot(shots, {"linear_probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
+    few_shot.plot(shots, {"probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
                   work / "few_shot.png", f"{task.name}: {sum(test_labels)} positives among {len(test_labels)} test examples")
     seconds["few_shot"] = time.monotonic() - t
 

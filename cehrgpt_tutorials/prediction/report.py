@@ -206,7 +206,7 @@ def few_shot_lines(report: dict, folder: str) -> list[str]:
              "held-out examples: where a pretrained representation should pay is with few labels.", "",
              "| train examples (positives) | linear probe ROC-AUC | baseline ROC-AUC | draws |", "|---|---|---|---|"]
     for point in report["few_shot"]:
-        lines.append(f"| {point['train_examples']} ({point['train_positives']}) | {few_shot_cell(point, 'linear_probe')} | "
+        lines.append(f"| {point['train_examples']} ({point['train_positives']}) | {few_shot_cell(point, 'probe')} | "
                      f"{few_shot_cell(point, 'baseline')} | {point['draws']} |")
     return lines + ["", f"![Few-shot curves]({folder}few_shot.png)", ""]
 
@@ -245,10 +245,10 @@ def reading(report: dict) -> list[str]:
                      + "." if apart else "The methods' intervals overlap: this task cannot rank them.")
     if report.get("zero_shot_skipped"):
         sentences.append(f"Zero-shot was not run: {report['zero_shot_skipped']}.")
-    smallest = next((point for point in report["few_shot"] if point["linear_probe_roc_auc"] is not None
+    smallest = next((point for point in report["few_shot"] if point["probe_roc_auc"] is not None
                      and point["baseline_roc_auc"] is not None), None)
     if smallest is not None:
-        probe, base = smallest["linear_probe_roc_auc"], smallest["baseline_roc_auc"]
+        probe, base = smallest["probe_roc_auc"], smallest["baseline_roc_auc"]
         sentences.append(f"With the fewest labels ({smallest['train_examples']} train examples) the probe scores "
                          f"{probe:.3f} against the baseline's {base:.3f} (mean of {smallest['draws']} draws): "
                          + ("the pretrained features help most where labels are few."
