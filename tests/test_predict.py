@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import output_of, run_script
+from conftest import REPO_ROOT, output_of, run_script
 
 from cehrgpt_tutorials.common import patient_sequence_files
 from cehrgpt_tutorials.demo import steps_for
@@ -292,6 +292,21 @@ def test_fine_tuning_predicts_every_test_patient_with_the_runner_command_it_prin
     assert 1 <= tuned["epochs_trained"] <= tuned["epochs"] == 2
     assert 1 <= tuned["best_epoch"] <= tuned["epochs_trained"] == len(tuned["validation_loss"])
     assert "## Fine-tuning" in (output / "predict_report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_probe_gap_bench_refits_step_7s_own_baseline_on_its_examples(prediction_run, pipeline_env, tmp_path):
+    # bench/probe_gap.py explains the probe's gap to the baseline by refitting on other inputs; its
+    # comparisons mean something only if its baseline is step 7's own (same examples, same fit).
+    output = prediction_run["output"]
+    report = json.loads((output / "predict_report.json").read_text())
+    result = run_script([str(REPO_ROOT / "bench" / "probe_gap.py"), "--prediction-dir", output,
+                         "--json", tmp_path / "gap.json"], env=pipeline_env, timeout=300)
+    assert result.returncode == 0, output_of(result)
+    [task] = json.loads((tmp_path / "gap.json").read_text())
+    assert task["task"] == report["task"] and task["test_positives"] == report["test_positives"]
+    assert task["auroc_baseline"] == pytest.approx(report["baseline"]["roc_auc"], abs=1e-3)
+    assert 0 <= task["auroc_probe"] <= 1 and 0 <= task["features_decode_top10_concepts_auroc"] <= 1
 
 
 @pytest.mark.slow
