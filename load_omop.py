@@ -852,6 +852,7 @@ def load(arguments) -> None:
             rows = load_table(connection, staging, sources[table], persons if filtered else None, schema)
             total_rows += rows
             report_table(table, rows, time.perf_counter() - table_started)
+            crash_point("load:mid-copy")  # the fault tests' kill after the first table: too short to catch from outside
         if arguments.demo:
             total_rows += sum(derive_concept_hierarchy(connection, staging).values())
         comment = demo_marker(arguments.max_persons) if arguments.demo else None

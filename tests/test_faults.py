@@ -253,16 +253,16 @@ def test_a_load_killed_at_any_point_leaves_the_schema_whole_and_the_next_load_cl
     assert run_script(load + [str(first)], env=pipeline_env).returncode == 0
     before = cdm_fingerprint(pg_server, schema)
 
-    environment = dict(pipeline_env)
-    if kill_point == "before-swap":
-        environment["CEHRGPT_CRASH_AT"] = "load:before-swap"
+    # mid-copy: the staging schema has its first table, the target none of the new rows. A load of 300
+    # persons takes about a second, so both moments are crash points inside the process: polling from
+    # outside once saw the first staging table, then the swap had run before the process could be stopped.
+    environment = dict(pipeline_env, CEHRGPT_CRASH_AT=f"load:{kill_point}")
     process = start_in_own_group([sys.executable, *load, str(second)], environment)
-    if kill_point == "mid-copy":  # the staging schema has its first table, the target none of the new rows
-        kill_when(process, lambda: query(pg_server, "SELECT count(*) FROM pg_tables WHERE schemaname = %s",
-                                         (f"{schema}__loading",))[0][0] >= 1, what="a staging table")
-    else:
-        process.wait(timeout=300)
-        assert process.returncode == -signal.SIGKILL, process.stdout.read()
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, output[-3000:]
+    if kill_point == "mid-copy":
+        assert query(pg_server, "SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                     (f"{schema}__loading",))[0][0] >= 1
     assert staging_schemas(pg_server, schema) == [f"{schema}__loading"]
     assert cdm_fingerprint(pg_server, schema) == before  # the old schema, whole and queryable
 
