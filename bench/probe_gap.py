@@ -18,7 +18,8 @@ same held-out examples:
 
 and how well the features encode what the baseline uses: a ridge regression from the features to the
 prior-outcome count and to age (R^2 on the test examples), and a logistic regression from the features
-to the presence of each top-10 concept (mean test ROC-AUC over those present in >= 3 test histories).
+to the presence of each top-10 concept (mean test ROC-AUC over those present in, and absent from, at
+least 3 histories of each split).
 If adding a signal to the features closes the gap, and the features decode it poorly, the pretrained
 representation, not the classifier, is what loses it.
 
