@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +42,15 @@ import pyarrow.parquet as pq
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.prediction import models  # noqa: E402
+from cehrgpt_tutorials.prediction import few_shot, models  # noqa: E402
 
 PCA_COMPONENTS = (4, 8, 16, 32, 64)
+MAX_ITER = 1000  # the baseline's; the probe is refitted to convergence too
 
 
 def fitted_auroc(train_x, train_y, test_x, test_y) -> float:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.metrics import roc_auc_score
-
-    model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(train_x, train_y)
-    return round(float(roc_auc_score(test_y, model.predict_proba(test_x)[:, 1])), 4)
+    """Step 7's classifier (the baseline's settings, max_iter 1000) fitted on these inputs: test ROC-AUC."""
+    return round(few_shot.fit_and_score(train_x, train_y, test_x, test_y, MAX_ITER), 4)
 
 
 def held_out_r2(train_x, train_target, test_x, test_target) -> float | None:
@@ -88,12 +81,9 @@ def decoding_auroc(train_x, train_present, test_x, test_present) -> float | None
     return round(float(np.mean(scores)), 4) if scores else None
 
 
-def top_columns(train_x, train_y, count: int) -> list[int]:
-    """The `count` concept columns (age, the last column, aside) the baseline's fit weighs most."""
-    from sklearn.linear_model import LogisticRegressionCV
-
-    model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000).fit(train_x, train_y)
-    weights = np.abs(model.coef_[0][:-1])
+def top_columns(baseline, count: int) -> list[int]:
+    """The `count` concept columns (age, the last column, aside) the fitted baseline weighs most."""
+    weights = np.abs(baseline.coef_[0][:-1])
     return [int(column) for column in np.argsort(-weights)[:count]]
 
 
@@ -105,6 +95,7 @@ def prior_outcome(table, outcome_tokens: set[str]) -> np.ndarray:
 
 def measure(task_dir: Path) -> dict:
     from sklearn.decomposition import PCA
+    from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     report = json.loads((task_dir / "predict_report.json").read_text())
@@ -129,14 +120,15 @@ def measure(task_dir: Path) -> dict:
         pca = PCA(count, random_state=0).fit(probe_train)
         components[f"auroc_probe_pca{count}"] = fitted_auroc(pca.transform(probe_train), train_y,
                                                              pca.transform(probe_test), test_y)
-    top = top_columns(base_train, train_y, 10)
+    baseline = few_shot.fit(base_train, train_y, MAX_ITER)
+    top = top_columns(baseline, 10)
     top_train, top_test = (np.asarray(matrix[:, top].todense()) for matrix in (base_train, base_test))
 
     return {
         "task": report["task"],
         "test_examples": len(test_y), "test_positives": int(test_y.sum()),
         "train_with_prior_outcome": round(float((prior_age[0][:, 0] > 0).mean()), 4),
-        "auroc_baseline": fitted_auroc(base_train, train_y, base_test, test_y),
+        "auroc_baseline": round(float(roc_auc_score(test_y, baseline.predict_proba(base_test)[:, 1])), 4),
         "auroc_prior_outcome_and_age": fitted_auroc(prior_age[0], train_y, prior_age[1], test_y),
         "auroc_baseline_without_outcome": fitted_auroc(base_train[:, kept], train_y, base_test[:, kept], test_y),
         "feature_width": probe_train.shape[1],

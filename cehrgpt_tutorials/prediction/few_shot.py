@@ -32,15 +32,22 @@ def stratified_draw(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-def fit_and_score(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, max_iter: int) -> float:
+def fit(train_x, train_y: np.ndarray, max_iter: int):
+    """The probe's and the baseline's classifier: LogisticRegressionCV chosen by ROC-AUC, seed 42."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.metrics import roc_auc_score
 
     model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=max_iter)
     with warnings.catch_warnings():  # cehrgpt's probe stops at 100 iterations unconverged; so does its copy here
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train_x, train_y)
+    return model
+
+
+def fit_and_score(train_x, train_y: np.ndarray, test_x, test_y: np.ndarray, max_iter: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    model = fit(train_x, train_y, max_iter)
     return float(roc_auc_score(test_y, model.predict_proba(test_x)[:, 1]))
 
 
