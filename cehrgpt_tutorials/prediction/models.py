@@ -16,6 +16,7 @@ predicted_boolean_probability (what cehrgpt.tools.bootstrap_ci reads).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
@@ -166,6 +167,12 @@ def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Pat
     return probe_dir / "logistic" / "test_predictions"
 
 
+def example_key(person, day) -> tuple[int, datetime.date]:
+    """An example's identity: its person and index date, as the example files and cehrgpt's feature
+    files (subject_id, prediction_time) each spell them."""
+    return int(person), pd.Timestamp(day).date()
+
+
 def relabelled_features(source: Path, target: Path, train_dir: Path, test_dir: Path) -> None:
     """An earlier task's features of the same examples, with the labels of this task's example files."""
     import pyarrow as pa
@@ -173,12 +180,12 @@ def relabelled_features(source: Path, target: Path, train_dir: Path, test_dir: P
 
     for split, examples in (("train", train_dir), ("test", test_dir)):
         table = pq.read_table(examples, columns=["person_id", "index_date", "label"]).to_pydict()
-        labels = {(int(person), pd.Timestamp(day).date()): bool(label)
+        labels = {example_key(person, day): bool(label)
                   for person, day, label in zip(table["person_id"], table["index_date"], table["label"], strict=True)}
         folder = target / "features_with_label" / f"{split}_features"
         folder.mkdir(parents=True)
         features = pq.read_table(source / "features_with_label" / f"{split}_features")
-        relabelled = [labels[(int(subject), pd.Timestamp(time).date())] for subject, time in
+        relabelled = [labels[example_key(subject, time)] for subject, time in
                       zip(features["subject_id"].to_pylist(), features["prediction_time"].to_pylist(), strict=True)]
         column = features.schema.get_field_index("boolean_value")
         pq.write_table(features.set_column(column, "boolean_value", pa.array(relabelled, features.schema.field(column).type)),
@@ -339,13 +346,13 @@ def few_shot_features(train, test, work_dir: Path) -> tuple[dict[str, tuple], np
     import pyarrow.parquet as pq
 
     def keyed(table) -> list[tuple]:
-        return [(int(person), pd.Timestamp(day).date()) for person, day in
+        return [example_key(person, day) for person, day in
                 zip(table.column("person_id").to_pylist(), table.column("index_date").to_pylist(), strict=True)]
 
     def probe_features(split: str, keys: list[tuple]) -> tuple[np.ndarray, pd.DataFrame]:
         frame = pq.read_table(work_dir / "cehrgpt_features" / "features_with_label" / f"{split}_features",
                               columns=["subject_id", "prediction_time", "features"]).to_pandas()
-        vectors = {(int(subject), pd.Timestamp(time).date()): np.asarray(vector, float).ravel()
+        vectors = {example_key(subject, time): np.asarray(vector, float).ravel()
                    for subject, time, vector in zip(frame["subject_id"], frame["prediction_time"], frame["features"],
                                                     strict=True)}
         return np.stack([vectors[key] for key in keys]), frame
@@ -355,7 +362,7 @@ def few_shot_features(train, test, work_dir: Path) -> tuple[dict[str, tuple], np
     probe_test, _ = probe_features("test", keyed(test))
     shuffled = frame.sort_values(["subject_id", "prediction_time"]).sample(frac=1.0, random_state=42)
     row_of = {key: row for row, key in enumerate(train_keys)}
-    probe_order = np.array([row_of[(int(subject), pd.Timestamp(time).date())] for subject, time in
+    probe_order = np.array([row_of[example_key(subject, time)] for subject, time in
                             zip(shuffled["subject_id"], shuffled["prediction_time"], strict=True)])
     train_x, test_x, _ = baseline_design(train, test)
     methods = {"probe": (probe_train, probe_test, 100, probe_order),
