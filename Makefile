@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 VENV := .venv
 ENV := CEHRGPT_QUIET=1 source ./setup_env.sh &&
-DEMO := $(ENV) python -m cehrgpt_tutorials.demo
+DEMO := $(ENV) python -m cehrgpt_tutorials.pipeline.steps
 FORCE_FLAG := $(if $(FORCE),--force,)
 STEPS := demo-db export sequences cleanup train generate restore inspect predict
 
@@ -39,7 +39,7 @@ summary: setup
 	@$(DEMO) summary
 
 stop-db:
-	@if [ -x $(VENV)/bin/python ]; then $(ENV) python -m cehrgpt_tutorials.common stop; fi
+	@if [ -x $(VENV)/bin/python ]; then $(ENV) python -m cehrgpt_tutorials.db stop; fi
 
 clean:
 	@if [ -x $(VENV)/bin/python ]; then $(DEMO) clean; else rm -rf omop_synthea; fi

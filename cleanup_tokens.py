@@ -5,7 +5,7 @@ an inpatient visit the gap is `datediff(date, previous date)` over events ordere
 record whose date and datetime disagree, or a visit that ends before it starts, yields a negative
 number. cehrgpt raises "Invalid time token" on them (tokenizer training, age sequences) and its OMOP
 converter drops every sequence holding one. A token is malformed when cehrgpt's own parser says so
-(cehrgpt_tutorials.common.time_token_problem). Each one is removed with the values at the same
+(cehrgpt_tutorials.sequences.tokens.time_token_problem). Each one is removed with the values at the same
 positions of the sequence's other arrays, and the few null `ages` step 2 leaves are filled
 (cehrgpt_tutorials/sequences/cleaning.py says how). Files without malformed tokens are not touched, so
 a second run changes nothing; a changed file is renamed into place, so a crash leaves the old one.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Run as a script: Arrow's buffers from the C library's allocator. The cleaning threads free each
@@ -34,23 +33,11 @@ if __name__ == "__main__":
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from cehrgpt_tutorials.common import (  # noqa: E402
-    PipelineError,
-    cehr_gpt_data_dir,
-    check_patient_sequence_schema,
-    fail,
-    patient_sequence_files,
-)
+from cehrgpt_tutorials.errors import PipelineError, fail  # noqa: E402
 from cehrgpt_tutorials.locks import output_lock  # noqa: E402
-from cehrgpt_tutorials.sequences.cleaning import (  # noqa: E402
-    CleanupReport,
-    TokenOracle,
-    clean_file,
-    remove_abandoned_temporaries,
-)
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir  # noqa: E402
+from cehrgpt_tutorials.sequences.cleaning import CleanupReport, clean_folder  # noqa: E402
 
 
 def print_report(report: CleanupReport, files: list[Path], folder: Path, dry_run: bool) -> None:
@@ -96,52 +83,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs must be at least 1")
     folder: Path = arguments.patient_sequence_dir
 
-    stack = contextlib.ExitStack()
     try:
         if not folder.exists():
             raise PipelineError(f"patient sequence folder {folder} does not exist (run step 2, "
                                 "create_cehrgpt_pretraining_data.sh, or pass --patient-sequence-dir)")
         lock = contextlib.nullcontext() if arguments.dry_run else output_lock(folder, "the patient sequences")
-        stack.enter_context(lock)  # one writer: not beside step 2 or another cleanup of this folder
-        if not arguments.dry_run:
-            remove_abandoned_temporaries(folder)
-        files = patient_sequence_files(folder)
-        if not files:
-            raise PipelineError(f"no Parquet files under {folder}")
-        # Check every file first: a stray non-sequence file stops the run before anything changes.
-        for path in files:
-            try:
-                schema = pq.read_schema(path)
-            except (OSError, pa.ArrowException) as error:
-                raise PipelineError(f"{path} is not a readable Parquet file: {error}") from None
-            check_patient_sequence_schema(schema, path)
-
-        # Files are independent: clean a few at once. Parquet decoding and encoding run in pyarrow's
-        # C++ without the GIL, and writing a file is single-threaded, so this uses the other cores.
-        oracle = TokenOracle()
-        report = CleanupReport()
-
-        def clean_one(path: Path) -> CleanupReport:
-            file_report = CleanupReport()
-            clean_file(path, oracle, file_report, arguments.dry_run)
-            return file_report
-
-        pool = ThreadPoolExecutor(max_workers=max(1, min(arguments.jobs, len(files))))
-        try:
-            for file_report in tqdm(pool.map(clean_one, files), total=len(files), unit="file",
-                                    desc="checking" if arguments.dry_run else "cleaning", disable=len(files) < 2):
-                report.add(file_report)
-        finally:
-            # On an error or Ctrl-C: files being written finish (each one atomically), queued ones never start.
-            pool.shutdown(wait=True, cancel_futures=True)
+        with lock:  # one writer: not beside step 2 or another cleanup of this folder
+            report, files = clean_folder(folder, arguments.jobs, arguments.dry_run)
     except PipelineError as error:
         fail(str(error))
     except (OSError, pa.ArrowException) as error:
         fail(f"{error} (files cleaned so far stay cleaned, the others are unchanged: fix this and re-run)")
     except KeyboardInterrupt:
         fail("interrupted (files cleaned so far stay cleaned, the others are unchanged: re-run to finish)", 130)
-    finally:
-        stack.close()
     print_report(report, files, folder, arguments.dry_run)
 
 

@@ -1,19 +1,9 @@
 """Step 7 of the tutorial: use the pretrained model on prediction tasks defined in SQL.
 
 The paper's claim is one model for three uses; steps 5-6 generate, this step predicts. For each task
-(every cohort SQL in cehrgpt_tutorials/prediction/cohorts/, or the one given with --sql):
-  1. the cohort: the SQL run against the CDM in PostgreSQL, its rows written into an OHDSI-style
-     `cohort` table (--cohort-schema, default results);
-  2. histories: each person's patient sequence (step 2) cut strictly before the index date; the
-     examples of patients the model was trained on are the train split, the held-out ones the test;
-  3. a baseline: logistic regression on bag-of-concepts counts of those histories;
-  4. cehrgpt's features (the model's hidden state after the history) + its linear probe;
-  5. cehrgpt's fine-tuning runner: the whole model + a classification head trained on the train
-     examples (early stopping on 15% of their patients), predicting the test examples;
-  6. cehrgpt's zero-shot prediction: sampled futures, probability = share with the outcome;
-  7. few-shot curves: the probe and the baseline on 10-100% of the train examples;
-  8. ROC-AUC and PR-AUC of each on the test patients with patient-level bootstrap intervals
-     (cehrgpt.tools.bootstrap_ci), ROC and calibration plots, and a reading of what they can show.
+(every cohort SQL in cehrgpt_tutorials/prediction/cohorts/, or the one given with --sql) it compares a
+bag-of-concepts baseline with cehrgpt's features + linear probe, fine-tuning and zero-shot prediction on
+the held-out patients, with bootstrap intervals and few-shot curves (cehrgpt_tutorials/prediction/).
 It prints every cehrgpt command it runs; their output goes to OUTPUT_DIR/logs/.
 
 Reads:  the CDM in PostgreSQL (--dsn, else the libpq variables, else the embedded demo server),
@@ -42,15 +32,10 @@ import signal
 import sys
 from pathlib import Path
 
-from cehrgpt_tutorials.common import (
-    DEFAULT_TEST_FRACTION,
-    PipelineError,
-    cehr_gpt_data_dir,
-    cehr_gpt_model_dir,
-    fail,
-)
-from cehrgpt_tutorials.errors import describe_os_error
+from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir
 from cehrgpt_tutorials.prediction.cohort import COHORT_SQL_DIR, DEFAULT_COHORT_SQL
+from cehrgpt_tutorials.sequences.split import DEFAULT_TEST_FRACTION
 
 
 def usable_cores() -> int:

@@ -13,8 +13,8 @@ time, CPU time and peak memory (RSS) count everything a learner's run pays, impo
   floor  reading each file whole and writing it back unchanged with pyarrow's defaults: a plain rewrite;
   floor2 the same read and write the way cleanup_tokens.py does them (strings kept as dictionary
          indices, Spark's metadata), one file at a time: the floor for our I/O path.
-Goals: ours at least 4x faster than the seed and within 1.3x of the floor (issue 5); ours' peak RSS
-at most 400 MB whatever the file size (issue 15: it streams record batches, the floors hold whole files).
+Goals: ours at least 4x faster than the seed and within 1.3x of the floor; ours' peak RSS
+at most 400 MB whatever the file size (it streams record batches, the floors hold whole files).
 
 Example:
     python bench/cleanup_bench.py                       # 200k sequences, files under bench/out/
@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cleanup_tokens import write_hadoop_checksum  # noqa: E402
+from cehrgpt_tutorials.sequences.cleaning import write_hadoop_checksum  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_bench import LAUNCHER  # noqa: E402

@@ -1,4 +1,4 @@
-"""Benchmark for `make demo` (issue 8): the whole tutorial from an empty output folder, then again.
+"""Benchmark for `make demo`: the whole tutorial from an empty output folder, then again.
 
 Runs `make demo` twice in a fresh output folder (OMOP_DIR and the other setup_env.sh folders point
 into it, so the repository's own omop_synthea/ is not touched):
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-from cehrgpt_tutorials.demo import find_report  # noqa: E402
+from cehrgpt_tutorials.pipeline.steps import find_report  # noqa: E402
 
 GOAL_SECONDS = 20 * 60
 GOAL_BYTES = 8 * 1024**3
@@ -141,7 +141,7 @@ def main() -> None:
         report_path = find_report(demo_dir / "synthetic_data")
         report = json.loads(report_path.read_text()) if report_path else {}
     finally:
-        subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.common", "stop"], cwd=REPO_ROOT,
+        subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.db", "stop"], cwd=REPO_ROOT,
                        env=dict(environment, CEHRGPT_PGDATA=pgdata), capture_output=True)
         if not args.keep and args.output is None:
             shutil.rmtree(output, ignore_errors=True)

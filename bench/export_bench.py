@@ -1,4 +1,4 @@
-"""Benchmark for export_omop.py (issue 4): a 3,000,000-row condition_occurrence, PostgreSQL -> Parquet.
+"""Benchmark for export_omop.py: a 3,000,000-row condition_occurrence, PostgreSQL -> Parquet.
 
 Builds condition_occurrence (CDM v5.4 columns, generate_series data) in a fresh embedded PostgreSQL,
 then times, each as its own process and interleaved over --repeat rounds:
@@ -31,7 +31,7 @@ from typing import NamedTuple
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import start_embedded_server, stop_embedded_server  # noqa: E402
+from cehrgpt_tutorials.db import start_embedded_server, stop_embedded_server  # noqa: E402
 
 SCHEMA = "bench"
 TABLE = "condition_occurrence"

@@ -1,6 +1,6 @@
 """Benchmark for inspect_synthetic.py (step 6): the whole report on 100k real + 100k synthetic sequences.
 
-Goal (issue 7): <= 60 s on the 2-core sandbox. Generates, with numpy, two cehrbert_data-like sets of
+Goal: <= 60 s on the 2-core sandbox. Generates, with numpy, two cehrbert_data-like sets of
 patient sequences (demographic prompt, visits with types, day tokens between visits, inpatient visits
 with i-D and discharge tokens, deaths; concepts drawn from a Zipf-like distribution), the synthetic one
 from other parameters, with 5% truncated sequences and 1% exact copies of real ones, plus a concept

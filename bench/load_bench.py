@@ -1,4 +1,4 @@
-"""Benchmark for load_omop.py (issue 3): the whole Synthea 1001 demo into a fresh embedded PostgreSQL.
+"""Benchmark for load_omop.py: the whole Synthea 1001 demo into a fresh embedded PostgreSQL.
 
 Goal: `python load_omop.py --demo` on a machine with no server yet (python start, initdb, server
 start, then 15 tables with 322,647 rows, measurement's 199,514 included, and the two derived
@@ -32,8 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import start_embedded_server, stop_embedded_server  # noqa: E402
-from cehrgpt_tutorials.demo_data import demo_csv_dir  # noqa: E402
+from cehrgpt_tutorials.db import start_embedded_server, stop_embedded_server  # noqa: E402
+from cehrgpt_tutorials.omop.demo_data import demo_csv_dir  # noqa: E402
 
 GOAL_SECONDS = 15.0
 
@@ -76,7 +76,7 @@ def time_load_omop_demo(workdir: Path) -> tuple[float, float, dict[str, float]]:
 
 def cleaned_csv_bytes(csv_folder: Path) -> dict[str, tuple[list[str], bytes]]:
     """Each demo table as clean CSV (CDM columns only, no header, no extra fields), prepared untimed."""
-    import load_omop
+    from cehrgpt_tutorials.omop import load as load_omop
 
     tables = {}
     sources, _ = load_omop.find_table_sources(csv_folder)
@@ -94,7 +94,7 @@ def time_copy_floor(uri: str, tables: dict[str, tuple[list[str], bytes]], schema
     import psycopg2
     from psycopg2 import sql
 
-    import load_omop
+    from cehrgpt_tutorials.omop import load as load_omop
 
     connection = psycopg2.connect(uri)
     with connection, connection.cursor() as cursor:

@@ -1,6 +1,6 @@
 """Benchmark for step 7's slowest part: cehrgpt's zero-shot sampling, as predict.py runs it vs as-is.
 
-Goal (issue 17): `make predict` in <= 6 minutes after `make demo` on 2 CPU cores; zero-shot is most
+Goal: `make predict` in <= 6 minutes after `make demo` on 2 CPU cores; zero-shot is most
 of it (20 sampled futures per test patient, one patient at a time). predict.py runs cehrgpt's
 time_to_event_prediction with one math thread per process (OMP_NUM_THREADS=1) and one process per
 core, each on a shard of the patients. The baseline, in the same run, is the same command as cehrgpt
@@ -30,7 +30,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import cehr_gpt_data_dir, cehr_gpt_model_dir, connect  # noqa: E402
+from cehrgpt_tutorials.db import connect  # noqa: E402
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noqa: E402
 from cehrgpt_tutorials.prediction import cohort as cohorts  # noqa: E402
 from cehrgpt_tutorials.prediction import models  # noqa: E402
 from cehrgpt_tutorials.prediction.pipeline import model_context  # noqa: E402

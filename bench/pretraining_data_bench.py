@@ -6,8 +6,8 @@ Runs the script on the same input, in this run, as:
             turns the script's JIT setting off), i.e. setup_env.sh's sizing alone;
   defaults  (--with-spark-defaults) also Spark's default 200 shuffle partitions, like the official
             script without setup_env.sh (slow: minutes).
-and prints each app's wall time (from the script's own lines), the totals and the ratios. Goal
-(issue 5): both apps on the full Synthea 1001 demo CDM in at most 2 minutes on 2 cores.
+and prints each app's wall time (from the script's own lines), the totals and the ratios. Goal:
+both apps on the full Synthea 1001 demo CDM in at most 2 minutes on 2 cores.
 
 The input is an OMOP folder as step 1 writes it; by default $OMOP_DIR (make export).
 
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import omop_dir  # noqa: E402
+from cehrgpt_tutorials.paths import omop_dir  # noqa: E402
 
 SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
 APP_TIME = re.compile(r"^\s+(\w+) took (\d+)m (\d+)s$", re.MULTILINE)

@@ -33,14 +33,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import (  # noqa: E402
-    PipelineError,
-    cehr_gpt_data_dir,
-    cehr_gpt_model_dir,
-    fail,
-    omop_dir,
-    patient_sequence_files,
-)
+from cehrgpt_tutorials.errors import PipelineError, fail  # noqa: E402
+from cehrgpt_tutorials.files import parquet_files  # noqa: E402
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir, omop_dir  # noqa: E402
 
 FREQUENT = 0.05  # concepts in at least 5% of real patients
 TOLERANCE = 0.25  # synthetic prevalence within +-25% of the real one
@@ -72,10 +67,10 @@ def parse_setting(text: str) -> dict:
 def read_facts(folder: Path, vocabulary):
     """The report's facts of one folder of sequences, coded with `vocabulary` (share it between the
     sets compared: a code means the same token only within one vocabulary)."""
-    from cehrgpt_tutorials.inspect.sequences import read_sequences
-    from cehrgpt_tutorials.inspect.validity import analyse
+    from cehrgpt_tutorials.sequences.codes import read_sequences
+    from cehrgpt_tutorials.sequences.facts import sequence_facts
 
-    return analyse(read_sequences(patient_sequence_files(folder), vocabulary, folder.name), vocabulary)
+    return sequence_facts(read_sequences(parquet_files(folder), vocabulary, folder.name), vocabulary)
 
 
 def training_folder(real_dir: Path) -> Path:
@@ -90,7 +85,7 @@ def share_within(real_share: np.ndarray, synthetic_share: np.ndarray) -> float:
 def frequent_concepts_within(synthetic_dirs: list[Path], real_dir: Path) -> tuple[float, int]:
     """Share of concepts in >= 5% of real training patients whose synthetic prevalence (over all the
     given samples pooled) is within +-25% of the real one, and how many such concepts there are."""
-    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+    from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
 
     vocabulary = Vocabulary()
     real = read_facts(training_folder(real_dir), vocabulary)
@@ -105,7 +100,7 @@ def frequent_concepts_within(synthetic_dirs: list[Path], real_dir: Path) -> tupl
 def convertible_fraction(synthetic_dir: Path, concept_dir: Path | None) -> float | None:
     """Share of the sample that cehrgpt's OMOP converter would convert (omop_restore.skip_reason is None:
     the converter's own rules, in its order), without running the converter and a database per sample."""
-    from cehrgpt_tutorials.omop_restore import load_domain_map, read_sequences, skip_reason
+    from cehrgpt_tutorials.omop.restore import load_domain_map, read_sequences, skip_reason
 
     if concept_dir is None:
         return None
@@ -119,8 +114,8 @@ def resampling_ceiling(real_dir: Path, num_patients: int, draws: int = 200, seed
     patients drawn with replacement from the training sequences themselves (the distribution the model
     was fitted to), `draws` times. At 500 patients a concept in 5% of patients is ~25 patients, whose
     count varies by ~20% from sample to sample, so even a perfect sampler misses some by chance."""
-    from cehrgpt_tutorials.inspect.fidelity import concept_matrix, prevalence
-    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+    from cehrgpt_tutorials.report.fidelity import concept_matrix, prevalence
+    from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
 
     vocabulary = Vocabulary()
     real = read_facts(training_folder(real_dir), vocabulary)

@@ -1,4 +1,4 @@
-"""Every step of the tutorial at K times the Synthea demo CDM (issue 15): time, memory, output size.
+"""Every step of the tutorial at K times the Synthea demo CDM: time, memory, output size.
 
 Builds, in an embedded PostgreSQL of its own, schema scale_k<K> = the demo CDM (schema cdm, from
 `load_omop.py --demo`) replicated K times with every entity id shifted by k * 10,000,000 (person,
@@ -10,11 +10,11 @@ export only, the PostgreSQL server's processes; sampled every 0.2 s) and the siz
   step2     create_cehrgpt_pretraining_data.sh (both Spark apps)
   cleanup   cleanup_tokens.py
   train_runner_w1  train_cehrgpt.sh --profile tiny --max_steps 5 --preprocessing_num_workers 1
-                   --tokenization runner: the runner tokenizes by itself with one worker, as before
-                   issue 15 (the baseline of its tokenization goal)
+                   --tokenization runner: the runner tokenizes by itself with one worker (the
+                   baseline of its tokenization goal)
   train_runner     the same with the script's default workers (one per core)
   train_prepare_w1 the same as train_runner_w1 with --tokenization prepare: the sequences tokenized
-                   first by cehrgpt_tutorials/prepare_dataset.py
+                   first by cehrgpt_tutorials/pipeline/prepare_dataset.py
   train_prepare    the same with the script's default workers (what a learner's run does from 16 MB
                    of sequences on: the script's --tokenization auto)
   inspect          inspect_synthetic.py with the real sequences as the synthetic set (report and plots)
@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from demo_bench import tree_bytes  # noqa: E402
 
-from cehrgpt_tutorials.common import start_embedded_server, stop_embedded_server  # noqa: E402
+from cehrgpt_tutorials.db import start_embedded_server, stop_embedded_server  # noqa: E402
 
 SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
 ID_SHIFT = 10_000_000

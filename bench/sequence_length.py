@@ -35,16 +35,12 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import (  # noqa: E402
-    PipelineError,
-    cehr_gpt_data_dir,
-    cehr_gpt_model_dir,
-    fail,
-    patient_sequence_files,
-)
-from cehrgpt_tutorials.inspect.sequences import read_sequences  # noqa: E402
-from cehrgpt_tutorials.inspect.validity import analyse  # noqa: E402
-from cehrgpt_tutorials.inspect.vocabulary import (  # noqa: E402
+from cehrgpt_tutorials.errors import PipelineError, fail  # noqa: E402
+from cehrgpt_tutorials.files import parquet_files  # noqa: E402
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noqa: E402
+from cehrgpt_tutorials.sequences.codes import read_sequences  # noqa: E402
+from cehrgpt_tutorials.sequences.facts import sequence_facts  # noqa: E402
+from cehrgpt_tutorials.sequences.vocabulary import (  # noqa: E402
     TIME,
     VISIT_START,
     Vocabulary,
@@ -56,8 +52,8 @@ GAP_LABELS = ["0-7 days", "8-30", "31-90", "91-365", "over a year"]
 
 def shape(folder: Path, vocabulary: Vocabulary) -> dict:
     """Length, visits, tokens and clinical concepts per visit, days between visits, last year reached."""
-    sequences = read_sequences(patient_sequence_files(folder), vocabulary, f"reading {folder.name}")
-    facts = analyse(sequences, vocabulary)
+    sequences = read_sequences(parquet_files(folder), vocabulary, f"reading {folder.name}")
+    facts = sequence_facts(sequences, vocabulary)
     visits = np.maximum(facts.visits, 1)
     last_day = np.zeros(facts.count)
     np.maximum.at(last_day, facts.visit_sequence, facts.visit_days)
@@ -99,7 +95,7 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
     # After an event inside a visit: another event (concept, inpatient time) or [VE].
     after_event = ~np.isin(kinds, [TIME, VISIT_START]) & (np.arange(len(by_id)) != end_id)
     vocabulary = set(by_id)
-    sequences = [tokens for path in patient_sequence_files(folder)
+    sequences = [tokens for path in parquet_files(folder)
                  for tokens in pq.read_table(path, columns=["concept_ids"]).column(0).to_pylist()]
     chosen = np.random.default_rng(seed).permutation(len(sequences))[:count]
     context = model.config.n_positions

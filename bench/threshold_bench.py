@@ -40,8 +40,8 @@ import pyarrow.dataset as ds
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import patient_sequence_files  # noqa: E402
-from cehrgpt_tutorials.inspect.cdm_fidelity import read_cdm_prevalence  # noqa: E402
+from cehrgpt_tutorials.files import parquet_files  # noqa: E402
+from cehrgpt_tutorials.report.cdm_fidelity import read_cdm_prevalence  # noqa: E402
 from cehrgpt_tutorials.sequences.concept_floor import read_concept_list  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def coverage(folder: Path) -> dict:
     """What of the CDM reaches the model's sequences."""
     frequent = set(read_cdm_prevalence(folder, None).prevalence)  # the report's own CDM measure
     vocabulary = read_concept_list(folder / "qualified_concept_list")
-    tokens = ds.dataset(patient_sequence_files(folder / "patient_sequence"), format="parquet").to_table(
+    tokens = ds.dataset(parquet_files(folder / "patient_sequence"), format="parquet").to_table(
         columns=["concept_ids"]).column("concept_ids")
     flat = pc.list_flatten(tokens)
     starts = pc.equal(flat, "[VS]").to_numpy(zero_copy_only=False)

@@ -1,6 +1,6 @@
 """Benchmark for step 4: the cehrgpt runner's training tokens/s next to a plain GPT-2 of the same size.
 
-Goal (issue 6): the runner reaches at least 25% of the tokens/s of a plain transformers
+Goal: the runner reaches at least 25% of the tokens/s of a plain transformers
 GPT2LMHeadModel with the profile's size (seed: hidden 192, 4 layers, 4 heads, context 512), trained
 on random tokens with the same batch size on the same device, in the same run — so that data
 loading, collation and CEHR-GPT's extra heads do not starve the accelerator.

@@ -38,15 +38,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cehrgpt_tutorials.common import (  # noqa: E402
-    SEQUENCE_TOKEN_COLUMN,
-    VISIT_END_TOKEN,
-    PipelineError,
-    cehr_gpt_data_dir,
-    cehr_gpt_model_dir,
-    fail,
-    patient_sequence_files,
-)
+from cehrgpt_tutorials.errors import PipelineError, fail  # noqa: E402
+from cehrgpt_tutorials.files import parquet_files  # noqa: E402
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noqa: E402
+from cehrgpt_tutorials.sequences.tokens import SEQUENCE_TOKEN_COLUMN, VISIT_END_TOKEN  # noqa: E402
 
 
 def tokenizer_folder(model_dir: Path) -> Path:
@@ -65,7 +60,7 @@ def allowed_after_visit_end(vocabulary: dict[str, int]) -> np.ndarray:
     """
     from cehrgpt.models.special_tokens import END_TOKEN
 
-    from cehrgpt_tutorials.inspect.vocabulary import TIME, VISIT_START, Vocabulary
+    from cehrgpt_tutorials.sequences.vocabulary import TIME, VISIT_START, Vocabulary
 
     tokens = list(vocabulary)
     classified = Vocabulary()
@@ -91,7 +86,7 @@ def nucleus_leak(probabilities: np.ndarray, allowed: np.ndarray, top_p: float) -
 def read_sequences(folder: Path, count: int, seed: int) -> list[list[str]]:
     import pyarrow.parquet as pq
 
-    files = patient_sequence_files(folder)
+    files = parquet_files(folder)
     if not files:
         raise PipelineError(f"no Parquet files in '{folder}' (--sequences)")
     sequences = [

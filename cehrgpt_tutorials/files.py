@@ -132,6 +132,25 @@ def replace_each(staging: Path, folder: Path, last: tuple[str, ...] = ()) -> Non
     staging.rmdir()
 
 
+def parquet_files(folder: Path) -> list[Path]:
+    """The Parquet files of a folder as Spark writes them (part files, train/ and test/ included), sorted.
+
+    Skips what Spark and our atomic writes leave beside them: names starting with '.' or '_'
+    (_SUCCESS, .crc files, temporary files), at any depth. A file path is returned as itself.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    files = []
+    for path in folder.rglob("*.parquet"):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith((".", "_")) for part in parts):
+            continue
+        if path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
 @contextlib.contextmanager
 def atomic_file(target: Path, suffix: str = ""):
     """Yield a temporary path beside `target`; on success rename it over `target`.

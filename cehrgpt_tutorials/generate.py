@@ -3,7 +3,7 @@
 Same arguments as `python -m cehrgpt.generation.generate_batch_hf_gpt_sequence` (cehrgpt 0.1.9), plus:
 
   --sampler constrained (default)  at every step, the logits of tokens that would break a structural
-                                   rule (cehrgpt_tutorials/grammar.py, the rules inspect_synthetic.py
+                                   rule (cehrgpt_tutorials/sequences/grammar.py, the rules inspect_synthetic.py
                                    reports) are set to -inf before temperature and top-p, so the model's
                                    distribution is renormalised over the allowed tokens only; near the
                                    context window's end it must also leave room to close the sequence.
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from cehrgpt_tutorials.faults import crash_point
-from cehrgpt_tutorials.inspect.vocabulary import VISIT_END
+from cehrgpt_tutorials.sequences.vocabulary import VISIT_END
 
 SAMPLERS = ("constrained", "raw")
 OUTPUT_COLUMNS = [
@@ -154,8 +154,8 @@ def grammar_for_tokens(tokens: list[str], visit_concept_ids: frozenset[str] = fr
     """The compiled grammar and the class of every token id (tokens[i] has id i; [END] -> END_OF_SEQUENCE)."""
     from cehrgpt.models.special_tokens import END_TOKEN
 
-    from cehrgpt_tutorials.grammar import compile_grammar, token_classes
-    from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+    from cehrgpt_tutorials.sequences.grammar import compile_grammar, token_classes
+    from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
 
     vocabulary = Vocabulary(visit_concept_ids)
     codes = vocabulary.codes(tokens)
@@ -197,7 +197,7 @@ class ModelWithLogitsProcessor:
 def create_arg_parser():
     from cehrgpt.generation.generate_batch_hf_gpt_sequence import create_arg_parser as cehrgpt_parser
 
-    from cehrgpt_tutorials.common import omop_dir
+    from cehrgpt_tutorials.paths import omop_dir
 
     parser = cehrgpt_parser()
     parser.description = __doc__.split("\n", 1)[0]
@@ -241,7 +241,7 @@ def run(args) -> Path:
     generator = model
     if args.sampler == "constrained":
         folder_name += "_constrained"
-        from cehrgpt_tutorials.inspect.inputs import visit_concept_ids
+        from cehrgpt_tutorials.omop.concepts import visit_concept_ids
 
         grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concept_ids(args.concept_dir))
         start_id = tokenizer.get_vocab().get(START_TOKEN)

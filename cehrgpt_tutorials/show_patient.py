@@ -39,21 +39,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from cehrgpt_tutorials.common import (
-    SEQUENCE_TOKEN_COLUMN,
-    PipelineError,
-    cehr_gpt_data_dir,
-    check_patient_sequence_schema,
-    fail,
-    omop_dir,
-    patient_sequence_files,
-    synthetic_data_output_dir,
-)
-from cehrgpt_tutorials.inspect.inputs import find_runs, read_concepts
-from cehrgpt_tutorials.inspect.sequences import sequences_from_lists
-from cehrgpt_tutorials.inspect.timeline import visit_dates
-from cehrgpt_tutorials.inspect.validity import analyse
-from cehrgpt_tutorials.inspect.vocabulary import (
+from cehrgpt_tutorials.errors import PipelineError, fail
+from cehrgpt_tutorials.files import parquet_files
+from cehrgpt_tutorials.omop.concepts import read_concepts
+from cehrgpt_tutorials.paths import cehr_gpt_data_dir, omop_dir, synthetic_data_output_dir
+from cehrgpt_tutorials.report.inputs import find_runs
+from cehrgpt_tutorials.report.timeline import visit_dates
+from cehrgpt_tutorials.sequences.codes import sequences_from_lists
+from cehrgpt_tutorials.sequences.facts import sequence_facts
+from cehrgpt_tutorials.sequences.tokens import SEQUENCE_TOKEN_COLUMN, check_patient_sequence_schema
+from cehrgpt_tutorials.sequences.vocabulary import (
     AGE,
     CONCEPT,
     DEATH,
@@ -161,7 +156,7 @@ def _concept(value) -> str:
 
 def _person_table(folder: Path, person_id: int | None, columns: list[str]) -> pa.Table | None:
     """The rows of one person (all rows: person_id None) of an OMOP table folder; None without one."""
-    files = patient_sequence_files(folder) if folder.is_dir() else []
+    files = parquet_files(folder) if folder.is_dir() else []
     if not files:
         return None
     try:
@@ -262,7 +257,7 @@ def converter_windows(tokens: list[str]) -> list[tuple[datetime.date, datetime.d
     moved by the inpatient day tokens before it."""
     vocabulary = Vocabulary()
     sequences = sequences_from_lists([tokens], vocabulary)
-    facts = analyse(sequences, vocabulary)
+    facts = sequence_facts(sequences, vocabulary)
     starts = visit_dates(facts)
     shift = len(tokens) - int(sequences.lengths[0])  # a leading [START] is not in `sequences`
     kind, number = vocabulary.fact("kind"), vocabulary.fact("number")
@@ -600,7 +595,7 @@ def load_real(options: argparse.Namespace) -> Patient:
         raise PipelineError(f"OMOP tables not found: {omop}/visit_occurrence (run step 1, or pass --omop-dir)")
     train = sequence_dir / "train" if (sequence_dir / "train").is_dir() else sequence_dir
     # A chosen person may be held out (test/); the default and --random pick training patients.
-    files = patient_sequence_files(sequence_dir if options.person_id is not None else train)
+    files = parquet_files(sequence_dir if options.person_id is not None else train)
     if not files:
         raise PipelineError(f"no Parquet files in {train}: is step 2 done?")
     record = _chosen(files, options, str(sequence_dir if options.person_id is not None else train))
@@ -629,11 +624,11 @@ def _in_folder(folder: Path, person_id: int) -> bool:
 def load_synthetic(options: argparse.Namespace) -> Patient:
     run = find_runs(options.synthetic_dir)[0]
     censored = run.folder / "censored_sequences"
-    sequence_dir = censored if patient_sequence_files(censored) else run.sequence_dir
+    sequence_dir = censored if parquet_files(censored) else run.sequence_dir
     restored = run.folder / "restored_omop"
     if not (restored / "person").is_dir():
         raise PipelineError(f"no restored OMOP in {restored} (run restore_synthetic.sh first)")
-    files = patient_sequence_files(sequence_dir)
+    files = parquet_files(sequence_dir)
     if not files:
         raise PipelineError(f"no Parquet files in {sequence_dir}: did generation finish?")
     persons = _person_table(restored / "person", None, ["person_id"])
@@ -641,7 +636,7 @@ def load_synthetic(options: argparse.Namespace) -> Patient:
     if options.person_id is None and eligible is not None:
         if pick_sequence(files, None, options.seed, False, eligible) is None:
             eligible = None  # no restored patient with a few visits: show an unrestored one
-    uncensored = patient_sequence_files(run.sequence_dir) if sequence_dir == censored else []
+    uncensored = parquet_files(run.sequence_dir) if sequence_dir == censored else []
     record = _chosen(files, options, str(sequence_dir), eligible, uncensored)
     person_id = int(record["person_id"])
     tokens = [token or "" for token in record[SEQUENCE_TOKEN_COLUMN]]

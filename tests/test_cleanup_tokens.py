@@ -416,7 +416,7 @@ def test_non_sequence_parquet_is_refused_and_nothing_changes(tmp_path, pipeline_
 
 
 def test_parallel_list_columns_counts_aligned_rows():
-    from cehrgpt_tutorials.common import aligned_rows, parallel_list_columns
+    from cehrgpt_tutorials.sequences.tokens import aligned_rows, parallel_list_columns
 
     table = crafted_table(LAYOUT_OLDER, rows=3)
     assert parallel_list_columns(table) == {name: table.num_rows for name in LAYOUT_OLDER}
@@ -429,7 +429,7 @@ def test_parallel_list_columns_counts_aligned_rows():
 
 def test_oracle_shortcut_agrees_with_cehrgpt():
     """Tokens the shortcut passes without asking cehrgpt are ones cehrgpt's parser accepts."""
-    from cehrgpt_tutorials.common import time_token_problem
+    from cehrgpt_tutorials.sequences.tokens import time_token_problem
 
     shortcut = cleaning.CERTAINLY_FINE_TOKEN
     passed = ["8507", "0", "40213154", "D0", "D1999", "W3", "M11", "Y2", "LT", "i-D0", "i-D45", "VS-D7-VE",

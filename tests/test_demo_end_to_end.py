@@ -1,4 +1,4 @@
-"""Issue 8: `make demo`'s whole chain on a small slice of the demo data with a tiny model.
+"""`make demo`'s whole chain on a small slice of the demo data with a tiny model.
 
 One real run of every step (embedded PostgreSQL -> export -> Spark -> cleanup -> train -> generate ->
 restore -> inspect), then the properties that matter: each step printed the learner's command and
@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 from conftest import cdm_fingerprint, run_script
 
-from cehrgpt_tutorials.demo import demo_steps
+from cehrgpt_tutorials.pipeline.steps import demo_steps
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +44,18 @@ def demo_env(pipeline_env, tmp_path_factory):
 def first_run(demo_env):
     """`make demo` in two goes: the database step alone (to take the fingerprint of cdm as loaded),
     then `run all`, which resumes after it. Its result holds the output of both."""
-    database = run_script(["-m", "cehrgpt_tutorials.demo", "run", "demo-db"], demo_env, timeout=600)
+    database = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "demo-db"], demo_env, timeout=600)
     assert database.returncode == 0, database.stdout[-4000:] + database.stderr[-4000:]
     cdm_before = cdm_fingerprint(server_uri(demo_env))
-    result = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=1800)
+    result = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"], demo_env, timeout=1800)
     result.stdout = database.stdout + result.stdout
     result.cdm_before = cdm_before
     yield result
-    run_script(["-m", "cehrgpt_tutorials.demo", "clean"], demo_env, timeout=120)
+    run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "clean"], demo_env, timeout=120)
 
 
 def server_uri(demo_env) -> str:
-    from cehrgpt_tutorials.common import start_embedded_server
+    from cehrgpt_tutorials.db import start_embedded_server
 
     return start_embedded_server(Path(demo_env["OMOP_DIR"]) / "pgdata")
 
@@ -105,7 +105,7 @@ def test_report_has_the_headline_numbers(first_run, demo_env):
 def test_second_run_skips_everything(first_run, demo_env):
     assert first_run.returncode == 0
     started = time.monotonic()
-    second = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=300)
+    second = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"], demo_env, timeout=300)
     seconds = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already done, skipped") == len(demo_steps(demo_env))
@@ -120,14 +120,14 @@ def test_failing_step_stops_with_its_log_and_resumes_there(first_run, demo_env, 
     (Path(demo_env["OMOP_DIR"]) / ".demo" / "inspect.done").unlink()
     broken = dict(demo_env, SYNTHETIC_DATA_OUTPUT_DIR=str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
-    failed = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], broken, timeout=300)
+    failed = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"], broken, timeout=300)
     assert failed.returncode == 1
     assert "step 'inspect' failed" in failed.stderr
     assert "full log:" in failed.stderr and "inspect.log" in failed.stderr
     assert "=== Summary" not in failed.stdout
     assert not (Path(demo_env["OMOP_DIR"]) / ".demo" / "inspect.done").exists()
     # Fixed: the run resumes at inspect, skipping the seven steps before it.
-    resumed = run_script(["-m", "cehrgpt_tutorials.demo", "run", "all"], demo_env, timeout=600)
+    resumed = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"], demo_env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("already done, skipped") == len(demo_steps(demo_env)) - 1
     assert "$ python inspect_synthetic.py" in resumed.stdout

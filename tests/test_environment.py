@@ -1,4 +1,4 @@
-"""Issue 2: the environment every step runs on (setup_env.sh, make setup, Spark + cehrgpt imports)."""
+"""The environment every step runs on (setup_env.sh, make setup, Spark + cehrgpt imports)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 4: export_omop.py, PostgreSQL -> Parquet (real PostgreSQL from the pg_server fixture, real Spark).
+"""export_omop.py, PostgreSQL -> Parquet (real PostgreSQL from the pg_server fixture, real Spark).
 
 The tables are made here with SQL in schemas of our own (cdm_export_*), so these tests do not depend on
 load_omop.py. The database itself is the oracle: values read back from Parquet are compared with what

@@ -15,7 +15,7 @@ frozen with SIGSTOP before the kill so a fast machine cannot slip past them, or 
 one batch generated). What each guard is: README, "Troubleshooting". The load step's cells (killed
 mid-copy and before its swap, the database going away mid-load, which is the database side of a
 restore) are in test_faults.py with the schema tests, training's in test_faults.py and
-test_lose_nothing.py; this file holds the others.
+test_script_safety.py; this file holds the others.
 """
 
 from __future__ import annotations

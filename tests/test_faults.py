@@ -26,7 +26,7 @@ from conftest import REPO_ROOT, SCRIPTS, cdm_fingerprint, output_of, run_script,
 from test_load_omop import error_line, person_csv, query
 
 from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
-from cehrgpt_tutorials.training import (
+from cehrgpt_tutorials.pipeline.training import (
     INCOMPLETE_CHECKPOINTS,
     TRAINING_INCOMPLETE,
     checkpoint_problem,
@@ -106,7 +106,7 @@ def locked_step(step: str, tmp: Path, fixtures: dict) -> tuple[Path, list[str]]:
         output = tmp / "omop_synthea" / ".demo"
         output.mkdir(parents=True)
         (output / "export.done").write_text("done\n")
-        return output, [sys.executable, "-m", "cehrgpt_tutorials.demo", "run", "all"]
+        return output, [sys.executable, "-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"]
     raise AssertionError(step)
 
 

@@ -1,4 +1,4 @@
-"""The sequence grammar (cehrgpt_tutorials/grammar.py) and the constrained sampler.
+"""The sequence grammar (cehrgpt_tutorials/sequences/grammar.py) and the constrained sampler.
 
 The report's rules and the sampler's mask are one table: these tests check that the table says what
 the report's rules say; that whatever the logits processor lets through, for any logits (seeded random
@@ -15,13 +15,13 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 from conftest import output_of, run_sh
-from test_inspect_synthetic import BASE, BROKEN, WITH_DEATH
+from test_report import BASE, BROKEN, WITH_DEATH
 
 from cehrgpt_tutorials.generate import GrammarLogitsProcessor, create_arg_parser, grammar_for_tokens, run
-from cehrgpt_tutorials.grammar import RULES, check_sequences
-from cehrgpt_tutorials.inspect.sequences import sequences_from_lists
-from cehrgpt_tutorials.inspect.validity import analyse
-from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+from cehrgpt_tutorials.sequences.codes import sequences_from_lists
+from cehrgpt_tutorials.sequences.facts import sequence_facts
+from cehrgpt_tutorials.sequences.grammar import RULES, check_sequences
+from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
 
 # A small vocabulary with every kind of token the rules tell apart, [END] and [PAD] as the generator has.
 TOKENS = sorted(
@@ -35,7 +35,7 @@ PROMPT_IDS = [TOKENS.index(token) for token in BASE[:4]]
 
 def report_problems(token_lists: list[list[str]]) -> dict[str, np.ndarray]:
     vocabulary = Vocabulary()
-    return analyse(sequences_from_lists(token_lists, vocabulary), vocabulary).problems
+    return sequence_facts(sequences_from_lists(token_lists, vocabulary), vocabulary).problems
 
 
 def constrained_walks(logits_of, batch: int, steps: int, max_length: int | None, seed: int):
@@ -145,7 +145,7 @@ def test_a_model_that_wants_to_break_the_grammar_yields_only_valid_sequences():
 def test_whatever_the_processor_lets_through_cehrgpts_converter_can_convert():
     # The converter's own rules, mirrored step by step in omop_restore.skip_reason; a patient it
     # cannot read is skipped, so "valid" must imply "converts".
-    from cehrgpt_tutorials.omop_restore import skip_reason
+    from cehrgpt_tutorials.omop.restore import skip_reason
 
     visits = {"9201", "9202", "9203", "262", "8536"}
     domains = {int(token): "Visit" if token in visits else "Condition" for token in TOKENS if token.isdigit()}
@@ -222,7 +222,7 @@ def converted_persons(sequences: list[list[str]], domains: dict[str, str], folde
 
 
 def assert_valid_and_converted(sequences, vocabulary: Vocabulary, domains: dict[str, str], folder) -> None:
-    problems = analyse(sequences_from_lists(sequences, vocabulary), vocabulary).problems
+    problems = sequence_facts(sequences_from_lists(sequences, vocabulary), vocabulary).problems
     assert not np.logical_or.reduce(list(problems.values())).any(), {
         rule: int(flags.sum()) for rule, flags in problems.items() if flags.any()
     }
@@ -256,7 +256,7 @@ def test_over_the_demo_vocabulary_every_sequence_the_processor_lets_through_is_v
     from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
 
     from cehrgpt_tutorials.generate import grammar_for_tokenizer
-    from cehrgpt_tutorials.inspect.inputs import read_concepts, visit_concept_ids
+    from cehrgpt_tutorials.omop.concepts import read_concepts, visit_concept_ids
 
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
     tokenizer = CehrGptTokenizer.from_pretrained(tiny_model["model_dir"])
@@ -307,7 +307,7 @@ def test_raw_sampler_reproduces_cehrgpts_generator_for_the_same_seed(tiny_model,
 @pytest.mark.slow
 def test_constrained_samples_of_an_undertrained_model_are_all_valid(tiny_model, demo_omop_parquet,
                                                                     demo_patient_sequence, tmp_path):
-    from cehrgpt_tutorials.inspect.inputs import visit_concept_ids
+    from cehrgpt_tutorials.omop.concepts import visit_concept_ids
 
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
     concept_dir = demo_omop_parquet / "concept"  # the generator and the report read the same table
@@ -317,7 +317,7 @@ def test_constrained_samples_of_an_undertrained_model_are_all_valid(tiny_model, 
     assert folder.parent.name == "top_p10000_constrained"
     sequences = sequences_in(folder)
     vocabulary = Vocabulary(visit_concept_ids(concept_dir))
-    problems = analyse(sequences_from_lists(sequences, vocabulary), vocabulary).problems
+    problems = sequence_facts(sequences_from_lists(sequences, vocabulary), vocabulary).problems
     assert not np.logical_or.reduce(list(problems.values())).any(), {
         rule: int(flags.sum()) for rule, flags in problems.items() if flags.any()
     }

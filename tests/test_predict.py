@@ -1,4 +1,4 @@
-"""Issue 17: step 7, predict.py: a cohort in SQL, histories before the index date, four predictors, a report.
+"""Step 7, predict.py: a cohort in SQL, histories before the index date, four predictors, a report.
 
 The end-to-end test runs the real script (SQL against the real PostgreSQL, cehrgpt's feature,
 probe, fine-tuning, zero-shot and bootstrap commands) with the session's tiny model on the 300-person demo slice,
@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, output_of, run_script
 
-from cehrgpt_tutorials.common import patient_sequence_files
-from cehrgpt_tutorials.demo import steps_for
+from cehrgpt_tutorials.files import parquet_files
+from cehrgpt_tutorials.pipeline.steps import steps_for
 from cehrgpt_tutorials.prediction import cohort as cohorts
 
 MARKER_ON_INDEX_DATE = "999999001"  # numeric, so the bag-of-concepts baseline would count it too
@@ -100,7 +100,7 @@ def plant_markers(source, target, cohort) -> dict[int, datetime.date]:
     """Copy a patient_sequence folder, adding to each cohort person's sequence a marker token dated on
     the index date (where the first later token is) and one inside the last visit before it."""
     index_dates = dict(zip(cohort["subject_id"].astype(int), cohort["cohort_start_date"], strict=True))
-    for path in patient_sequence_files(source):
+    for path in parquet_files(source):
         table = pq.read_table(path)
         parallel = [f.name for f in table.schema if pa.types.is_list(f.type)]
         rows = table.to_pylist()
@@ -131,7 +131,7 @@ def plant_markers(source, target, cohort) -> dict[int, datetime.date]:
 
 
 def tokens_in(folder) -> list[list[str]]:
-    return [tokens for path in patient_sequence_files(folder)
+    return [tokens for path in parquet_files(folder)
             for tokens in pq.read_table(path, columns=["concept_ids"]).column("concept_ids").to_pylist()]
 
 

@@ -1,4 +1,4 @@
-"""cehrgpt_tutorials/prepare_dataset.py: the runner's tokenization done first, with the same result.
+"""cehrgpt_tutorials/pipeline/prepare_dataset.py: the runner's tokenization done first, with the same result.
 
 The fast tests compare its column conversion with the `datasets` code it stands in for; the slow one
 compares the whole tokenized dataset and tokenizer with what the runner writes when it tokenizes itself.
@@ -17,7 +17,12 @@ import pyarrow as pa
 import pytest
 from conftest import REPO_ROOT, output_of, run_sh
 
-from cehrgpt_tutorials.prepare_dataset import RUNNER_MODULE, _list_array, arrow_columns, runner_arguments
+from cehrgpt_tutorials.pipeline.prepare_dataset import (
+    RUNNER_MODULE,
+    _list_array,
+    arrow_columns,
+    runner_arguments,
+)
 
 
 def datasets_conversion(values: list, name: str, input_features):
@@ -80,7 +85,7 @@ def test_columns_it_cannot_build_in_one_go_are_converted_by_datasets_itself():
 
 
 def test_a_command_without_the_runner_is_one_error_line():
-    result = subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.prepare_dataset", "--runner-command",
+    result = subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.pipeline.prepare_dataset", "--runner-command",
                              "python", "-m", "something_else", "--data_folder", "x"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
@@ -96,7 +101,7 @@ def test_the_runner_words_are_taken_after_its_module_less_the_distributed_option
 def test_a_streaming_run_is_left_to_the_runner_and_nothing_is_written(tmp_path):
     (tmp_path / "sequences").mkdir()
     model_dir = tmp_path / "model"
-    result = subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.prepare_dataset", "--runner-command",
+    result = subprocess.run([sys.executable, "-m", "cehrgpt_tutorials.pipeline.prepare_dataset", "--runner-command",
                              "python", "-m", RUNNER_MODULE, "--model_name_or_path", model_dir,
                              "--tokenizer_name_or_path", model_dir, "--output_dir", model_dir,
                              "--data_folder", tmp_path / "sequences", "--dataset_prepared_path",
@@ -157,7 +162,7 @@ def test_auto_tokenization_prepares_from_sixteen_megabytes_of_sequences(pipeline
     """The second Python start costs ~3 s: on the demo's 0.6 MB of sequences it was slower, at 10x (7.8 MB)
     even, at 100x (79 MB) 64 s against the runner's 107 s before the first step (2 workers)."""
     for megabytes, chosen in ((12, "tokenizing: the runner's own (12 MB of sequences"),
-                              (18, "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it (18 MB")):
+                              (18, "tokenizing: cehrgpt_tutorials/pipeline/prepare_dataset.py, then the runner loads it (18 MB")):
         sequences = sparse_sequence_folder(tmp_path / f"sequences{megabytes}", megabytes)
         result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", sequences,
                                              "--model-dir", tmp_path / f"model{megabytes}"], pipeline_env, timeout=300)

@@ -22,19 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, output_of, run_script
 
-from cehrgpt_tutorials.common import (
+from cehrgpt_tutorials.errors import PipelineError
+from cehrgpt_tutorials.sequences.cleaning import write_hadoop_checksum
+from cehrgpt_tutorials.sequences.concept_floor import choose_threshold, persons_per_concept, read_concept_list
+from cehrgpt_tutorials.sequences.split import (
     DEFAULT_TEST_FRACTION,
     SPLIT_MARKER,
-    PipelineError,
     is_test_person,
-    malformed_time_tokens,
-    parallel_list_columns,
     split_of,
     split_position,
     write_patient_splits,
 )
-from cehrgpt_tutorials.sequences.cleaning import write_hadoop_checksum
-from cehrgpt_tutorials.sequences.concept_floor import choose_threshold, persons_per_concept, read_concept_list
+from cehrgpt_tutorials.sequences.tokens import malformed_time_tokens, parallel_list_columns
 
 SCRIPT = REPO_ROOT / "cehrgpt_tutorials" / "scripts" / "create_cehrgpt_pretraining_data.sh"
 REQUIRED_TABLES = ["person", "visit_occurrence", "concept", "condition_occurrence", "procedure_occurrence",
@@ -506,7 +505,7 @@ def test_help_shows_the_official_command_line(pipeline_env):
 
 
 # ---------------------------------------------------------------------------------------------
-# The held-out split (cehrgpt_tutorials.common): one function of person_id, fast tests
+# The held-out split (cehrgpt_tutorials.sequences.split): one function of person_id, fast tests
 # ---------------------------------------------------------------------------------------------
 
 
@@ -530,7 +529,7 @@ def test_split_of_one_person_matches_the_array_form_and_survives_a_new_process(p
     assert [split_of(person) for person in ids] == ["test" if flag else "train" for flag in array]
     assert all(0.0 <= split_position(person) < 1.0 for person in ids)
     # Not Python's salted hash(): another interpreter gives the same verdicts.
-    other = run_script(["-c", "from cehrgpt_tutorials.common import split_of; "
+    other = run_script(["-c", "from cehrgpt_tutorials.sequences.split import split_of; "
                         f"print(' '.join(split_of(p) for p in {ids}))"], pipeline_env, timeout=60)
     assert other.returncode == 0, other.stderr
     assert other.stdout.split() == [split_of(person) for person in ids]
@@ -560,7 +559,7 @@ def test_patient_splits_folder_lists_every_person_once_with_its_split(tmp_path, 
     pq.write_table(pa.table({"id": [1]}), tmp_path / "bad.parquet")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad.parquet").rename(tmp_path / "bad" / "part-0.parquet")
-    result = run_script(["-m", "cehrgpt_tutorials.common", "patient-splits", str(tmp_path / "bad"),
+    result = run_script(["-m", "cehrgpt_tutorials.sequences.split", str(tmp_path / "bad"),
                          str(tmp_path / "out")], pipeline_env, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'bad'} has no person_id column: not an OMOP person table"

@@ -1,4 +1,4 @@
-"""Issue 2/8: the README is the tutorial, so what it shows must be what runs."""
+"""The README is the tutorial, so what it shows must be what runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 from conftest import REPO_ROOT
 
-from cehrgpt_tutorials.demo import demo_steps
+from cehrgpt_tutorials.pipeline.steps import demo_steps
 
 README = (REPO_ROOT / "README.md").read_text()
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cehrgpt_tutorials import show_patient
-from cehrgpt_tutorials.inspect.plots import TIMELINE_PATIENTS, _timeline_rows
-from cehrgpt_tutorials.inspect.sequences import sequences_from_lists
-from cehrgpt_tutorials.inspect.validity import analyse
-from cehrgpt_tutorials.inspect.vocabulary import Vocabulary
+from cehrgpt_tutorials.report.plots import TIMELINE_PATIENTS, _timeline_rows
+from cehrgpt_tutorials.sequences.codes import sequences_from_lists
+from cehrgpt_tutorials.sequences.facts import sequence_facts
+from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
 
 # cehrbert_data's patient_sequence columns and types (as Spark writes them in the demo), the ones
 # show_patient reads and their neighbours: every list column is parallel to concept_ids.
@@ -280,7 +280,7 @@ def test_timelines_pick_patients_with_three_or_more_visits_by_seed():
     vocabulary = Vocabulary()
     short = ["year:2010", "age:40", "8507", "Race/0", "[VS]", "9202", "1001", "[VE]"]
     token_lists = [SYNTHETIC if index % 3 else short for index in range(30)]
-    facts = analyse(sequences_from_lists(token_lists, vocabulary), vocabulary)
+    facts = sequence_facts(sequences_from_lists(token_lists, vocabulary), vocabulary)
     chosen = _timeline_rows(facts, np.arange(30), seed=1)
     assert len(chosen) == TIMELINE_PATIENTS and all(index % 3 for index in chosen)
     assert list(chosen) == list(_timeline_rows(facts, np.arange(30), seed=1))

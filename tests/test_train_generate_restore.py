@@ -1,4 +1,4 @@
-"""Issue 6: train (step 4), generate and restore as an OMOP CDM in PostgreSQL (step 5).
+"""Train (step 4), generate and restore as an OMOP CDM in PostgreSQL (step 5).
 
 A tiny real run on the 300-person demo slice: the cehrgpt runner trains a very small model for a few
 steps on CPU, the generator writes a handful of patients, omop_pipeline.sh converts them (with real
@@ -25,14 +25,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, TINY_STEPS, cdm_fingerprint, output_of, run_script, run_sh
 
-from cehrgpt_tutorials.omop_restore import (
+from cehrgpt_tutorials.omop.plausibility import CHECKS as PLAUSIBILITY_CHECKS
+from cehrgpt_tutorials.omop.restore import (
     add_observation_period_ids,
     entity_schemas,
     fill_empty_tables,
     load_domain_map,
     skip_reason,
 )
-from cehrgpt_tutorials.plausibility import CHECKS as PLAUSIBILITY_CHECKS
 
 SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
 PATIENTS_ASKED = 5

@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cehrgpt_tutorials.common import (
-    DEFAULT_TEST_FRACTION,
+from cehrgpt_tutorials.errors import PipelineError
+from cehrgpt_tutorials.files import parquet_files
+from cehrgpt_tutorials.sequences.split import DEFAULT_TEST_FRACTION, is_test_person
+from cehrgpt_tutorials.sequences.tokens import (
     SEQUENCE_TOKEN_COLUMN,
     VISIT_END_TOKEN,
     VISIT_START_TOKEN,
-    PipelineError,
     is_list_type,
-    is_test_person,
-    patient_sequence_files,
 )
 
 COHORT_SQL_DIR = Path(__file__).resolve().parent / "cohorts"
@@ -209,7 +208,7 @@ def read_patient_sequences(folder: Path, person_ids, test_fraction: float):
         parts = [("", folder)]
     tables = []
     for split, path in parts:
-        files = patient_sequence_files(path)
+        files = parquet_files(path)
         if not files:
             raise PipelineError(f"no patient sequences (.parquet) under {path}: run step 2 or pass --patient-sequence-dir")
         dataset = ds.dataset([str(f) for f in files], format="parquet")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cehrgpt_tutorials.common import PipelineError
+from cehrgpt_tutorials.errors import PipelineError
 
 LOG_TAIL_LINES = 20
 CV_FOLDS = 5  # LogisticRegressionCV's default: each fold needs positives and negatives

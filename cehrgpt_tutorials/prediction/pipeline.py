@@ -14,13 +14,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cehrgpt_tutorials.common import PipelineError, connect
+from cehrgpt_tutorials.db import connect
+from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
+from cehrgpt_tutorials.pipeline.training import training_not_finished, unfinished_model_problem
 from cehrgpt_tutorials.prediction import cohort as cohorts
 from cehrgpt_tutorials.prediction import few_shot, models, report
 from cehrgpt_tutorials.prediction.models import TooFewExamples
-from cehrgpt_tutorials.training import training_not_finished, unfinished_model_problem
 
 REPORT_NAME = "predict_report.json"
 HEADER_NAMES = ("outcome_concepts", "zero_shot")  # what a cohort SQL's comments may say about its task

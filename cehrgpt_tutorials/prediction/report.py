@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cehrgpt_tutorials.common import PipelineError
+from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.prediction.models import run_together
 
 METHODS = {  # report key -> what the reader sees

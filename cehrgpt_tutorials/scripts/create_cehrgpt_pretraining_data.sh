@@ -7,7 +7,7 @@
 #   2. generate_training_data: one row per patient (OUTPUT_FOLDER/patient_sequence), restricted to
 #      those concepts, with day time tokens between and inside visits.
 # Before them it writes the held-out split: OUTPUT_FOLDER/patient_splits (person_id, split), decided
-# per person by cehrgpt_tutorials.common.is_test_person (--test_fraction, default 0.15), which app 2
+# per person by cehrgpt_tutorials.sequences.split.is_test_person (--test_fraction, default 0.15), which app 2
 # reads, so it writes patient_sequence/train and patient_sequence/test. Training and generation use
 # train/ only; inspect_synthetic.py uses test/ as the real patients the model never saw. An input
 # folder with its own patient_splits (not written by us) keeps that split; --test_fraction 0: no split.
@@ -38,8 +38,8 @@ DOMAIN_TABLES="condition_occurrence procedure_occurrence drug_exposure"
 REQUIRED_TABLES="person visit_occurrence concept $DOMAIN_TABLES"
 # Tables the apps read when they are there (drug roll-up); linked if present. patient_splits: below.
 OPTIONAL_TABLES="concept_ancestor concept_relationship"
-TEST_FRACTION=""  # empty: cehrgpt_tutorials.common.DEFAULT_TEST_FRACTION
-SPLIT_MARKER=_cehrgpt_tutorial_split.json  # cehrgpt_tutorials.common.SPLIT_MARKER: our split, not the user's
+TEST_FRACTION=""  # empty: cehrgpt_tutorials.sequences.split.DEFAULT_TEST_FRACTION
+SPLIT_MARKER=_cehrgpt_tutorial_split.json  # cehrgpt_tutorials.sequences.split.SPLIT_MARKER: our split, not the user's
 LOG_LINES_ON_FAILURE=40
 
 usage() {
@@ -57,7 +57,7 @@ Builds CEHR-GPT patient sequences from OMOP Parquet tables with cehrbert_data's 
                               concepts held by fewer than min(11, N) training persons in the sequences
                               are removed too)
   --test_fraction F           share of persons held out as patient_sequence/test, decided per person_id
-                              by cehrgpt_tutorials.common.is_test_person (default 0.15); 0: no split.
+                              by cehrgpt_tutorials.sequences.split.is_test_person (default 0.15); 0: no split.
                               An INPUT_FOLDER/patient_splits of your own is used as it is.
   --shuffle_partitions N      Spark's shuffle partitions, i.e. patient_sequence part files (default:
                               from the input size, 2 x cores at least; see the script's comments)
@@ -174,7 +174,7 @@ SPARK_OPTIONS="${SPARK_SUBMIT_OPTIONS:-}"
 # count (setup_env.sh's 2 x cores, right for the demo) makes files and tasks grow with the data:
 # cleanup and the runner's tokenization then hold GBs per file. One partition per
 # INPUT_MB_PER_PARTITION of input keeps part files near 128 MB (the sequences are about a quarter
-# of the tables' size, bench/RESULTS.md issue 15), with 2 x cores as the floor so every core works.
+# of the tables' size, bench/RESULTS.md), with 2 x cores as the floor so every core works.
 # Your own setting wins: --shuffle_partitions, or spark.sql.shuffle.partitions in
 # SPARK_SUBMIT_OPTIONS or in spark-defaults.conf outside setup_env.sh's block.
 INPUT_MB_PER_PARTITION=512
@@ -274,7 +274,7 @@ elif [ "$TEST_FRACTION" = 0 ]; then
     fi
     split_note="none (--test_fraction 0): one patient_sequence folder"
 else
-    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.common patient-splits \
+    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.sequences.split \
         "$INPUT_FOLDER/person" "$OUR_SPLITS" ${TEST_FRACTION:+--test-fraction "$TEST_FRACTION"} ||
         die "could not write the patient split $OUR_SPLITS (the message above says why)"
     SPLITS="$OUR_SPLITS"

@@ -6,7 +6,7 @@
 # 512 and top-p 1.0 (the model's full distribution), plus the two arguments cehrgpt's argparse
 # requires and the seed's README leaves out (--batch_size, --sampling_strategy).
 # --sampler constrained (default) samples only the tokens the sequence grammar allows at each step
-# (cehrgpt_tutorials/grammar.py: the rules inspect_synthetic.py reports); --sampler raw is cehrgpt's
+# (cehrgpt_tutorials/sequences/grammar.py: the rules inspect_synthetic.py reports); --sampler raw is cehrgpt's
 # own sampler, unchanged (the seed used it with --top-p 0.95).
 # Each patient is prompted with the first 4 tokens (year, age, gender, race) of a random real
 # sequence; the generator runs whole batches, so it writes a little more than asked.
@@ -113,7 +113,7 @@ PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH:
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 export PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's cehrgpt_tutorials
 # A model whose training has not finished (or no model) is refused with the reason.
-"$PYTHON_BIN" -m cehrgpt_tutorials.training check-finished "$MODEL_DIR" || exit 1
+"$PYTHON_BIN" -m cehrgpt_tutorials.pipeline.training check-finished "$MODEL_DIR" || exit 1
 [ -n "$PROMPT_DATA" ] || PROMPT_DATA="${CEHR_GPT_DATA_DIR:-omop_synthea}/patient_sequence"
 # Prompts come from the training patients only: the held-out test/ patients stay unseen.
 [ -d "$PROMPT_DATA/train" ] && PROMPT_DATA="$PROMPT_DATA/train"

@@ -158,7 +158,7 @@ log "copied vocabulary tables:$copied"
 # --- 2. Sequences -> OMOP tables ------------------------------------------------------------------
 # With each sequence's own person_id (the generator numbers them 1..N) a converted person can be
 # matched to its sequence, which is how the summary below finds the skipped ones.
-"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore person-ids "$PATIENT_SEQUENCE_FOLDER"
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop.restore person-ids "$PATIENT_SEQUENCE_FOLDER"
 case $? in
     0) person_id_option=--use_original_person_id ;;
     4) person_id_option=""
@@ -176,7 +176,7 @@ run "$PYTHON_BIN" -u -m cehrgpt.generation.omop_converter_batch \
     $person_id_option
 
 # --- 3. What converted, and why the rest did not --------------------------------------------------
-"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore summary \
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop.restore summary \
     --sequences "$PATIENT_SEQUENCE_FOLDER" --omop-folder "$BUILD"
 status=$?
 if [ "$status" -eq "$NOTHING_CONVERTED_EXIT_CODE" ]; then
@@ -192,13 +192,13 @@ fi
 [ "$status" -eq 0 ] || die "could not summarise the conversion (exit $status)"
 
 # --- 4. observation_period and condition_era with Spark -----------------------------------------
-"$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore fill-empty-tables "$BUILD" || exit_as_ours $?
+"$PYTHON_BIN" -m cehrgpt_tutorials.omop.restore fill-empty-tables "$BUILD" || exit_as_ours $?
 log "rebuilding observation_period"
 # shellcheck disable=SC2086  # the table list is meant to split into words
 run "$PYTHON_BIN" -u -m cehrgpt.omop.observation_period \
     --input_folder "$BUILD" --output_folder "$BUILD" --domain_table_list $DOMAIN_TABLES
 # cehrgpt's query leaves out the primary key, which a CDM database requires.
-run "$PYTHON_BIN" -m cehrgpt_tutorials.omop_restore add-observation-period-ids "$BUILD"
+run "$PYTHON_BIN" -m cehrgpt_tutorials.omop.restore add-observation-period-ids "$BUILD"
 log "rebuilding condition_era"
 run "$PYTHON_BIN" -u -m cehrgpt.omop.condition_era \
     --input_folder "$BUILD" --output_folder "$BUILD" --domain_table_list condition_occurrence

@@ -104,10 +104,10 @@ hold_lock 9 "$(dirname "$SAMPLE_FOLDER")" "the synthetic data folder"
 SEQUENCES="$SAMPLE_FOLDER/generated_sequences"
 if [ "$CENSOR" = 1 ]; then
     if [ -n "$CENSOR_DATE" ]; then
-        "$PYTHON_BIN" -m cehrgpt_tutorials.inspect.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
+        "$PYTHON_BIN" -m cehrgpt_tutorials.report.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
             --censor-date "$CENSOR_DATE" || exit_as_ours $?
     else
-        "$PYTHON_BIN" -m cehrgpt_tutorials.inspect.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
+        "$PYTHON_BIN" -m cehrgpt_tutorials.report.timeline censor "$SEQUENCES" "$SAMPLE_FOLDER/censored_sequences" \
             --source-visits "$SOURCE_OMOP_FOLDER/visit_occurrence" ||
             exit_as_ours $?
     fi
@@ -132,10 +132,10 @@ printf '$ %s%s\n' "$(print_command "$@")" "${DSN:+ --dsn <your dsn>}"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
 "$@" || exit_as_ours $?
 
-set -- "$PYTHON_BIN" -m cehrgpt_tutorials.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA"
+set -- "$PYTHON_BIN" -m cehrgpt_tutorials.omop.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
 "$@" || exit_as_ours $?
 
-set -- "$PYTHON_BIN" -m cehrgpt_tutorials.synthetic_queries --source-schema "$SOURCE_SCHEMA" --schema "$SCHEMA"
+set -- "$PYTHON_BIN" -m cehrgpt_tutorials.omop.synthetic_queries --source-schema "$SOURCE_SCHEMA" --schema "$SCHEMA"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
 "$@" || exit_as_ours $?

@@ -3,7 +3,7 @@
 #
 # Runs cehrgpt's own runner (python -m cehrgpt.runners.hf_cehrgpt_pretrain_runner) with the
 # settings of a named profile, and prints the full command first so you can copy and change it.
-# From 16 MB of training sequences, cehrgpt_tutorials/prepare_dataset.py tokenizes them first, the
+# From 16 MB of training sequences, cehrgpt_tutorials/pipeline/prepare_dataset.py tokenizes them first, the
 # runner's way but 3x faster per worker, and the runner loads the result (--tokenization).
 #
 # Reads:  DATA_FOLDER (default $CEHR_GPT_DATA_DIR/patient_sequence); its train/ split when it has one
@@ -39,7 +39,7 @@ PRINT_ARGS=0
 TOKENIZATION=auto
 # prepare_dataset.py (see below) starts a second Python with torch (~3 s on 2 cores). Before the
 # first step, 2 workers: the demo (0.6 MB of training Parquet) 11.4 s against the runner's 7.9 s,
-# 10x (7.8 MB) 16.4 against 16.0 s, 100x (79 MB) 64 against 107 s (bench/RESULTS.md, issue 15).
+# 10x (7.8 MB) 16.4 against 16.0 s, 100x (79 MB) 64 against 107 s (bench/RESULTS.md).
 PREPARE_MIN_MB=16
 STAMP_NAME=training_inputs.txt
 
@@ -62,7 +62,7 @@ Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints th
   --nproc N           N training processes under torchrun (default 1): one per GPU for several
                       GPUs (NCCL), or N CPU processes (gloo); per-device batch sizes are per process
   --tokenization MODE  who tokenizes the sequences before the first step (the same dataset either way):
-                      prepare: cehrgpt_tutorials/prepare_dataset.py, before the runner (3x faster
+                      prepare: cehrgpt_tutorials/pipeline/prepare_dataset.py, before the runner (3x faster
                                per worker); runner: the runner itself, as cehrgpt ships it;
                       auto (default): prepare from $PREPARE_MIN_MB MB of training Parquet, else runner
   --print-args        print the runner command one word per line and exit (bench/train_bench.py uses it)
@@ -312,7 +312,7 @@ elif [ -f "$stamp_file" ]; then
     if [ "$(cat "$stamp_file")" = "$stamp_now" ]; then
         # A checkpoint the Trainer could not resume from (interrupted while it was written) is moved
         # aside, so the runner resumes from the last complete one.
-        PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.training \
+        PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.pipeline.training \
             set-aside-incomplete "$MODEL_DIR" || die "cannot check the checkpoints in $MODEL_DIR (the message above says why)"
         [ -n "$(find "$MODEL_DIR" -mindepth 1 -maxdepth 1 -name 'checkpoint-*' -print)" ] &&
             echo "resuming: same data and arguments as the checkpoint in $MODEL_DIR"
@@ -349,8 +349,8 @@ else
     tokenization_note="--tokenization $TOKENIZATION"
 fi
 if [ "$TOKENIZATION" = prepare ]; then
-    echo "tokenizing: cehrgpt_tutorials/prepare_dataset.py, then the runner loads it ($tokenization_note)"
-    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.prepare_dataset \
+    echo "tokenizing: cehrgpt_tutorials/pipeline/prepare_dataset.py, then the runner loads it ($tokenization_note)"
+    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m cehrgpt_tutorials.pipeline.prepare_dataset \
         --runner-command "$@" ||
         die "tokenizing the sequences failed after $(( $(date +%s) - started ))s (the messages above say why; --tokenization runner leaves it to the runner)"
 else

@@ -28,6 +28,7 @@ import struct
 import sys
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +36,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from cehrgpt_tutorials.common import (
+from cehrgpt_tutorials.errors import PipelineError
+from cehrgpt_tutorials.files import atomic_file, parquet_files
+from cehrgpt_tutorials.sequences.tokens import (
     SEQUENCE_TOKEN_COLUMN,
-    PipelineError,
     check_patient_sequence_schema,
     is_list_type,
     time_token_problem,
 )
-from cehrgpt_tutorials.files import atomic_file
 
 NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
 # Null items in these integer columns are filled: pandas turns a list of ints holding a null into
@@ -58,7 +60,7 @@ NULL_FILLS = {"ages": "neighbours"}
 # cleaned, whatever the size of the file or its row groups. On step 2's output at 100x the demo
 # (4 files of 36 MB, one row group each; 2 at a time), peak RSS 423 MB with 128k tokens, 369 MB with
 # 64k (the goal is 400), for 7% more time; 251-256 MB with the C library's allocator (see the
-# imports) (bench/RESULTS.md, issue 15).
+# imports) (bench/RESULTS.md).
 TOKENS_PER_BATCH = 64 * 1024
 READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
@@ -384,6 +386,44 @@ def _rows_per_batch(metadata, token_leaf: int, tokens_per_batch: int) -> int:
 
 
 ABANDONED_TEMPORARY = re.compile(r"^\..+\.tmp(\.parquet)?$")  # atomic_file's and _prepare_hadoop_checksum's
+
+
+def clean_folder(folder: Path, jobs: int, dry_run: bool) -> tuple[CleanupReport, list[Path]]:
+    """Clean every patient_sequence file under `folder`, a few files at once; returns the report and the files.
+
+    Every file is checked first, so a stray non-sequence file stops the run before anything changes.
+    Files are independent: Parquet decoding and encoding run in pyarrow's C++ without the GIL, and
+    writing a file is single-threaded, so threads use the other cores. On an error or Ctrl-C, files
+    being written finish (each one atomically) and queued ones never start.
+    """
+    if not dry_run:
+        remove_abandoned_temporaries(folder)
+    files = parquet_files(folder)
+    if not files:
+        raise PipelineError(f"no Parquet files under {folder}")
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as error:
+            raise PipelineError(f"{path} is not a readable Parquet file: {error}") from None
+        check_patient_sequence_schema(schema, path)
+
+    oracle = TokenOracle()
+    report = CleanupReport()
+
+    def clean_one(path: Path) -> CleanupReport:
+        file_report = CleanupReport()
+        clean_file(path, oracle, file_report, dry_run)
+        return file_report
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(files))))
+    try:
+        for file_report in tqdm(pool.map(clean_one, files), total=len(files), unit="file",
+                                desc="checking" if dry_run else "cleaning", disable=len(files) < 2):
+            report.add(file_report)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return report, files
 
 
 def remove_abandoned_temporaries(folder: Path) -> None:

@@ -30,11 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from cehrgpt_tutorials.common import SEQUENCE_TOKEN_COLUMN, PipelineError, fail, patient_sequence_files
-from cehrgpt_tutorials.errors import describe_os_error
-from cehrgpt_tutorials.files import atomic_directory
-from cehrgpt_tutorials.inspect.inputs import read_concepts
+from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
+from cehrgpt_tutorials.files import atomic_directory, parquet_files
+from cehrgpt_tutorials.omop.concepts import read_concepts
 from cehrgpt_tutorials.sequences.cleaning import CleanupReport, TokensToRemove, clean_file
+from cehrgpt_tutorials.sequences.tokens import SEQUENCE_TOKEN_COLUMN
 
 OFFICIAL_THRESHOLD = 100  # the official tutorial's --min_num_of_patients...
 OFFICIAL_PERSONS = 1_000_000  # ...for its Synthea set of this many persons
@@ -58,7 +58,7 @@ def floor_for(threshold: int) -> int:
 
 def count_persons(person_dir: Path) -> int:
     """Rows of an OMOP person table folder (one per person), from the Parquet metadata."""
-    files = patient_sequence_files(person_dir) if Path(person_dir).is_dir() else []
+    files = parquet_files(person_dir) if Path(person_dir).is_dir() else []
     if not files:
         raise PipelineError(f"no Parquet files in {person_dir}: expected the OMOP person table")
     try:
@@ -69,7 +69,7 @@ def count_persons(person_dir: Path) -> int:
 
 def read_concept_list(folder: Path) -> set[str]:
     """The concept ids of cehrbert_data's qualified_concept_list, as the tokens the sequences hold."""
-    table = ds.dataset(patient_sequence_files(folder), format="parquet").to_table(columns=[CONCEPT_LIST_COLUMN])
+    table = ds.dataset(parquet_files(folder), format="parquet").to_table(columns=[CONCEPT_LIST_COLUMN])
     return {str(concept) for concept in table.column(CONCEPT_LIST_COLUMN).to_pylist() if concept is not None}
 
 
@@ -77,7 +77,7 @@ def persons_per_concept(folder: Path, concepts: set[str]) -> collections.Counter
     """For each of `concepts`, the persons (rows: one per person) whose sequence holds it, over folder's files."""
     wanted = pa.array(sorted(concepts), pa.string())
     counts: collections.Counter = collections.Counter()
-    for path in patient_sequence_files(folder):
+    for path in parquet_files(folder):
         for batch in pq.ParquetFile(path).iter_batches(columns=[SEQUENCE_TOKEN_COLUMN]):
             tokens = batch.column(0)
             flat = tokens.flatten().cast(pa.string())
@@ -101,9 +101,9 @@ def enforce_floor(sequence_dir: Path, concept_list: Path, floor: int) -> dict[st
     if not below:
         return below
     oracle = TokensToRemove(dict.fromkeys(below, BELOW_FLOOR))
-    for path in patient_sequence_files(sequence_dir):
+    for path in parquet_files(sequence_dir):
         clean_file(path, oracle, CleanupReport(), dry_run=False, fill_nulls=False)
-    table = ds.dataset(patient_sequence_files(concept_list), format="parquet").to_table()
+    table = ds.dataset(parquet_files(concept_list), format="parquet").to_table()
     kept = pc.invert(pc.is_in(table.column(CONCEPT_LIST_COLUMN).cast(pa.string()),
                               value_set=pa.array(sorted(below), pa.string())))
     with atomic_directory(concept_list, "the concept list") as staging:

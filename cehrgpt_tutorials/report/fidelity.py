@@ -1,0 +1,198 @@
+"""Fidelity metrics: do the synthetic patients look like the real ones (prevalence, co-occurrence,
+distributions)?"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cehrgpt_tutorials.sequences.facts import SequenceFacts
+
+TOP_CONCEPTS_FOR_PAIRS = 50
+TOP_PAIRS = 250
+
+
+def pearson_r(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation, or None when it is undefined (fewer than 2 points, or a constant side)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
+
+
+def ks_statistic(real: np.ndarray, synthetic: np.ndarray) -> float | None:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    real = np.sort(np.asarray(real, dtype=np.float64)[~np.isnan(real)])
+    synthetic = np.sort(np.asarray(synthetic, dtype=np.float64)[~np.isnan(synthetic)])
+    if not len(real) or not len(synthetic):
+        return None
+    grid = np.concatenate((real, synthetic))
+    gap = np.searchsorted(real, grid, side="right") / len(real) - np.searchsorted(
+        synthetic, grid, side="right"
+    ) / len(synthetic)
+    return float(np.abs(gap).max())
+
+
+def category_shares(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Share of each category (sorted codes) among values; negative values (missing) are left out."""
+    values = values[values >= 0]
+    counts = np.bincount(np.searchsorted(categories, values), minlength=len(categories)).astype(np.float64)
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def js_distance(
+    real: np.ndarray, synthetic: np.ndarray
+) -> tuple[float | None, np.ndarray, np.ndarray, np.ndarray]:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two categorical samples of codes.
+
+    Returns the distance, the categories (most frequent in the real data first) and both share vectors.
+    """
+    real, synthetic = np.asarray(real), np.asarray(synthetic)
+    categories, counts = np.unique(
+        np.concatenate((real[real >= 0], synthetic[synthetic >= 0])), return_counts=True
+    )
+    real_shares = category_shares(real, categories)
+    synthetic_shares = category_shares(synthetic, categories)
+    order = np.lexsort((-counts, -real_shares))
+    categories, real_shares, synthetic_shares = categories[order], real_shares[order], synthetic_shares[order]
+    if not real_shares.sum() or not synthetic_shares.sum():
+        return None, categories, real_shares, synthetic_shares
+    middle = (real_shares + synthetic_shares) / 2
+
+    def kl(p):
+        present = p > 0
+        return float(np.sum(p[present] * np.log2(p[present] / middle[present])))
+
+    divergence = max(0.0, (kl(real_shares) + kl(synthetic_shares)) / 2)
+    return math.sqrt(min(divergence, 1.0)), categories, real_shares, synthetic_shares
+
+
+def prevalence(facts: SequenceFacts, vocabulary_size: int) -> np.ndarray:
+    """Share of patients having each concept code."""
+    counts = np.bincount(facts.concept_codes, minlength=vocabulary_size).astype(np.float64)
+    return counts / max(facts.count, 1)
+
+
+def concept_matrix(facts: SequenceFacts, vocabulary_size: int, rows: np.ndarray | None = None):
+    """Binary patient x concept matrix (scipy CSR), optionally of some rows only."""
+    import scipy.sparse
+
+    indptr = np.concatenate(([0], np.cumsum(facts.concepts_per_patient)))
+    matrix = scipy.sparse.csr_matrix(
+        (np.ones(len(facts.concept_codes), dtype=np.float32), facts.concept_codes, indptr),
+        shape=(facts.count, vocabulary_size),
+    )
+    return matrix if rows is None else matrix[rows]
+
+
+def most_common(shares: np.ndarray, limit: int) -> np.ndarray:
+    """Codes of the `limit` largest positive shares, largest first."""
+    order = np.argsort(-shares, kind="stable")[:limit]
+    return order[shares[order] > 0]
+
+
+def cooccurrence_r(real: SequenceFacts, synthetic: SequenceFacts, vocabulary_size: int) -> tuple[float | None, int]:
+    """Pearson r of pair prevalence over the most frequent pairs of either set; also the number of pairs."""
+    real_prevalence, synthetic_prevalence = (
+        prevalence(real, vocabulary_size),
+        prevalence(synthetic, vocabulary_size),
+    )
+    top = np.union1d(
+        most_common(real_prevalence, TOP_CONCEPTS_FOR_PAIRS),
+        most_common(synthetic_prevalence, TOP_CONCEPTS_FOR_PAIRS),
+    )
+    if len(top) < 2:
+        return None, 0
+
+    def pair_prevalence(facts: SequenceFacts) -> np.ndarray:
+        matrix = concept_matrix(facts, vocabulary_size)[:, top]
+        together = (matrix.T @ matrix).toarray() / max(facts.count, 1)
+        return together[np.triu_indices(len(top), k=1)]
+
+    real_pairs, synthetic_pairs = pair_prevalence(real), pair_prevalence(synthetic)
+    chosen = np.union1d(np.argsort(-real_pairs)[:TOP_PAIRS], np.argsort(-synthetic_pairs)[:TOP_PAIRS])
+    chosen = chosen[(real_pairs[chosen] > 0) | (synthetic_pairs[chosen] > 0)]
+    return pearson_r(real_pairs[chosen], synthetic_pairs[chosen]), len(chosen)
+
+
+def numeric_distributions(real: SequenceFacts, synthetic: SequenceFacts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The per-patient numbers compared with a KS statistic (and plotted): name -> (real, synthetic)."""
+    return {
+        "sequence_length": (real.lengths, synthetic.lengths),
+        "visits_per_patient": (real.visits, synthetic.visits),
+        "days_between_visits": (real.days_between_visits, synthetic.days_between_visits),
+        "age_at_first_visit": (real.age, synthetic.age),
+        "start_year": (real.start_year, synthetic.start_year),
+        "concepts_per_patient": (real.concepts_per_patient, synthetic.concepts_per_patient),
+    }
+
+
+def distribution_metrics(real: SequenceFacts, synthetic: SequenceFacts) -> dict[str, dict]:
+    numbers = numeric_distributions(real, synthetic)
+    result = {}
+    for name, (real_values, synthetic_values) in numbers.items():
+        real_values = np.asarray(real_values, dtype=np.float64)
+        synthetic_values = np.asarray(synthetic_values, dtype=np.float64)
+        result[name] = {
+            "test": "KS",
+            "distance": ks_statistic(real_values, synthetic_values),
+            "real_mean": float(np.nanmean(real_values)) if np.isfinite(real_values).any() else None,
+            "synthetic_mean": float(np.nanmean(synthetic_values))
+            if np.isfinite(synthetic_values).any()
+            else None,
+        }
+    for name, (real_values, synthetic_values) in {
+        "visit_types": (real.visit_types, synthetic.visit_types),
+        "gender": (real.gender, synthetic.gender),
+        "race": (real.race, synthetic.race),
+    }.items():
+        distance, categories, real_shares, synthetic_shares = js_distance(real_values, synthetic_values)
+        result[name] = {
+            "test": "JS",
+            "distance": distance,
+            "categories": categories,
+            "real_shares": real_shares,
+            "synthetic_shares": synthetic_shares,
+        }
+    return result
+
+
+
+# Per-concept prevalence error, on the concepts researchers would study: those in at least 5% of the
+# real patients. Pearson r over all concepts is dominated by the few very frequent ones.
+PREVALENCE_ERROR_MIN_REAL = 0.05
+PREVALENCE_TOLERANCE = 0.25  # "within +-25% relative"
+WORST_SHOWN = 15
+CONDITIONS_SHOWN = 5
+
+
+def prevalence_errors(
+    real_prevalence: np.ndarray, synthetic_prevalence: np.ndarray, tokens: list[str],
+    names: dict[str, tuple[str, str]],
+) -> dict:
+    """Relative error (synthetic - real) / real of each concept in >= 5% of real patients: the share
+    within +-25%, the worst 15, and the most under- and over-generated conditions (domain Condition)."""
+    codes = np.flatnonzero(real_prevalence >= PREVALENCE_ERROR_MIN_REAL)
+    errors = (synthetic_prevalence[codes] - real_prevalence[codes]) / real_prevalence[codes]
+
+    def row(position: int) -> dict:
+        token = tokens[codes[position]]
+        name, domain = names.get(token, ("", ""))
+        return {"concept_id": token, "name": name, "domain": domain,
+                "real_prevalence": float(real_prevalence[codes[position]]),
+                "synthetic_prevalence": float(synthetic_prevalence[codes[position]]),
+                "relative_error": float(errors[position])}
+
+    worst = np.argsort(-np.abs(errors), kind="stable")[:WORST_SHOWN]
+    conditions = np.array([names.get(tokens[code], ("", ""))[1] == "Condition" for code in codes], dtype=bool)
+    by_error = np.argsort(errors, kind="stable")
+    by_error = by_error[conditions[by_error]]
+    return {
+        "min_real_prevalence": PREVALENCE_ERROR_MIN_REAL,
+        "concepts": len(codes),
+        "within_25pct": float((np.abs(errors) <= PREVALENCE_TOLERANCE).mean()) if len(codes) else None,
+        "worst": [row(position) for position in worst],
+        "under_generated_conditions": [row(p) for p in by_error[:CONDITIONS_SHOWN] if errors[p] < 0],
+        "over_generated_conditions": [row(p) for p in by_error[::-1][:CONDITIONS_SHOWN] if errors[p] > 0],
+    }
