@@ -14,7 +14,7 @@ SCRIPT_LINE_LIMIT = 120
 
 # Bottom to top: a module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("errors", "faults"),
+    ("errors", "faults", "environment"),
     ("locks",),
     ("files", "paths"),
     ("db",),
