@@ -103,3 +103,30 @@ def test_top_level_scripts_are_thin_command_lines():
         assert "main" in functions, f"{name} has no main()"
         lines = len(text.splitlines())
         assert lines <= SCRIPT_LINE_LIMIT, f"{name} has {lines} lines; its work belongs in a package module"
+
+
+FUNCTION_LINE_LIMIT = 80
+SHELL_LINE_LIMIT = 120
+
+
+def python_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py")) + [REPO_ROOT / name for name in SCRIPTS]
+
+
+def test_functions_fit_on_a_screen_or_say_they_are_flat_recipes():
+    """A long function that mixes jobs is hard to change; one recipe read top to bottom is fine, and
+    its docstring says so ("A flat recipe: ...")."""
+    long = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FUNCTION_LINE_LIMIT and "flat recipe" not in (ast.get_docstring(node) or "").lower():
+                    long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 80 lines that do not say they are flat recipes:\n" + "\n".join(long)
+
+
+def test_shell_scripts_are_glue():
+    for path in sorted((PACKAGE / "scripts").glob("*.sh")) + [REPO_ROOT / "setup_env.sh"]:
+        lines = len(path.read_text().splitlines())
+        assert lines <= SHELL_LINE_LIMIT, f"{path.relative_to(REPO_ROOT)} has {lines} lines; decisions belong in Python"
