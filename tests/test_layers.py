@@ -130,3 +130,10 @@ def test_shell_scripts_are_glue():
     for path in sorted((PACKAGE / "scripts").glob("*.sh")) + [REPO_ROOT / "setup_env.sh"]:
         lines = len(path.read_text().splitlines())
         assert lines <= SHELL_LINE_LIMIT, f"{path.relative_to(REPO_ROOT)} has {lines} lines; decisions belong in Python"
+
+
+def test_the_demo_download_cache_is_in_the_repository_root(monkeypatch):
+    from cehrgpt_tutorials.omop.demo_data import cache_dir
+
+    monkeypatch.delenv("CEHRGPT_CACHE_DIR", raising=False)
+    assert cache_dir() == REPO_ROOT / ".cache"

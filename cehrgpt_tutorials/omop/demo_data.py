@@ -33,7 +33,7 @@ def cache_dir() -> Path:
     configured = os.environ.get("CEHRGPT_CACHE_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / ".cache"
+    return Path(__file__).resolve().parents[2] / ".cache"
 
 
 def _sha256(path: Path) -> str:
