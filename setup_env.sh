@@ -222,4 +222,5 @@ _cehrgpt_setup_env "$_cehrgpt_src" || :
 unset -f _cehrgpt_setup_env _cehrgpt_write_spark_defaults _cehrgpt_prepend _cehrgpt_append_path _cehrgpt_java_major _cehrgpt_log
 unset _cehrgpt_src
 # Always succeed: a non-zero status would end a `set -e` shell. Problems were printed above.
+# shellcheck disable=SC2317  # `|| true` runs when the file is executed instead of sourced
 return 0 2>/dev/null || true
