@@ -1,8 +1,7 @@
 #!/bin/sh
 # Step 2 of the CEHR-XGPT tutorial: OMOP Parquet tables -> patient sequences for pre-training, with
-# cehrbert_data's two Spark apps as the official tutorial runs them: generate_included_concept_list (the
-# concepts seen in at least --min_num_of_patients patients), then generate_training_data (one row per
-# patient, written as patient_sequence/train and /test after the held-out split). Options: --help.
+# cehrbert_data's two Spark apps as the official tutorial runs them: generate_included_concept_list, then
+# generate_training_data (patient_sequence/train and /test after the held-out split). Options: --help.
 # Decisions (options, checks, Spark settings, the split) are in cehrgpt_tutorials/pipeline/step2_settings.py;
 # this script is the glue: the lock, the staging folder, and the two command lines it prints and runs.
 
@@ -13,7 +12,7 @@ set -f  # no filename globbing: `--master local[2]` must reach spark-submit as w
 . "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 PYTHON_BIN="${PYSPARK_PYTHON:-python}"
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
-# This checkout's cehrgpt_tutorials, wherever the script is run from.
+# tutorial MODULE ARG...: a module of this checkout's cehrgpt_tutorials, wherever the script is run from.
 tutorial() { PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m "$@"; }
 
 # Sets INPUT_FOLDER, OUTPUT_FOLDER, START_DATE, TUNING_OPTIONS, SPLIT_SOURCE, ... (see plan()).
@@ -69,9 +68,8 @@ printf '%s\n' "Input folder:  $INPUT_FOLDER" "Output folder: $OUTPUT_FOLDER" "St
 # run_app NAME APP.py ARG...: print the spark-submit command, run it with its output in logs/NAME.log,
 # time it, and stop the whole script with the end of the log when it fails. Our options come first, so yours win.
 run_app() {
-    app_name="$1"
+    app_name="$1" log_file="$LOG_DIR/$1.log"
     shift
-    log_file="$LOG_DIR/$app_name.log"
     eval "set -- spark-submit $TUNING_OPTIONS $SPARK_OPTIONS \"\$@\""
     printf '\n== %s\n+ %s\n  (Spark output: %s)\n' "$app_name" "$(print_command "$@")" "$log_file"
     started=$(date +%s)
@@ -116,6 +114,5 @@ tutorial cehrgpt_tutorials.files replace-each "$STAGING" "$OUTPUT_FOLDER" --last
     die "cannot move the new sequences into $OUTPUT_FOLDER (the message above says why)"
 trap 'exit 130' INT TERM
 total=$(($(date +%s) - total_started))
-echo ""
-echo "Patient sequences written to $WRITTEN_NOTE (both apps: $((total / 60))m $((total % 60))s)"
-echo "Next: $NEXT_STEP"
+printf '\nPatient sequences written to %s (both apps: %dm %ds)\nNext: %s\n' \
+    "$WRITTEN_NOTE" $((total / 60)) $((total % 60)) "$NEXT_STEP"
