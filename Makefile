@@ -27,7 +27,8 @@ test: setup
 	$(ENV) python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(ENV) python -m ruff check .
+	$(ENV) python -m ruff check . && shellcheck --external-sources --source-path=SCRIPTDIR \
+		cehrgpt_tutorials/scripts/*.sh setup_env.sh
 
 demo: setup
 	@$(DEMO) run all $(FORCE_FLAG)

@@ -78,4 +78,5 @@ _cehrgpt_setup_env "$_cehrgpt_src" || :
 unset -f _cehrgpt_setup_env
 unset _cehrgpt_src
 # Always succeed: a non-zero status would end a `set -e` shell. Problems were printed above.
+# shellcheck disable=SC2317  # `|| true` runs when the file is executed instead of sourced
 return 0 2>/dev/null || true

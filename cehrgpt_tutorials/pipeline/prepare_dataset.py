@@ -1,34 +1,13 @@
-"""Step 4, before the first training step: the runner's tokenization, done faster, with the same result.
+"""Step 4, before the first training step: the runner's tokenization, faster, with the same result.
 
-cehrgpt's runner (cehrgpt.runners.hf_cehrgpt_pretrain_runner) starts by tokenizing every patient:
-it loads the Parquet sequences, sets its validation split aside, trains the CEHR-GPT tokenizer, maps
-every patient through the package's HFCehrGptTokenizationMapping and saves the result under
---dataset_prepared_path. On a large CDM that comes before the first training step, on one worker
-per core. Profiled on the 10x demo (bench/RESULTS.md), the mapping's time per patient
-goes to three things around cehrgpt's own logic: the `tokenizers` library encoding the patient's
-tokens and values (~33%), a fresh copy of the whole vocabulary the mapping asks for per patient
-(~17%), and `datasets` converting the output patient by patient (~15%); pandas row handling most
-of the rest.
+The rule: run cehrgpt's pre-training runner's own steps (its functions, the package's tokenization
+mapping, the same order and seed) and change only how they are called: the tokenizer's answers are
+cached per distinct token (CachedTokenizer) and the mapping's output reaches `datasets` as whole Arrow
+columns (ArrowBatchMapping). Why: per patient, the runner spends most of its time outside cehrgpt's own
+logic (measurements: bench/RESULTS.md, "the tokenization done first"). The result is saved where the
+runner looks for it, so the runner loads it; tests/test_prepare_dataset.py checks it equals the runner's
+own. Runner arguments this module does not handle (streaming, MEDS, a split file, ...) are left to it.
 
-This module runs the runner's own steps, with the runner's own functions and the package's own
-mapping, in the same order and with the same seed, and changes only how they are called:
-the mapping gets the tokenizer through CachedTokenizer (the vocabulary read once, each distinct
-token's ids asked of the tokenizer once and remembered), and its output reaches `datasets` as an
-Arrow table built a column at a time (ArrowBatchMapping, arrow_columns), of the types `datasets`
-would have chosen. On 3,000 sequences of the 10x demo: 0.99 s against 2.96 s. The result is saved
-where the runner looks for it, so the runner loads it instead of tokenizing again;
-tests/test_prepare_dataset.py checks that it equals the runner's own, column by column, and the
-tokenizer too. When the runner's arguments ask for what this module does not do (streaming, MEDS
-input, a patient split file, a named tokenized dataset, an expanded tokenizer), it says so and
-leaves the tokenization to the runner.
-
-Reads:  the runner's command (train_cehrgpt.sh passes the one it is about to run), and through it the
-        patient sequences in --data_folder
-Writes: the tokenizer in --tokenizer_name_or_path (when there is none there yet) and the tokenized
-        dataset in --dataset_prepared_path/<the runner's name for it>, written beside it and renamed
-        into place when complete
-
-Example (train_cehrgpt.sh does this before the runner; its --print-args shows the command):
     python -m cehrgpt_tutorials.pipeline.prepare_dataset --runner-command python -m \\
         cehrgpt.runners.hf_cehrgpt_pretrain_runner --data_folder omop_synthea/patient_sequence/train ...
 """

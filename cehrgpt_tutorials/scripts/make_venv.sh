@@ -66,7 +66,7 @@ fi
 echo "make setup: installing the pinned environment (about 9 GB; minutes with pip's cache, longer without)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --constraint "$constraints" --upgrade pip
 "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
-    --constraint "$constraints" --editable "$root[test]"
+    --constraint "$constraints" --editable "${root}[test]"
 "$venv/bin/python" -m pip check
 echo "$fingerprint" > "$marker"
 echo "make setup: done, $venv is complete"
