@@ -39,7 +39,7 @@ from cehrgpt_tutorials.errors import PipelineError, fail  # noqa: E402
 from cehrgpt_tutorials.files import parquet_files  # noqa: E402
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noqa: E402
 from cehrgpt_tutorials.sequences.codes import read_sequences  # noqa: E402
-from cehrgpt_tutorials.sequences.facts import sequence_facts
+from cehrgpt_tutorials.sequences.facts import sequence_facts  # noqa: E402
 from cehrgpt_tutorials.sequences.vocabulary import (  # noqa: E402
     TIME,
     VISIT_START,
