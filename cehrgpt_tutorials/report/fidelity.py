@@ -7,6 +7,8 @@ imported where used, as matplotlib and sklearn are: importing it takes as long a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cehrgpt_tutorials.sequences.facts import SequenceFacts
@@ -75,6 +77,23 @@ def prevalence(facts: SequenceFacts, vocabulary_size: int) -> np.ndarray:
     """Share of patients having each concept code."""
     counts = np.bincount(facts.concept_codes, minlength=vocabulary_size).astype(np.float64)
     return counts / max(facts.count, 1)
+
+
+@dataclass(frozen=True)
+class ConceptPrevalence:
+    """Share of patients having each concept code, real and synthetic, and how well they agree."""
+
+    real: np.ndarray
+    synthetic: np.ndarray
+    seen: np.ndarray  # per code: held by a patient of either set
+    pearson_r: float | None  # over the seen codes
+
+
+def concept_prevalence(real: SequenceFacts, synthetic: SequenceFacts, vocabulary_size: int) -> ConceptPrevalence:
+    real_prevalence, synthetic_prevalence = prevalence(real, vocabulary_size), prevalence(synthetic, vocabulary_size)
+    seen = (real_prevalence > 0) | (synthetic_prevalence > 0)
+    return ConceptPrevalence(real_prevalence, synthetic_prevalence, seen,
+                             pearson_r(real_prevalence[seen], synthetic_prevalence[seen]))
 
 
 def concept_matrix(facts: SequenceFacts, vocabulary_size: int, rows: np.ndarray | None = None):
