@@ -89,8 +89,8 @@ def inspect_run(
 ) -> dict:
     """Print the summary and the metrics of one run, write its report; returns report.json's content.
 
-    A flat recipe: the seed's summary, then report.md's sections 1 to 8 in order, then report.json's
-    keys in their order; each step is one call, so the recipe is the table of contents.
+    The seed's summary, then report.md's sections 1 to 8 in order, one call each, then report.json in
+    its key order: the function reads as the report's table of contents.
     """
     compared = read_run(run, real, vocabulary, options.concept_dir)
     print_seed_summary(run, compared)
