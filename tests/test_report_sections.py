@@ -1,4 +1,4 @@
-"""The report's numbers behind the summary: per-concept prevalence error, calendar time and
+"""The report's numbers behind the summary: the fidelity figures pinned, per-concept prevalence error, calendar time and
 censoring, the CEHR-GPT authors' membership and attribute inference, dimension-wise prediction.
 Each on hand-built sequences whose answer is planted.
 """
@@ -12,9 +12,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_report import population as mixed_population
 
 from cehrgpt_tutorials.report import privacy
-from cehrgpt_tutorials.report.fidelity import prevalence, prevalence_errors
+from cehrgpt_tutorials.report.fidelity import (
+    cooccurrence_r,
+    distribution_metrics,
+    js_distance,
+    ks_statistic,
+    pearson_r,
+    prevalence,
+    prevalence_errors,
+)
 from cehrgpt_tutorials.report.privacy import (
     attribute_config,
     attribute_f1,
@@ -34,6 +43,61 @@ PROMPT = ["year:2010", "age:40", "8507", "8527"]
 def facts_of(token_lists, vocabulary):
     sequences = sequences_from_lists(token_lists, vocabulary)
     return sequences, sequence_facts(sequences, vocabulary)
+
+
+# --------------------------------------------------------------------------------------------
+# Fidelity figures, pinned on fixed input: whatever computes Pearson r, the KS statistic and the
+# Jensen-Shannon distance (by hand or with scipy) must give these numbers and these edge cases.
+# --------------------------------------------------------------------------------------------
+
+PINNED = {"rel": 1e-12, "abs": 1e-15}
+
+
+def test_pearson_r_is_pinned_and_undefined_without_spread():
+    x, y = [0.1, 0.5, 0.2, 0.0, 0.9, 0.33], [0.12, 0.4, 0.25, 0.01, 0.7, 0.3]
+    assert pearson_r(x, y) == pytest.approx(0.9915174666308356, **PINNED)
+    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0, **PINNED)
+    # Fewer than 2 points, or a constant side: no correlation to report.
+    assert pearson_r([1.0], [2.0]) is None
+    assert pearson_r([1, 1, 1], [1, 2, 3]) is None
+    assert pearson_r([1, 2, 3], [4, 4, 4]) is None
+
+
+def test_ks_statistic_is_pinned_ignores_nan_and_is_undefined_on_an_empty_side():
+    real, synthetic = np.array([1, 2, 2, 3, 5, 8, np.nan]), np.array([2, 3, 3, 4, 9, np.nan, np.nan])
+    assert ks_statistic(real, synthetic) == pytest.approx(0.3, **PINNED)
+    assert ks_statistic(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == 0.0
+    assert ks_statistic(np.array([]), np.array([1.0])) is None
+    assert ks_statistic(np.array([np.nan]), np.array([1.0])) is None
+
+
+def test_js_distance_is_pinned_in_base_2_with_its_categories_and_shares():
+    distance, categories, real, synthetic = js_distance(np.array([3, 3, 5, 7, -1, 5, 3]), np.array([3, 5, 5, 9, 9, -1]))
+    assert distance == pytest.approx(0.5774340280875918, **PINNED)
+    assert categories.tolist() == [3, 5, 7, 9]  # most frequent in the real data first; -1 (missing) left out
+    assert real.tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 6, 0.0], **PINNED)
+    assert synthetic.tolist() == pytest.approx([0.2, 0.4, 0.0, 0.4], **PINNED)
+    assert js_distance(np.array([1, 2]), np.array([2, 1]))[0] == 0.0
+    assert js_distance(np.array([1, 1]), np.array([2]))[0] == 1.0  # disjoint: 1 in base 2
+    assert js_distance(np.array([-1, -1]), np.array([1]))[0] is None  # nothing known on one side
+
+
+def test_the_reports_fidelity_figures_are_pinned_on_two_populations():
+    vocabulary = Vocabulary()
+    real = facts_of(mixed_population(40, seed=1), vocabulary)[1]
+    synthetic = facts_of(mixed_population(30, seed=9, concepts=range(1001, 1041)), vocabulary)[1]
+    distances = {name: metric["distance"] for name, metric in distribution_metrics(real, synthetic).items()}
+    assert distances == pytest.approx({
+        "sequence_length": 0.175, "visits_per_patient": 0.09166666666666667,
+        "days_between_visits": 0.21785714285714286, "age_at_first_visit": 0.2, "start_year": 0.24166666666666664,
+        "concepts_per_patient": 0.075, "visit_types": 0.1995088535379116, "gender": 0.14906267905254267,
+        "race": 0.37720587867709565,
+    }, **PINNED)  # fmt: skip
+    pairs_r, pairs = cooccurrence_r(real, synthetic, len(vocabulary))
+    assert pairs == 417 and pairs_r == pytest.approx(-0.37143631045824427, **PINNED)
+    real_prevalence, synthetic_prevalence = prevalence(real, len(vocabulary)), prevalence(synthetic, len(vocabulary))
+    seen = (real_prevalence > 0) | (synthetic_prevalence > 0)
+    assert pearson_r(real_prevalence[seen], synthetic_prevalence[seen]) == pytest.approx(0.01212181962058702, **PINNED)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     all_runs.py     every run of a synthetic data folder: inputs checked and read once, a report per run
     evaluate.py     one run end to end
-    inputs.py       the runs, the real train/ and held-out test/ sequences, restored OMOP counts
+    inputs.py       the runs, the real train/ and held-out test/ sequences, restored OMOP counts; Comparison
     fidelity.py     prevalence (and per-concept errors), co-occurrence, distributions
     cdm_fidelity.py the frequent concepts of the source CDM (exported OMOP tables) vs real and synthetic
     timeline.py     calendar time: visit dates as cehrgpt's converter gives them; censoring at a date

@@ -1,12 +1,8 @@
-"""Fidelity against the source CDM, not only against the real sequences.
-
-Step 2 keeps some concepts and some persons, so a concept a data steward counts in `cdm` can be missing
-from the training sequences and from the synthetic patients alike, and a comparison with the sequences
-cannot see it. This module counts, in the exported OMOP tables, the persons holding each condition, drug
-and procedure concept (any row, any date); of the concepts held by >= 5% of all persons, it gives the
-share whose prevalence among synthetic patients is within +-25% (relative) of the CDM's, the same for
-the real training sequences (what step 2 loses before any model), the concepts never generated and the
-worst ones, by name.
+"""Fidelity against the source CDM, not only against the real sequences: step 2 keeps some concepts and
+persons, so a concept it lost is missing from the training and the synthetic patients alike, which no
+comparison with the sequences can see. Of the condition, drug and procedure concepts held (any row, any
+date) by >= 5% of the CDM's persons, it gives the share whose synthetic prevalence is within +-25% of
+the CDM's, the same for the real sequences (step 2's loss), and the concepts never generated.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The report's inputs: the generated runs, the real sequences (train/ and the held-out test/), concept
-names, and the OMOP folder cehrgpt's converter restored from a run."""
+"""The report's inputs, read and checked before any metric: the generated runs, the real sequences
+(train/ and the held-out test/), concept names, and the OMOP folder cehrgpt's converter restored from a
+run. A missing or empty input is a PipelineError naming it (the command line prints it on one line)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.files import parquet_files
+from cehrgpt_tutorials.omop.concepts import read_concepts
 from cehrgpt_tutorials.report.privacy import sample_rows
 from cehrgpt_tutorials.sequences.codes import Sequences, read_sequences
 from cehrgpt_tutorials.sequences.facts import SequenceFacts, sequence_facts
@@ -163,3 +165,28 @@ def load_real(real_dir: Path, vocabulary: Vocabulary, sample_size: int, seed: in
     return RealData(train, train_facts, heldout_facts, reference_rows, heldout_rows, heldout_count,
                     heldout_sequences, candidates, note, description)
 
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What every section of one run's report compares: the run's synthetic sequences with the real ones."""
+
+    synthetic: Sequences
+    synthetic_facts: SequenceFacts
+    real: RealData
+    vocabulary: Vocabulary
+    names: dict[str, tuple[str, str]]  # concept id -> (name, domain); empty without a concept table
+
+
+def read_run(run: Run, real: RealData, vocabulary: Vocabulary, concept_dir: Path | None) -> Comparison:
+    """The run's sequences and their facts beside the real ones, with the names of the vocabulary's
+    concepts (one filtered read of the concept table)."""
+    files = parquet_files(run.sequence_dir)
+    if not files:
+        raise PipelineError(f"no Parquet files in {run.sequence_dir}: did generation finish?")
+    synthetic = read_sequences(files, vocabulary, f"reading {run.name}")
+    if synthetic.count == 0:
+        raise PipelineError(f"no sequences in {run.sequence_dir}: its Parquet files have no rows")
+    numeric_ids = [int(token) for token in vocabulary.tokens if token.isdigit() and len(token) < 19]
+    names = read_concepts(concept_dir, numeric_ids) if concept_dir else {}
+    return Comparison(synthetic, sequence_facts(synthetic, vocabulary), real, vocabulary, names)

@@ -1,23 +1,25 @@
-"""Writing the report: what each metric means (METRICS), the printed lines, report.json and report.md."""
+"""The printed lines and report.md: the summary and sections 1 to 6, each section one function that
+returns its lines, so report.md reads in the order of the functions that write it (sections.py holds
+the sections on what the summary numbers hide)."""
 
 from __future__ import annotations
 
 from cehrgpt_tutorials.report.fidelity import TOP_PAIRS
-from cehrgpt_tutorials.report.metrics import METRICS, READINGS, number, percent
+from cehrgpt_tutorials.report.metrics import METRICS, READINGS, measured, number, percent
 from cehrgpt_tutorials.report.sections import (
-    _get,
     attack_lines,
     calendar_lines,
     cdm_fidelity_lines,
+    prevalence_calendar_privacy_utility_lines,
     prevalence_error_lines,
-    print_new_metrics,
     timeline_lines,
     utility_lines,
 )
 from cehrgpt_tutorials.sequences.grammar import VALIDITY_RULES
 
 
-def print_metrics(report: dict, distributions: dict) -> None:
+def print_metrics(report: dict, distributions: dict[str, dict]) -> None:
+    """One line per metric, after the seed's summary."""
     problems = ", ".join(
         f"{rule} {n:,}"
         for rule, n in sorted(report["invalid_reasons"].items(), key=lambda item: -item[1])
@@ -48,7 +50,8 @@ def print_metrics(report: dict, distributions: dict) -> None:
         f"{number(nn['synthetic_mean_distance'])} vs held-out->real {number(nn['heldout_mean_distance'])}; "
         f"{nn['synthetic_queries']:,} and {nn['heldout_queries']:,} sampled queries against {nn['reference_sequences']:,} real)"
     )
-    print_new_metrics(report)
+    for line in prevalence_calendar_privacy_utility_lines(report):
+        print(line)
     if report["converted_fraction"] is not None:
         persons = report["restored_omop"]["rows"]["person"] or 0
         print(
@@ -56,9 +59,28 @@ def print_metrics(report: dict, distributions: dict) -> None:
         )
 
 
-def markdown_report(report: dict, distributions: dict, plots: dict[str, str], tokens, names) -> str:
-    nn = report["nn"]
+def markdown_report(report: dict, distributions: dict[str, dict], plots: dict[str, str]) -> str:
+    """report.md: the summary table, a few patients' timelines, then sections 1 to 8."""
     lines = [
+        *summary_lines(report),
+        *timeline_lines(plots),
+        *validity_lines(report, plots),  # 1
+        *prevalence_lines(report, plots),  # 2
+        *distribution_lines(distributions, plots),  # 3
+        *cooccurrence_lines(report),  # 4
+        *memorization_lines(report),  # 5
+        *conversion_lines(report),  # 6
+        *utility_lines(report),  # 7
+        *calendar_lines(report, plots),  # 8
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The title, what was compared, and one table row per headline metric."""
+    membership, attributes = report["membership_inference"], report["attribute_inference"]
+    return [
         f"# Synthetic patients: {report['run']}",
         "",
         f"Made by `inspect_synthetic.py` on {report['created']}. Synthetic: `{report['synthetic_dir']}` "
@@ -86,16 +108,21 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"| visits_after_source_end_fraction | {percent(report['visits_after_source_end_fraction'])} | "
         f"{METRICS['visits_after_source_end_fraction']} |",
         f"| membership_inference accuracy (synthetic / copies of training patients) | "
-        f"{number(_get(report['membership_inference'], 'accuracy'))} / "
-        f"{number(_get(report['membership_inference'], 'control_accuracy'))} | {METRICS['membership_inference']} |",
+        f"{number(measured(membership, 'accuracy'))} / "
+        f"{number(measured(membership, 'control_accuracy'))} | {METRICS['membership_inference']} |",
         f"| attribute_inference f1 (synthetic / held-out baseline / copies) | "
-        f"{number(_get(report['attribute_inference'], 'f1_synthetic'))} / "
-        f"{number(_get(report['attribute_inference'], 'f1_baseline'))} / "
-        f"{number(_get(report['attribute_inference'], 'f1_control'))} | {METRICS['attribute_inference']} |",
+        f"{number(measured(attributes, 'f1_synthetic'))} / "
+        f"{number(measured(attributes, 'f1_baseline'))} / "
+        f"{number(measured(attributes, 'f1_control'))} | {METRICS['attribute_inference']} |",
         f"| dimension_wise_auroc_synthetic / dimension_wise_auroc_real | {number(report['dimension_wise_auroc_synthetic'])} / "
         f"{number(report['dimension_wise_auroc_real'])} | {METRICS['dimension_wise_auroc']} |",
         "",
-        *timeline_lines(plots),
+    ]
+
+
+def validity_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """1. The share of valid sequences, and per rule how many synthetic and real sequences break it."""
+    lines = [
         "## 1. Structural validity",
         "",
         f"{percent(report['valid_fraction'])} of the synthetic sequences ({report['num_valid']:,} of "
@@ -109,9 +136,12 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         lines.append(
             f"| {rule} | {report['invalid_reasons'][rule]:,} | {report['real']['invalid_reasons'][rule]:,} | {explanation} |"
         )
-    lines += [
-        "",
-        f"![Share of sequences failing each rule]({plots['validity']})",
+    return lines + ["", f"![Share of sequences failing each rule]({plots['validity']})"]
+
+
+def prevalence_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """2. Prevalence: its correlation, the most common concepts, the per-concept errors, the source CDM."""
+    lines = [
         "",
         "## 2. Concept prevalence",
         "",
@@ -131,12 +161,12 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
             f"| {row['concept_id']} | {row['name'] or '(name unknown)'} | {percent(row['real_prevalence'])} | "
             f"{percent(row['synthetic_prevalence'])} |"
         )
-    lines += [
-        "",
-    ]
-    lines += prevalence_error_lines(report, plots)
-    lines += cdm_fidelity_lines(report)
-    lines += [
+    return lines + ["", *prevalence_error_lines(report, plots), *cdm_fidelity_lines(report)]
+
+
+def distribution_lines(distributions: dict[str, dict], plots: dict[str, str]) -> list[str]:
+    """3. Each distribution's test, distance and means, and the plots of them."""
+    lines = [
         "",
         "## 3. Distributions",
         "",
@@ -150,18 +180,31 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
             f"| {name.replace('_', ' ')} | {metric['test']} | {number(metric['distance'])} | "
             f"{number(metric.get('real_mean'), 1)} | {number(metric.get('synthetic_mean'), 1)} |"
         )
-    lines += [
+    return lines + [
         "",
         f"![Real vs synthetic distributions]({plots['distributions']})",
         "",
         f"![Visit types]({plots['visit_types']})",
         "",
         f"![Gender and race]({plots['demographics']})",
+    ]
+
+
+def cooccurrence_lines(report: dict) -> list[str]:
+    """4. The correlation of pair prevalence."""
+    return [
         "",
         "## 4. Co-occurrence",
         "",
         f"Pearson r = {number(report['cooccurrence_pearson_r'])} over {report['cooccurrence_pairs']} pairs. "
         f"{METRICS['cooccurrence_pearson_r']}; the {TOP_PAIRS} most frequent pairs of each set are compared.",
+    ]
+
+
+def memorization_lines(report: dict) -> list[str]:
+    """5. Exact copies, nearest-neighbour distances, then the authors' two attacks."""
+    nn = report["nn"]
+    return [
         "",
         "## 5. Memorization",
         "",
@@ -176,31 +219,25 @@ def markdown_report(report: dict, distributions: dict, plots: dict[str, str], to
         f"{nn['synthetic_queries']:,} synthetic and {nn['heldout_queries']:,} held-out query sequences (patients with "
         f"at least one concept) against {nn['reference_sequences']:,} real reference sequences, as sparse matrix "
         f"products. Split: {nn['split']}. Reading: {READINGS['nn_distance_ratio']}.",
+        *attack_lines(report),
     ]
-    lines += attack_lines(report)
-    lines += [
-        "",
-        "## 6. Conversion to OMOP",
-        "",
-    ]
-    if report["restored_omop"] is None:
-        lines.append(
-            "Not measured: no restored OMOP folder (the run's restored_omop/ or `--restored-omop-dir`, the folder cehrgpt's converter wrote)."
-        )
-    else:
-        rows = report["restored_omop"]["rows"]
-        lines += [
-            f"{percent(report['converted_fraction'])} of the sequences became persons in `{report['restored_omop']['dir']}`.",
-            "",
-            "| table | rows |",
-            "|---|---|",
-        ]
-        lines += [
-            f"| {table} | {'(no folder)' if count is None else f'{count:,}'} |"
-            for table, count in rows.items()
-        ]
-    lines += utility_lines(report)
-    lines += calendar_lines(report, plots)
-    lines.append("")
-    return "\n".join(lines)
 
+
+def conversion_lines(report: dict) -> list[str]:
+    """6. The share of sequences that became OMOP persons, and the restored tables' rows."""
+    lines = ["", "## 6. Conversion to OMOP", ""]
+    if report["restored_omop"] is None:
+        return lines + [
+            "Not measured: no restored OMOP folder (the run's restored_omop/ or `--restored-omop-dir`, the folder cehrgpt's converter wrote)."
+        ]
+    rows = report["restored_omop"]["rows"]
+    lines += [
+        f"{percent(report['converted_fraction'])} of the sequences became persons in `{report['restored_omop']['dir']}`.",
+        "",
+        "| table | rows |",
+        "|---|---|",
+    ]
+    return lines + [
+        f"| {table} | {'(no folder)' if count is None else f'{count:,}'} |"
+        for table, count in rows.items()
+    ]

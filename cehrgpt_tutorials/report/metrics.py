@@ -1,5 +1,6 @@
-"""What each of the report's numbers means (METRICS), how to read it (READINGS), and how numbers
-are written (percent, number); shared by the printed lines, report.md and the plots."""
+"""What each of the report's numbers means (METRICS), how to read it (READINGS), and how numbers are
+written (percent, number, n/a for what was not measured), in one place so that the printed lines,
+report.md, the plots and `inspect_synthetic.py --help` say the same thing."""
 
 from __future__ import annotations
 
@@ -63,7 +64,6 @@ READINGS = {
 }
 
 
-
 def token_label(token: str, names: dict[str, tuple[str, str]], width: int = 40) -> str:
     name = names.get(token, ("", ""))[0]
     label = f"{token} {name}" if name else token
@@ -81,6 +81,11 @@ def json_ready(value):
     if isinstance(value, float):
         return round(value, 6) if math.isfinite(value) else None
     return value
+
+
+def measured(section: dict | None, key: str):
+    """A value of a report section that may not have been measured (None: the section is None)."""
+    return None if section is None else section.get(key)
 
 
 def percent(value: float | None) -> str:

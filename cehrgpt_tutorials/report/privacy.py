@@ -6,7 +6,7 @@ import numpy as np
 from tqdm import tqdm
 
 # Query sequences per side for the nearest-neighbour distances: the mean of 2,000 distances has a
-# standard error well under 0.01, and they cost ~3 s of one core against 100k real references.
+# standard error well under 0.01, at a few seconds against 100k real references (bench/RESULTS.md).
 NN_SAMPLE_SIZE = 2_000
 
 

@@ -1,14 +1,11 @@
 """The report's sections on what the summary numbers hide: a few patients' timelines, per-concept
 prevalence errors (against the real sequences and the source CDM), the authors' privacy attacks, utility
-and calendar time (printed lines and report.md), each with a one-line reading."""
+and calendar time. Each returns its lines (printed, or in report.md) with a one-line reading of what
+value should worry you, since these numbers have no obvious scale."""
 
 from __future__ import annotations
 
 from cehrgpt_tutorials.report.metrics import METRICS, READINGS, number, percent
-
-
-def _get(section: dict | None, key: str):
-    return None if section is None else section.get(key)
 
 
 def _concept(row: dict) -> str:
@@ -31,28 +28,35 @@ def timeline_lines(plots: dict[str, str]) -> list[str]:
     ]
 
 
-def print_new_metrics(report: dict) -> None:
-    errors = report["prevalence_errors"]
-    print(f"Concepts in >= {percent(errors['min_real_prevalence'])} of real patients within +-25% prevalence: "
-          f"{percent(errors['within_25pct'])} of {errors['concepts']}")
-    print(cdm_fidelity_line(report["cdm_fidelity"]))
-    calendar = report["calendar"]
-    print(f"Synthetic visits after the source's last date ({calendar['source_end_date']}): "
-          f"{percent(calendar['visits_after_source_end_fraction'])}, after today: "
-          f"{percent(calendar['visits_after_run_date_fraction'])} (real: "
-          f"{percent(calendar['real_visits_after_source_end_fraction'])}); last synthetic visit {calendar['last_visit_date']}")
+def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
+    """The printed lines of this module's sections: prevalence errors (against the real sequences and the
+    source CDM), calendar time, the two attacks when measured, utility when measured."""
+    errors, calendar = report["prevalence_errors"], report["calendar"]
+    lines = [
+        f"Concepts in >= {percent(errors['min_real_prevalence'])} of real patients within +-25% prevalence: "
+        f"{percent(errors['within_25pct'])} of {errors['concepts']}",
+        cdm_fidelity_line(report["cdm_fidelity"]),
+        f"Synthetic visits after the source's last date ({calendar['source_end_date']}): "
+        f"{percent(calendar['visits_after_source_end_fraction'])}, after today: "
+        f"{percent(calendar['visits_after_run_date_fraction'])} (real: "
+        f"{percent(calendar['real_visits_after_source_end_fraction'])}); last synthetic visit {calendar['last_visit_date']}",
+    ]
     membership, attributes = report["membership_inference"], report["attribute_inference"]
     if membership is not None:
-        print(f"Membership inference (cehrgpt, vs held-out real; member: nearer than "
-              f"{number(membership['threshold'], 2)}, as {percent(membership['heldout_under_threshold'])} of held-out "
-              f"real patients are; {membership['sample_per_set']:,} per set): {membership_verdict(membership)}")
+        lines.append(f"Membership inference (cehrgpt, vs held-out real; member: nearer than "
+                     f"{number(membership['threshold'], 2)}, as {percent(membership['heldout_under_threshold'])} of "
+                     f"held-out real patients are; {membership['sample_per_set']:,} per set): "
+                     f"{membership_verdict(membership)}")
     if attributes is not None:
-        print(f"Attribute inference (cehrgpt): F1 synthetic {number(attributes['f1_synthetic'])}, held-out real "
-              f"{number(attributes['f1_baseline'])}, copies of training patients {number(attributes['f1_control'])} "
-              f"(train-train {number(attributes['f1_train_train'])}): {attribute_verdict(attributes)}")
+        lines.append(f"Attribute inference (cehrgpt): F1 synthetic {number(attributes['f1_synthetic'])}, held-out "
+                     f"real {number(attributes['f1_baseline'])}, copies of training patients "
+                     f"{number(attributes['f1_control'])} (train-train {number(attributes['f1_train_train'])}): "
+                     f"{attribute_verdict(attributes)}")
     if report["utility"] is not None:
-        print(f"Dimension-wise prediction AUROC on held-out real: trained on synthetic "
-              f"{number(report['dimension_wise_auroc_synthetic'])}, on real {number(report['dimension_wise_auroc_real'])}")
+        lines.append(f"Dimension-wise prediction AUROC on held-out real: trained on synthetic "
+                     f"{number(report['dimension_wise_auroc_synthetic'])}, on real "
+                     f"{number(report['dimension_wise_auroc_real'])}")
+    return lines
 
 
 def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:

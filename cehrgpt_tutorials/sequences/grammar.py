@@ -1,26 +1,11 @@
-"""The patient-sequence grammar, once: the report's validity rules as a transition table.
+"""The patient-sequence grammar, once, as a transition table: state x token class -> next state and
+the rules the token breaks there. The report's validity rules (facts.py) and the constrained sampler
+(generate.py) both run it, so "valid" means the same to both.
 
-The report's structural rules (VALIDITY_RULES, checked by cehrgpt_tutorials/sequences/facts.py for
-inspect_synthetic.py) and the generator's constrained sampler (cehrgpt_tutorials/generate.py) both
-run this table, so "valid" means the same thing to both:
-
-    state x token class -> next state, and the rules that token breaks there
-
-A token class is what the rules can tell about a token: its kind from the report's Vocabulary
-classifier (visit start/end, [DEATH], time, inpatient time, concept, ...) plus its facts (visit type,
-inpatient visit type, discharge, gender-like, race-like). A state is what the rules remember about
-the tokens so far: position in the 4-token demographic prompt, visit depth, whether a [VE] was seen,
-whether the open visit is inpatient, and what the previous token was where a rule looks at it
-([VS] before a visit type, a discharge before [VE], [VS] [DEATH] [VE] at the end). `step()` is the
-definition; `compile_grammar()` enumerates the states reachable from an empty sequence into numpy
-tables. END_OF_SEQUENCE is one extra class: the rules about how a sequence ends ([END] for the
-generator, the end of the token list for the report).
-
-The visit depth is exact between -DEPTH_LIMIT and +DEPTH_LIMIT and saturates beyond: only a sequence
-with more than DEPTH_LIMIT nested or unmatched visits could be judged differently rule by rule
-(it is invalid either way).
-
-Used by: cehrgpt_tutorials/sequences/facts.py (sequence_facts), cehrgpt_tutorials/generate.py (the logits processor).
+A token class is a token's kind and facts (visit type, inpatient, discharge, ...); a state is what the
+rules remember (prompt position, visit depth, the previous token where a rule looks at it). `step()` is
+the definition; `compile_grammar()` tabulates the states reachable from an empty sequence. The depth
+saturates beyond +-DEPTH_LIMIT, where a sequence is invalid either way.
 """
 
 from __future__ import annotations
