@@ -33,6 +33,7 @@ from pathlib import Path
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir, omop_dir, synthetic_data_output_dir
 
 LOG_TAIL_LINES = 25
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]  # the steps' commands (python load_omop.py, ...) run here
 
 
 @dataclass(frozen=True)
@@ -314,9 +315,8 @@ def main() -> None:
     commands.add_parser("clean", help="stop the embedded database and delete the demo's outputs")
     commands.add_parser("commands", help="print each step's command (what the README shows)")
     arguments = parser.parse_args()
-    root = Path(__file__).resolve().parent.parent
     if arguments.action == "run":
-        run(arguments.target, arguments.force, root)
+        run(arguments.target, arguments.force, REPOSITORY_ROOT)
     elif arguments.action == "summary":
         summary()
     elif arguments.action == "clean":
