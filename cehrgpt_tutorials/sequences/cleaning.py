@@ -47,7 +47,7 @@ NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
 NULL_FILLS = {"ages": "neighbours"}
 # A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
 # cleaned, whatever the size of the file or its row groups. The size that keeps cleanup within its
-# memory goal at 100x the demo without slowing it: bench/RESULTS.md, "cleanup's batch size".
+# memory goal at 100x the demo: bench/RESULTS.md, 2026-12-02 (third session), "cleanup's batch size".
 TOKENS_PER_BATCH = 64 * 1024
 READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
