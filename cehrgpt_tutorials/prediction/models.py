@@ -34,8 +34,8 @@ from cehrgpt_tutorials.errors import PipelineError
 LOG_TAIL_LINES = 20
 CV_FOLDS = 5  # LogisticRegressionCV's default: each fold needs positives and negatives
 FINE_TUNE_VALIDATION = 0.15  # the share of the train examples' patients that early stopping watches
-# 3e-4 rather than the runner's 5e-5: on the demo model (2.9M parameters) 5 epochs at 5e-5 left the
-# validation loss at 0.48 and the head still learning; 3e-4 reached 0.31 by epoch 4 (300-person slice).
+# Higher than the runner's 5e-5: a model as small as the demo's must reach its best validation loss
+# within the few epochs of --fine-tune-epochs (bench/RESULTS.md, "fine-tuning in `make predict`").
 FINE_TUNE_LEARNING_RATE = 3e-4
 FINE_TUNE_BATCH_SIZE = 8
 ZERO_SHOT_TASK = "outcome_in_window"
@@ -47,9 +47,8 @@ def subprocess_environment() -> dict[str, str]:
     """The environment for cehrgpt's commands: one math thread unless you set OMP_NUM_THREADS.
 
     These models are small, so a forward pass gains little from a second thread, and on a busy
-    machine (cores shared with other jobs) the threads' spin-waiting costs far more: sampling 20
-    futures of 128 tokens took 12-32 s with 2 threads and 1-2.3 s with 1 (tiny model, 2 shared cores,
-    bench/RESULTS.md).
+    machine (cores shared with other jobs) the threads' spin-waiting costs far more: sampling is
+    many times slower with 2 threads than with 1 (bench/RESULTS.md, step 7's "Threads").
     """
     environment = dict(os.environ)
     environment.setdefault("OMP_NUM_THREADS", "1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,107 +170,30 @@ def run_locked(arguments, output_dir: Path) -> dict:
 
 
 def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) -> dict:
-    """One task, from its SQL to its report folder `work`; returns its numbers. A flat recipe: each
-    stage reads what the one before wrote."""
+    """One task, from its SQL to its report folder `work`; returns its numbers. The eight stages run in
+    order, each reading what the one before wrote; `seconds` collects each stage's wall time."""
     started = time.monotonic()
     seconds: dict[str, float] = {}
-    # 1. The cohort, from SQL, into the OHDSI cohort table.
-    t = stage(f"1/8 cohort: {task.sql} against schema {arguments.cdm_schema}")
-    connection = connect(arguments.dsn, application_name=application_name("predict.py"))
-    try:
-        cohort = cohorts.query_cohort(connection, task.sql.read_text(), arguments.cdm_schema, str(task.sql))
-        schema_lock(connection, arguments.cohort_schema, "the cohort schema")
-        cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, task.cohort_id)
-    finally:
-        connection.close()
-    positives = int(cohort["label"].sum())
-    # Zero-shot has one window for all: the time at risk most rows have (the default SQL: 365 days each).
-    lengths = Counter((end - start).days + 1
-                      for start, end in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True))
-    window_days = lengths.most_common(1)[0][0]
-    print(f"  {len(cohort):,} persons/index dates, {positives:,} with the outcome; written to "
-          f"{arguments.cohort_schema}.cohort as cohort {task.cohort_id} (target) and {task.cohort_id + 1} (outcome)")
-    seconds["cohort"] = time.monotonic() - t
+    with timed_stage(seconds, "cohort", f"1/8 cohort: {task.sql} against schema {arguments.cdm_schema}"):
+        cohort = write_cohort(arguments, task)
     context = model_context(arguments.model_dir)
     zero_shot = not arguments.no_zero_shot and not task.zero_shot_off
     outcome_tokens = checked_outcome_tokens(task, zero_shot, model_vocabulary(arguments.model_dir))
     work.mkdir(parents=True, exist_ok=True)
-
-    # 2. Histories strictly before the index date, split by person.
-    t = stage(f"2/8 histories: each patient's sequence before the index date, from {arguments.patient_sequence_dir}")
-    histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
-    paths = cohorts.write_histories(histories, work / "cohort_sequences")
+    with timed_stage(seconds, "histories", "2/8 histories: each patient's sequence before the index date, "
+                                           f"from {arguments.patient_sequence_dir}"):
+        histories, paths = split_histories(arguments, cohort, work)
+    plan = ZeroShotPlan(zero_shot, outcome_tokens, time_at_risk(cohort), arguments.max_new_tokens)
+    predictions = run_predictors(arguments, histories, paths, work, context, plan, examples_seen, seconds)
+    with timed_stage(seconds, "few_shot", "7/8 few-shot: the linear probe and the baseline on 10%, 25%, 50% and "
+                                          "100% of the train examples"):
+        shots = few_shot_curves(task, histories, work)
+    with timed_stage(seconds, "report", "8/8 bootstrap intervals and report"):
+        summaries = method_summaries(arguments, predictions, work, plan)
+        all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
+                                                                outcome_tokens or ["-"], arguments.test_fraction)
     train_labels = histories.train.column("label").to_pylist()
     test_labels = histories.test.column("label").to_pylist()
-    print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
-          f"({sum(test_labels)} positives); split: {histories.split_source}")
-    print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
-          f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
-    models.check_trainable(train_labels, "train")
-    models.check_evaluable(test_labels, "test")
-    expected = {"train": len(train_labels), "test": len(test_labels)}
-    seconds["histories"] = time.monotonic() - t
-
-    # 3-6. The four predictors.
-    t = stage("3/8 baseline: logistic regression on bag-of-concepts counts before the index date (+ age)")
-    predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
-    seconds["baseline"] = time.monotonic() - t
-    t = stage("4/8 cehrgpt features + linear probe")
-    # Tasks with the same index dates have the same examples (only the labels differ): features once.
-    fingerprint = cohorts.examples_fingerprint(histories)
-    predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
-                                                      context, expected, examples_seen.get(fingerprint))
-    examples_seen.setdefault(fingerprint, work)
-    seconds["linear_probe"] = time.monotonic() - t
-    if not arguments.no_fine_tune:
-        t = stage(f"5/8 fine-tuning: the pretrained model + a classification head, up to "
-                  f"{arguments.fine_tune_epochs} epochs on the train examples")
-        predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
-                                                    context, arguments.fine_tune_epochs, expected)
-        seconds["fine_tune"] = time.monotonic() - t
-    # The futures must reach the end of the time at risk: about the default's tokens per year.
-    max_new_tokens = max(arguments.max_new_tokens, round(arguments.max_new_tokens * window_days / 365))
-    if zero_shot:
-        t = stage(f"6/8 zero-shot: {arguments.trajectories} sampled futures of up to {max_new_tokens} tokens "
-                  "per test patient")
-        predictions["zero_shot"] = models.zero_shot(
-            histories.test, arguments.model_dir, work, outcome_tokens, window_days, arguments.trajectories,
-            max_new_tokens, context, arguments.workers)
-        seconds["zero_shot"] = time.monotonic() - t
-
-    # 7. Few-shot: the probe and the baseline on fewer training examples, same test examples.
-    t = stage("7/8 few-shot: the linear probe and the baseline on 10%, 25%, 50% and 100% of the train examples")
-    shots = few_shot.curve(*models.few_shot_features(histories.train, histories.test, work))
-    few_shot.plot(shots, {"probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
-                  work / "few_shot.png", f"{task.name}: {sum(test_labels)} positives among {len(test_labels)} test examples")
-    seconds["few_shot"] = time.monotonic() - t
-
-    # 8. Intervals, plots, report.
-    t = stage("8/8 bootstrap intervals and report")
-    intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
-    summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
-    frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
-    calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}
-    report.plot_roc(frames, summaries, work / "roc_curves.png")
-    report.plot_calibration(calibration, work / "calibration.png")
-    for key in summaries:
-        summaries[key]["calibration"] = calibration[key]
-    if "zero_shot" in summaries:
-        summaries["zero_shot"].update({
-            "trajectories": arguments.trajectories, "max_new_tokens": max_new_tokens,
-            "outcome_tokens": outcome_tokens, "window_days": window_days,
-            "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
-                                                                        arguments.trajectories), 4),
-        })
-    if "fine_tune" in summaries:
-        summaries["fine_tune"].update({
-            "epochs": arguments.fine_tune_epochs, "learning_rate": models.FINE_TUNE_LEARNING_RATE,
-            "validation_fraction": models.FINE_TUNE_VALIDATION,
-            **models.fine_tune_epochs(predictions["fine_tune"].parent),
-        })
-    all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
-                                                            outcome_tokens or ["-"], arguments.test_fraction)
-    seconds["report"] = time.monotonic() - t
     result = {
         "task": task.name,
         "task_description": first_comment_line(task.sql),
@@ -277,7 +201,7 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
         "cohort_table": f"{arguments.cohort_schema}.cohort",
         "cohort_ids": [task.cohort_id, task.cohort_id + 1],
         "cohort_rows": len(cohort),
-        "positives": positives,
+        "positives": int(cohort["label"].sum()),
         "dropped_no_sequence": histories.no_sequence,
         "dropped_no_history": histories.no_history,
         "split_source": histories.split_source,
@@ -299,6 +223,128 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
     result["reading"] = report.reading(result)
     report.write_task_report(work, result)
     return result
+
+
+@contextmanager
+def timed_stage(seconds: dict[str, float], key: str, title: str):
+    """Print the stage's title; when it succeeds, record its wall time as seconds[key]."""
+    started = stage(title)
+    yield
+    seconds[key] = time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class ZeroShotPlan:
+    """What zero-shot samples and looks for: one window for every patient, and futures long enough to reach its end."""
+
+    enabled: bool
+    outcome_tokens: list[str]
+    window_days: int
+    default_new_tokens: int  # --max-new-tokens: the futures' length for a one-year window
+
+    @property
+    def max_new_tokens(self) -> int:
+        # The futures must reach the end of the time at risk: about the default's tokens per year.
+        return max(self.default_new_tokens, round(self.default_new_tokens * self.window_days / 365))
+
+
+def write_cohort(arguments, task: Task):
+    """Stage 1: the cohort, from the task's SQL, written into the OHDSI cohort table; returns its rows."""
+    connection = connect(arguments.dsn, application_name=application_name("predict.py"))
+    try:
+        cohort = cohorts.query_cohort(connection, task.sql.read_text(), arguments.cdm_schema, str(task.sql))
+        schema_lock(connection, arguments.cohort_schema, "the cohort schema")
+        cohorts.write_cohort_table(connection, cohort, arguments.cohort_schema, task.cohort_id)
+    finally:
+        connection.close()
+    print(f"  {len(cohort):,} persons/index dates, {int(cohort['label'].sum()):,} with the outcome; written to "
+          f"{arguments.cohort_schema}.cohort as cohort {task.cohort_id} (target) and {task.cohort_id + 1} (outcome)")
+    return cohort
+
+
+def time_at_risk(cohort) -> int:
+    """Zero-shot has one window for all: the time at risk most rows have (the default SQL: 365 days each)."""
+    lengths = Counter((end - start).days + 1
+                      for start, end in zip(cohort["cohort_start_date"], cohort["cohort_end_date"], strict=True))
+    return lengths.most_common(1)[0][0]
+
+
+def split_histories(arguments, cohort, work: Path):
+    """Stage 2: each cohort row's history strictly before its index date, split by person and written as
+    the examples cehrgpt's tools read; returns the histories and the train/test folders."""
+    histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
+    paths = cohorts.write_histories(histories, work / "cohort_sequences")
+    train_labels = histories.train.column("label").to_pylist()
+    test_labels = histories.test.column("label").to_pylist()
+    print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
+          f"({sum(test_labels)} positives); split: {histories.split_source}")
+    print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
+          f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
+    models.check_trainable(train_labels, "train")
+    models.check_evaluable(test_labels, "test")
+    return histories, paths
+
+
+def run_predictors(arguments, histories, paths: dict, work: Path, context: int, plan: ZeroShotPlan,
+                   examples_seen: dict[str, Path], seconds: dict[str, float]) -> dict[str, Path]:
+    """Stages 3-6, the four predictors on the same examples; returns each one's predictions folder."""
+    expected = {"train": histories.train.num_rows, "test": histories.test.num_rows}
+    with timed_stage(seconds, "baseline", "3/8 baseline: logistic regression on bag-of-concepts counts before the "
+                                          "index date (+ age)"):
+        predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
+    with timed_stage(seconds, "linear_probe", "4/8 cehrgpt features + linear probe"):
+        # Tasks with the same index dates have the same examples (only the labels differ): features once.
+        fingerprint = cohorts.examples_fingerprint(histories)
+        predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
+                                                          context, expected, examples_seen.get(fingerprint))
+        examples_seen.setdefault(fingerprint, work)
+    if not arguments.no_fine_tune:
+        with timed_stage(seconds, "fine_tune", "5/8 fine-tuning: the pretrained model + a classification head, up "
+                                               f"to {arguments.fine_tune_epochs} epochs on the train examples"):
+            predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
+                                                        context, arguments.fine_tune_epochs, expected)
+    if plan.enabled:
+        with timed_stage(seconds, "zero_shot", f"6/8 zero-shot: {arguments.trajectories} sampled futures of up to "
+                                               f"{plan.max_new_tokens} tokens per test patient"):
+            predictions["zero_shot"] = models.zero_shot(
+                histories.test, arguments.model_dir, work, plan.outcome_tokens, plan.window_days,
+                arguments.trajectories, plan.max_new_tokens, context, arguments.workers)
+    return predictions
+
+
+def few_shot_curves(task: Task, histories, work: Path) -> list[dict]:
+    """Stage 7: the probe and the baseline on fewer training examples, same test examples; plotted."""
+    shots = few_shot.curve(*models.few_shot_features(histories.train, histories.test, work))
+    test_labels = histories.test.column("label").to_pylist()
+    few_shot.plot(shots, {"probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
+                  work / "few_shot.png", f"{task.name}: {sum(test_labels)} positives among {len(test_labels)} test examples")
+    return shots
+
+
+def method_summaries(arguments, predictions: dict[str, Path], work: Path, plan: ZeroShotPlan) -> dict[str, dict]:
+    """Stage 8: each method's bootstrap intervals, calibration and settings; the ROC and calibration plots."""
+    intervals = report.bootstrap(predictions, work / "ci", work / "logs", arguments.n_boot)
+    summaries = {key: report.method_summary(ci) for key, ci in intervals.items()}
+    frames = {key: report.read_predictions(folder) for key, folder in predictions.items()}
+    calibration = {key: report.calibration_table(frame) for key, frame in frames.items()}
+    report.plot_roc(frames, summaries, work / "roc_curves.png")
+    report.plot_calibration(calibration, work / "calibration.png")
+    for key in summaries:
+        summaries[key]["calibration"] = calibration[key]
+    if "zero_shot" in summaries:
+        summaries["zero_shot"].update({
+            "trajectories": arguments.trajectories, "max_new_tokens": plan.max_new_tokens,
+            "outcome_tokens": plan.outcome_tokens, "window_days": plan.window_days,
+            "decided_fraction": round(models.zero_shot_decided_fraction(predictions["zero_shot"],
+                                                                        arguments.trajectories), 4),
+        })
+    if "fine_tune" in summaries:
+        summaries["fine_tune"].update({
+            "epochs": arguments.fine_tune_epochs, "learning_rate": models.FINE_TUNE_LEARNING_RATE,
+            "validation_fraction": models.FINE_TUNE_VALIDATION,
+            **models.fine_tune_epochs(predictions["fine_tune"].parent),
+        })
+    return summaries
 
 
 def first_comment_line(sql_path: Path) -> str:

@@ -116,8 +116,18 @@ def write_task_report(folder: Path, report: dict) -> None:
 
 
 def task_lines(report: dict, folder: str) -> list[str]:
-    """The markdown of one task; `folder` prefixes its pictures' paths (a task's subfolder in a report of several)."""
-    lines = [
+    """The markdown of one task, section by section; `folder` prefixes its pictures' paths (a task's
+    subfolder in a report of several)."""
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["seconds"].items())
+    return (cohort_lines(report) + results_lines(report, folder) + fine_tune_lines(report, folder)
+            + zero_shot_lines(report, folder) + few_shot_lines(report, folder)
+            + ["## How to read this task", ""] + [f"- {sentence}" for sentence in report["reading"]] + [""]
+            + [f"Wall time: {report['seconds_total']:.0f} s ({stages})", ""])
+
+
+def cohort_lines(report: dict) -> list[str]:
+    """The title, and what the task was computed on: cohort, split, outcome, model."""
+    return [
         f"# Step 7: predicting `{report['task']}`",
         "",
         report["task_description"],
@@ -138,15 +148,18 @@ def task_lines(report: dict, folder: str) -> list[str]:
                   if report["outcome_visible_fraction"] < 0.5 else ""),
         f"- model: `{report['model_dir']}` (context {report['context']})",
         "",
-        "| method | ROC-AUC (95% CI) | PR-AUC (95% CI) |",
-        "|---|---|---|",
     ]
+
+
+def results_lines(report: dict, folder: str) -> list[str]:
+    """Every method's ROC-AUC and PR-AUC with their intervals, and the ROC curves."""
+    lines = ["| method | ROC-AUC (95% CI) | PR-AUC (95% CI) |", "|---|---|---|"]
     for key, name in METHODS.items():
         if key in report:
             r = report[key]
             lines.append(f"| {name} | {r['roc_auc']:.3f} ({r['roc_auc_ci'][0]:.3f}-{r['roc_auc_ci'][1]:.3f}) | "
                          f"{r['pr_auc']:.3f} ({r['pr_auc_ci'][0]:.3f}-{r['pr_auc_ci'][1]:.3f}) |")
-    lines += [
+    return lines + [
         "",
         f"A PR-AUC is read against the test prevalence ({report['test_prevalence']:.3f}), what a random "
         "score gets. Intervals: patients resampled 1,000 times (cehrgpt.tools.bootstrap_ci). With this few "
@@ -155,49 +168,55 @@ def task_lines(report: dict, folder: str) -> list[str]:
         f"![ROC curves]({folder}roc_curves.png)",
         "",
     ]
+
+
+def fine_tune_lines(report: dict, folder: str) -> list[str]:
+    """How fine-tuning went (none when it was not run); the calibration plot when zero-shot has none."""
     tuned = report.get("fine_tune")
-    if tuned:
-        losses = ", ".join(f"{loss:.3f}" for loss in tuned["validation_loss"])
-        lines += [
-            "## Fine-tuning",
-            "",
-            f"The pretrained model with a classification head (its last hidden state after the history, plus age), "
-            f"all weights trained on the train examples at learning rate {tuned['learning_rate']:g}, early stopping "
-            f"on {tuned['validation_fraction']:.0%} of their patients: {tuned['epochs_trained']} of at most "
-            f"{tuned['epochs']} epochs, the best (kept) epoch {tuned['best_epoch']}; validation loss by epoch: "
-            f"{losses}. Its probabilities are in the calibration plot.",
-            "",
-        ]
-        if not report.get("zero_shot"):  # else the zero-shot section shows the plot
-            lines += [f"![Calibration]({folder}calibration.png)", ""]
-    zero = report.get("zero_shot")
-    if zero:
-        lines += [
-            "## Zero-shot",
-            "",
-            f"{zero['trajectories']} sampled futures per test patient (up to {zero['max_new_tokens']} tokens each); "
-            f"probability = share of futures with an outcome token ({', '.join(zero['outcome_tokens'])}) in days "
-            f"1-{zero['window_days']} after the history's last visit. "
-            f"{zero['decided_fraction']:.0%} of the futures reached an outcome or the window's end within their tokens "
-            "(cehrgpt drops the others). "
-            f"Of all {report['positives']} positives, {report['outcome_visible_fraction']:.0%} have the outcome token "
-            "in their patient sequence inside the time at risk: the model can only learn the outcomes that "
-            "step 2 kept.",
-            "",
-            "Calibration: the test patients in ten equal groups by score (patients with the same score stay in one "
-            "group, so there can be fewer):",
-            "",
-            "| group | n | mean predicted | observed rate |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {i + 1} | {row['n']} | {row['predicted']:.3f} | {row['observed']:.3f} |"
-                  for i, row in enumerate(zero["calibration"])]
-        lines += ["", f"![Calibration]({folder}calibration.png)", ""]
-    lines += few_shot_lines(report, folder)
-    lines += ["## How to read this task", ""] + [f"- {sentence}" for sentence in report["reading"]] + [""]
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["seconds"].items())
-    lines += [f"Wall time: {report['seconds_total']:.0f} s ({stages})", ""]
+    if not tuned:
+        return []
+    losses = ", ".join(f"{loss:.3f}" for loss in tuned["validation_loss"])
+    lines = [
+        "## Fine-tuning",
+        "",
+        f"The pretrained model with a classification head (its last hidden state after the history, plus age), "
+        f"all weights trained on the train examples at learning rate {tuned['learning_rate']:g}, early stopping "
+        f"on {tuned['validation_fraction']:.0%} of their patients: {tuned['epochs_trained']} of at most "
+        f"{tuned['epochs']} epochs, the best (kept) epoch {tuned['best_epoch']}; validation loss by epoch: "
+        f"{losses}. Its probabilities are in the calibration plot.",
+        "",
+    ]
+    if not report.get("zero_shot"):  # else the zero-shot section shows the plot
+        lines += [f"![Calibration]({folder}calibration.png)", ""]
     return lines
+
+
+def zero_shot_lines(report: dict, folder: str) -> list[str]:
+    """How zero-shot predicts and its calibration table (none when it was not run)."""
+    zero = report.get("zero_shot")
+    if not zero:
+        return []
+    lines = [
+        "## Zero-shot",
+        "",
+        f"{zero['trajectories']} sampled futures per test patient (up to {zero['max_new_tokens']} tokens each); "
+        f"probability = share of futures with an outcome token ({', '.join(zero['outcome_tokens'])}) in days "
+        f"1-{zero['window_days']} after the history's last visit. "
+        f"{zero['decided_fraction']:.0%} of the futures reached an outcome or the window's end within their tokens "
+        "(cehrgpt drops the others). "
+        f"Of all {report['positives']} positives, {report['outcome_visible_fraction']:.0%} have the outcome token "
+        "in their patient sequence inside the time at risk: the model can only learn the outcomes that "
+        "step 2 kept.",
+        "",
+        "Calibration: the test patients in ten equal groups by score (patients with the same score stay in one "
+        "group, so there can be fewer):",
+        "",
+        "| group | n | mean predicted | observed rate |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {i + 1} | {row['n']} | {row['predicted']:.3f} | {row['observed']:.3f} |"
+              for i, row in enumerate(zero["calibration"])]
+    return lines + ["", f"![Calibration]({folder}calibration.png)", ""]
 
 
 def few_shot_lines(report: dict, folder: str) -> list[str]:

@@ -1,20 +1,9 @@
 """Removing tokens from patient sequences (cehrbert_data's patient_sequence Parquet files) without
-breaking them: each removed token goes from concept_ids *and* from the same position of every list
-column aligned with it (dates, ages, visit_segments, orders, ...: a column is aligned in a row when it
-has as many items as concept_ids there); num_of_concepts is updated; a column aligned in some rows only
-is cut in those rows and left as it is in the others (the report counts them); every other column, the
-schema and its metadata are kept. Positional columns (orders, record_ranks, ...) keep their values: the
-surviving tokens keep their order, with a gap where a token was removed.
-
-What to remove is the caller's: an oracle maps a file's distinct tokens to {token: kind}. Step 3
-(cleanup_tokens.py) removes the time tokens cehrgpt cannot parse (TokenOracle); step 2 removes the
-concepts held by too few persons (sequences/concept_floor.py). Null items of `ages` are filled too
-(NULL_FILLS), so the runner's tokenization can use several workers.
-
-Each changed file is written beside the original and renamed over it, so a crash leaves the old file;
-Spark's .crc checksum beside it is rewritten too (Spark refuses a file whose checksum is stale). A file
-with nothing to change is not touched. Files are streamed in record batches of about 64k tokens with
-pyarrow (no Python loop over tokens), so memory stays bounded however big the part files grow.
+breaking them: a removed token goes from concept_ids and from the same position of every list column
+aligned with it in that row (as many items as concept_ids); num_of_concepts follows; every other
+column, the schema and its metadata are kept. What to remove is the caller's: an oracle maps a file's
+distinct tokens to {token: kind} (step 3's TokenOracle: time tokens cehrgpt cannot parse; step 2's
+concept floor: concepts too few persons have). Null `ages` items are filled too (NULL_FILLS).
 """
 
 from __future__ import annotations
@@ -57,10 +46,8 @@ NUM_OF_CONCEPTS_COLUMN = "num_of_concepts"
 # the previous one. Another column could get a constant: {"name": value}.
 NULL_FILLS = {"ages": "neighbours"}
 # A record batch holds about this many tokens (times ~18 parallel columns): tens of MB per file being
-# cleaned, whatever the size of the file or its row groups. On step 2's output at 100x the demo
-# (4 files of 36 MB, one row group each; 2 at a time), peak RSS 423 MB with 128k tokens, 369 MB with
-# 64k (the goal is 400), for 7% more time; 251-256 MB with the C library's allocator (see the
-# imports) (bench/RESULTS.md).
+# cleaned, whatever the size of the file or its row groups. The size that keeps cleanup within its
+# memory goal at 100x the demo: bench/RESULTS.md, 2026-12-02 (third session), "cleanup's batch size".
 TOKENS_PER_BATCH = 64 * 1024
 READ_BUFFER_BYTES = 1 << 20
 HADOOP_CRC_MAGIC = b"crc\0"
@@ -172,7 +159,11 @@ def _rebuild_list(original, kept_values, new_lengths: np.ndarray):
 
 
 def clean_batch(batch: pa.RecordBatch, malformed: pa.Array, report: CleanupReport, token_kinds: dict[str, str]):
-    """Drop the `malformed` tokens of one record batch from concept_ids and its aligned list columns."""
+    """Drop the `malformed` tokens of one record batch from concept_ids and its aligned list columns.
+
+    A column aligned in some rows only is cut in those rows and left as it is in the others (the report
+    counts them). Positional columns (orders, record_ranks, ...) keep their values: the surviving tokens
+    keep their order, with a gap where a token was removed."""
     tokens = batch.column(SEQUENCE_TOKEN_COLUMN)
     flat_tokens = tokens.flatten()
     if pa.types.is_dictionary(flat_tokens.type):
@@ -290,32 +281,72 @@ def clean_file(path: Path, oracle, report: CleanupReport, dry_run: bool,
     its row groups. A file without malformed tokens is left untouched (not rewritten).
     """
     plain_file = pq.ParquetFile(path)
-    schema = plain_file.schema_arrow
-    check_patient_sequence_schema(schema, path)
-    metadata = plain_file.metadata
-    if metadata.num_rows == 0:
+    check_patient_sequence_schema(plain_file.schema_arrow, path)
+    if plain_file.metadata.num_rows == 0:
         return False
-    compression = metadata.row_group(0).column(0).compression.lower()
-    key_value_metadata = metadata.metadata or {}
-    # Spark's files (step 2) carry no Arrow schema: their Parquet schema alone reads back as the same
-    # Arrow schema. Then strings are read as dictionary indices and written back as such, which skips
-    # building and re-hashing every string (most of a rewrite's cost). Files from pyarrow are read
-    # and written the plain way, with their Arrow schema.
-    spark_written = b"ARROW:schema" not in key_value_metadata
-    string_columns = [column.path for column in plain_file.schema if column.physical_type == "BYTE_ARRAY"]
-    # A buffered stream, not pre-buffered (pyarrow's default): it reads the pages a batch needs, not a
-    # whole row group up front (pre-buffering a 50k-row group of a big part file cost gigabytes).
-    parquet_file = pq.ParquetFile(path, read_dictionary=string_columns if spark_written else None,
-                                  buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
-    token_leaf = next(index for index, column in enumerate(plain_file.schema)
-                      if column.path.split(".")[0] == SEQUENCE_TOKEN_COLUMN)
-    batch_rows = _rows_per_batch(metadata, token_leaf, tokens_per_batch)
-
+    source = _SequenceFile.open(path, plain_file, tokens_per_batch)
+    schema = source.schema
     fill_columns = [name for name in NULL_FILLS if fill_nulls and name in schema.names
                     and is_list_type(schema.field(name).type)]
+    distinct_tokens, null_items = _distinct_tokens_and_null_items(source, fill_columns)
+    token_kinds = oracle.to_remove(distinct_tokens)
+    if not token_kinds and not null_items:
+        return False
+    malformed = pa.array(sorted(token_kinds), pa.string())
+    file_report = CleanupReport()
+    file_report.files_changed.append(path)
+    cleaned_batches = (fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report, fill_columns)
+                       for batch in source.batches())
+    if dry_run:
+        for _counted in cleaned_batches:  # a dry run only counts what it would remove
+            continue
+    else:
+        _replace_file(path, source, cleaned_batches)
+    report.add(file_report)
+    return True
+
+
+@dataclass
+class _SequenceFile:
+    """A patient_sequence Parquet file opened for streaming, and what a rewrite must keep of it."""
+
+    reader: pq.ParquetFile
+    schema: pa.Schema
+    key_value_metadata: dict
+    compression: str | None  # the writer's codec: the first column's, None when uncompressed
+    spark_written: bool
+    batch_rows: int
+
+    @classmethod
+    def open(cls, path: Path, plain_file: pq.ParquetFile, tokens_per_batch: int) -> _SequenceFile:
+        metadata = plain_file.metadata
+        compression = metadata.row_group(0).column(0).compression.lower()
+        key_value_metadata = metadata.metadata or {}
+        # Spark's files (step 2) carry no Arrow schema: their Parquet schema alone reads back as the same
+        # Arrow schema. Then strings are read as dictionary indices and written back as such, which skips
+        # building and re-hashing every string (most of a rewrite's cost). Files from pyarrow are read
+        # and written the plain way, with their Arrow schema.
+        spark_written = b"ARROW:schema" not in key_value_metadata
+        string_columns = [column.path for column in plain_file.schema if column.physical_type == "BYTE_ARRAY"]
+        # A buffered stream, not pre-buffered (pyarrow's default): it reads the pages a batch needs, not a
+        # whole row group up front, which for a big part file would take gigabytes.
+        reader = pq.ParquetFile(path, read_dictionary=string_columns if spark_written else None,
+                                buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+        token_leaf = next(index for index, column in enumerate(plain_file.schema)
+                          if column.path.split(".")[0] == SEQUENCE_TOKEN_COLUMN)
+        return cls(reader, plain_file.schema_arrow, key_value_metadata,
+                   None if compression == "uncompressed" else compression, spark_written,
+                   _rows_per_batch(metadata, token_leaf, tokens_per_batch))
+
+    def batches(self, columns: list[str] | None = None):
+        return _record_batches(self.reader, self.batch_rows, columns)
+
+
+def _distinct_tokens_and_null_items(source: _SequenceFile, fill_columns: list[str]) -> tuple[set, int]:
+    """The first pass: the file's distinct tokens, and how many null items the fill columns hold."""
     distinct_tokens = set()
     null_items = 0
-    for batch in _record_batches(parquet_file, batch_rows, columns=[SEQUENCE_TOKEN_COLUMN, *fill_columns]):
+    for batch in source.batches(columns=[SEQUENCE_TOKEN_COLUMN, *fill_columns]):
         flat = batch.column(SEQUENCE_TOKEN_COLUMN).flatten()
         if pa.types.is_dictionary(flat.type):
             # Only the entries in use (a row group's dictionary may hold values of rows outside this batch).
@@ -323,41 +354,20 @@ def clean_file(path: Path, oracle, report: CleanupReport, dry_run: bool,
         else:
             distinct_tokens.update(pc.unique(flat).to_pylist())
         null_items += sum(batch.column(name).flatten().null_count for name in fill_columns)
-    token_kinds = oracle.to_remove(distinct_tokens)
-    if not token_kinds and not null_items:
-        return False
-    malformed = pa.array(sorted(token_kinds), pa.string())
-    file_report = CleanupReport()
-    file_report.files_changed.append(path)
-    batches = _record_batches(parquet_file, batch_rows)
-    if dry_run:
-        for batch in batches:
-            fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report, fill_columns)
-        report.add(file_report)
-        return True
+    return distinct_tokens, null_items
 
+
+def _replace_file(path: Path, source: _SequenceFile, cleaned_batches) -> None:
+    """Write the cleaned batches beside `path` and rename them over it, with the same schema, metadata,
+    codec and permissions; its Hadoop .crc, if any, is replaced too (see _prepare_hadoop_checksum)."""
     new_checksum = None
     try:
         with atomic_file(path, suffix=".parquet") as temporary:
-            writer = None
-            try:
-                for batch in batches:
-                    cleaned = fill_null_items(clean_batch(batch, malformed, file_report, token_kinds), file_report,
-                                              fill_columns)
-                    if writer is None:
-                        writer_schema = cleaned.schema.with_metadata(schema.metadata)
-                        writer = pq.ParquetWriter(temporary, writer_schema, store_schema=not spark_written,
-                                                  compression=None if compression == "uncompressed" else compression)
-                    writer.write_batch(cleaned)
-                if spark_written and key_value_metadata:
-                    writer.add_key_value_metadata(key_value_metadata)
-            finally:
-                if writer is not None:
-                    writer.close()
+            _write_batches(temporary, source, cleaned_batches)
             written_schema = pq.read_schema(temporary)
-            if not written_schema.equals(schema, check_metadata=True):
+            if not written_schema.equals(source.schema, check_metadata=True):
                 raise PipelineError(f"{path}: the cleaned file would not keep the original schema "
-                                    f"({written_schema} vs {schema}); left unchanged")
+                                    f"({written_schema} vs {source.schema}); left unchanged")
             shutil.copymode(path, temporary)  # keep the original's permissions (mkstemp makes 0600)
             new_checksum = _prepare_hadoop_checksum(path, temporary)
     except BaseException:
@@ -366,8 +376,24 @@ def clean_file(path: Path, oracle, report: CleanupReport, dry_run: bool,
         raise
     if new_checksum is not None:
         os.replace(new_checksum, hadoop_checksum_path(path))
-    report.add(file_report)
-    return True
+
+
+def _write_batches(temporary: Path, source: _SequenceFile, cleaned_batches) -> None:
+    """A Parquet file of the batches, written as the source was: Spark's files without an Arrow schema
+    and with their key-value metadata, pyarrow's with theirs."""
+    writer = None
+    try:
+        for cleaned in cleaned_batches:
+            if writer is None:
+                writer_schema = cleaned.schema.with_metadata(source.schema.metadata)
+                writer = pq.ParquetWriter(temporary, writer_schema, store_schema=not source.spark_written,
+                                          compression=source.compression)
+            writer.write_batch(cleaned)
+        if source.spark_written and source.key_value_metadata:
+            writer.add_key_value_metadata(source.key_value_metadata)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _record_batches(parquet_file: pq.ParquetFile, batch_rows: int, columns: list[str] | None = None):
