@@ -43,6 +43,7 @@ from cehrgpt_tutorials.pipeline.training import (
     finish_run,
     start_run,
 )
+from cehrgpt_tutorials.pipeline.training import main as training_main
 from cehrgpt_tutorials.pipeline.training_options import (
     PREPARE_MIN_MB,
     launch_settings,
@@ -258,6 +259,18 @@ def test_fresh_moves_the_previous_run_aside_and_starts_an_empty_folder(tmp_path)
     assert said == [f"--fresh: moved the previous run in {model_dir} to {moved[0]} "
                     "(delete it yourself once you no longer need it)"]
     assert sorted(path.name for path in model_dir.iterdir()) == [TRAINING_INCOMPLETE, STAMP_NAME]
+
+
+def test_the_start_run_command_keeps_every_word_of_the_training_command(tmp_path, capsys):
+    data, model_dir = sequences(tmp_path / "data"), tmp_path / "model"
+    model_dir.mkdir()
+    training_main(["start-run", str(model_dir), str(data), "--", *RUNNER, "--run_name", "a b *", "--", "", "-x"])
+    assert parse_stamp((model_dir / STAMP_NAME).read_text()).arguments == [
+        "--run_name", "'a b *'", "--", "''", "-x"]
+    with pytest.raises(SystemExit) as refused:
+        training_main(["start-run", str(model_dir), str(data), "--", *RUNNER, "--run_name", "other"])
+    assert refused.value.code == 1
+    assert capsys.readouterr().err.startswith(f"error: the run in {model_dir} cannot be resumed")
 
 
 def test_a_finished_run_needs_a_model_and_loses_its_marker(tmp_path):

@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,15 +167,19 @@ def main(argv=None) -> None:
     start.add_argument("--fresh", action="store_true", help="move a previous run aside first")
     start.add_argument("model_dir", type=Path)
     start.add_argument("data_folder", type=Path)
-    start.add_argument("command", nargs="+", help="the training command, after --")
     finish = commands.add_parser("finish-run", help="check the runner wrote a model; mark it finished")
     finish.add_argument("model_dir", type=Path)
     finished = commands.add_parser("check-finished", help="exit 1 with a one-line reason unless the model is usable")
     finished.add_argument("model_dir", type=Path)
-    arguments = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The training command goes after the first --, word for word (argparse would drop a later --).
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    arguments = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if arguments.action == "start-run" and not command:
+        parser.error("start-run needs the training command after --")
     try:
         if arguments.action == "start-run":
-            start_run(arguments.model_dir, arguments.data_folder, arguments.command, arguments.fresh,
+            start_run(arguments.model_dir, arguments.data_folder, command, arguments.fresh,
                       say=lambda line: print(line, flush=True))
         elif arguments.action == "finish-run":
             finish_run(arguments.model_dir)
