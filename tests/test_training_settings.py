@@ -27,14 +27,14 @@ from cehrgpt_tutorials.pipeline.run_stamp import (
     stamp_of,
     stamped_arguments,
 )
-from cehrgpt_tutorials.pipeline.script_options import (
-    available_cores,
+from cehrgpt_tutorials.pipeline.shell_settings import (
     one_of,
     parse_options,
     positive_whole_number,
-    shell_answer,
+    shell_assignments,
     shell_help,
     shell_words,
+    visible_cores,
 )
 from cehrgpt_tutorials.pipeline.synthetic_options import generation_answer, restore_answer, restored_tables
 from cehrgpt_tutorials.pipeline.training import (
@@ -321,7 +321,7 @@ def test_numbers_and_choices_are_checked_with_one_line():
 
 def test_shell_answers_survive_spaces_quotes_globs_newlines_and_empty_strings():
     values = {"A": "plain", "B": "it's a 'b' *", "C": "", "D": "two\nlines", "E": "$HOME `x`"}
-    assert shell_values(shell_answer(values), list(values)) == values
+    assert shell_values(shell_assignments(values), list(values)) == values
     words = ["--x", "a b", "*", "", "it's", "$(echo no)"]
     assert shell_set_words(shell_words(words)) == words
 
@@ -342,7 +342,7 @@ def test_available_cores_is_what_nproc_says(monkeypatch):
         for name, value in settings.items():
             monkeypatch.setenv(name, value)
         nproc = subprocess.run(["nproc"], env=environment, capture_output=True, text=True, check=True).stdout
-        assert available_cores() == int(nproc), settings
+        assert visible_cores() == int(nproc), settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +508,7 @@ def test_restore_censors_at_the_sources_last_visit_unless_told_otherwise(tutoria
     names = ["SAMPLE_FOLDER", "SCHEMA", "SOURCE_SCHEMA", "DSN", "CPU_CORES", "CENSOR_ARGS"]
     values = shell_values(restore_answer(["restore_synthetic.sh"]), names)
     assert values == {"SAMPLE_FOLDER": str(folder.resolve()), "SCHEMA": "synthetic_cdm", "SOURCE_SCHEMA": "cdm",
-                      "DSN": "", "CPU_CORES": str(available_cores()),
+                      "DSN": "", "CPU_CORES": str(visible_cores()),
                       "CENSOR_ARGS": shell_words(["--source-visits", f"{tutorial_env}/omop/visit_occurrence"])}
     dated = shell_values(restore_answer(["r", "--censor-date", "2019-01-09", "--dsn", "host=x user='me'"]),
                          ["CENSOR_ARGS", "DSN"])

@@ -1,5 +1,5 @@
 """generate_synthetic.sh's and restore_synthetic.sh's decisions (step 5), answered as shell assignments
-(see script_options.py).
+(see shell_settings.py).
 
     python -m cehrgpt_tutorials.pipeline.synthetic_options generate SCRIPT [OPTIONS] [GENERATOR_ARGS...]
     python -m cehrgpt_tutorials.pipeline.synthetic_options restore SCRIPT [OPTIONS]
@@ -15,16 +15,16 @@ from pathlib import Path
 
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir, omop_dir, synthetic_data_output_dir
-from cehrgpt_tutorials.pipeline.script_options import (
+from cehrgpt_tutorials.pipeline.shell_settings import (
     answer_for_script,
-    available_cores,
     one_of,
     parse_options,
     positive_whole_number,
     require_use_tf_off,
-    shell_answer,
+    shell_assignments,
     shell_help,
     shell_words,
+    visible_cores,
 )
 from cehrgpt_tutorials.pipeline.training import unfinished_model_problem
 
@@ -115,7 +115,7 @@ def generation_answer(arguments: list[str]) -> str:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
         raise PipelineError(f"cannot create '{output_dir}' ({error.strerror or error})") from error
-    return shell_answer({
+    return shell_assignments({
         "NUM_PATIENTS": num_patients, "BATCH_SIZE": batch_size, "CONTEXT_WINDOW": context_window,
         "TOP_P": value("--top-p", TOP_P), "SAMPLER": sampler, "SAMPLING_STRATEGY": strategy, "MODEL_DIR": model_dir,
         "PROMPT_DATA": prompt_data, "OUTPUT_DIR": Path(output_dir).resolve(),
@@ -134,7 +134,7 @@ def restore_answer(arguments: list[str]) -> str:
     line = parse_options(words, dict.fromkeys(names, SEE_HELP), flags=("--no-censor",), pass_through=False)
     if line.help:
         return shell_help(RESTORE_USAGE.format(script=script, sample=SAMPLE_FOLDER, schema=SYNTHETIC_SCHEMA,
-                                               source=SOURCE_SCHEMA, cores=available_cores()))
+                                               source=SOURCE_SCHEMA, cores=visible_cores()))
     value = line.values.get
     schema, source_schema = value("--schema", SYNTHETIC_SCHEMA), value("--source-schema", SOURCE_SCHEMA)
     if schema == source_schema:
@@ -156,9 +156,9 @@ def restore_answer(arguments: list[str]) -> str:
     if not os.path.isdir(f"{sample}/generated_sequences"):
         raise PipelineError(f"no generated sequences in '{sample}/generated_sequences' (run generate_synthetic.sh, "
                             "or pass --sample-folder)")
-    return shell_answer({
+    return shell_assignments({
         "SAMPLE_FOLDER": Path(sample).resolve(), "SOURCE_OMOP_FOLDER": source_omop, "SCHEMA": schema,
-        "SOURCE_SCHEMA": source_schema, "DSN": value("--dsn", ""), "CPU_CORES": value("--cpu-cores", available_cores()),
+        "SOURCE_SCHEMA": source_schema, "DSN": value("--dsn", ""), "CPU_CORES": value("--cpu-cores", visible_cores()),
         "CENSOR_ARGS": shell_words(censor)})
 
 

@@ -1,4 +1,4 @@
-"""train_cehrgpt.sh's decisions (step 4), answered as shell assignments (see script_options.py).
+"""train_cehrgpt.sh's decisions (step 4), answered as shell assignments (see shell_settings.py).
 
     python -m cehrgpt_tutorials.pipeline.training_options plan SCRIPT [OPTIONS] [RUNNER_ARGS...]
         the options checked, the inputs found, the profile's runner arguments, who tokenizes
@@ -16,16 +16,16 @@ from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir
 from cehrgpt_tutorials.pipeline.profiles import PROFILES, runner_arguments
 from cehrgpt_tutorials.pipeline.run_stamp import STAMP_NAME
-from cehrgpt_tutorials.pipeline.script_options import (
+from cehrgpt_tutorials.pipeline.shell_settings import (
     answer_for_script,
-    available_cores,
     one_of,
     parse_options,
     positive_whole_number,
     require_use_tf_off,
-    shell_answer,
+    shell_assignments,
     shell_help,
     shell_words,
+    visible_cores,
 )
 
 DEFAULT_PROFILE = "demo"
@@ -156,7 +156,7 @@ def plan_answer(arguments: list[str]) -> str:
     plan = training_plan(words)
     if plan is None:
         return shell_help(usage(script))
-    return shell_answer({
+    return shell_assignments({
         "PROFILE": plan.profile, "DATA_FOLDER": plan.data_folder, "MODEL_DIR": plan.model_dir,
         "FRESH": int(plan.fresh), "PRINT_ARGS": int(plan.print_args), "NPROC": plan.nproc,
         "TOKENIZATION": plan.tokenization, "TOKENIZATION_NOTE": plan.tokenization_note,
@@ -201,14 +201,14 @@ def cuda_available() -> bool:
 
 def launch_answer(arguments: list[str]) -> str:
     nproc = positive_whole_number("--nproc", arguments[0])
-    cores = available_cores()  # before OMP_NUM_THREADS is set below (nproc follows it)
+    cores = visible_cores()  # before OMP_NUM_THREADS is set below (nproc follows it)
     launch = launch_settings(nproc, cores, cuda_available())
     exports: dict[str, object] = {}
     if launch.threads_per_process is not None and not os.environ.get("OMP_NUM_THREADS"):
         exports["OMP_NUM_THREADS"] = launch.threads_per_process
     if nproc > 1:
         exports["PYTHONUNBUFFERED"] = 1  # python -u reaches torchrun only; its runners' lines should come as they happen
-    return shell_answer({"CORES": cores, "DEVICE": launch.device, "LOADER_ARGS": shell_words(launch.loader_arguments)},
+    return shell_assignments({"CORES": cores, "DEVICE": launch.device, "LOADER_ARGS": shell_words(launch.loader_arguments)},
                         exports)
 
 
