@@ -13,6 +13,7 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -382,3 +383,28 @@ def test_a_bad_cohort_sql_is_a_one_line_error(sql, message, demo_cdm, pipeline_e
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_in_process_fits_use_the_math_threads_cehrgpts_commands_get(monkeypatch):
+    """An unconverged LogisticRegressionCV's result depends on the BLAS thread count, so the few-shot
+    curve's 100% point equals cehrgpt's probe only when both fit with the same number of threads."""
+    import sklearn.linear_model
+    from threadpoolctl import threadpool_info
+
+    from cehrgpt_tutorials.prediction import few_shot, models
+
+    seen = []
+
+    class RecordingFit(sklearn.linear_model.LogisticRegressionCV):
+        def fit(self, x, y, **kwargs):
+            seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+            return super().fit(x, y, **kwargs)
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegressionCV", RecordingFit)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    rng = np.random.default_rng(0)
+    few_shot.fit(rng.normal(size=(40, 3)), np.arange(40) % 2, max_iter=50)
+    assert seen and set(seen) == {1}
+    assert models.subprocess_environment()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert few_shot.math_threads() == 2 and models.subprocess_environment()["OMP_NUM_THREADS"] == "2"

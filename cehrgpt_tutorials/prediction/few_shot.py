@@ -13,6 +13,7 @@ positives or negatives is left out (cross-validation needs them), and the curve 
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -20,6 +21,13 @@ import numpy as np
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 DRAWS = 3  # per fraction below 1 (1.0 is the whole training set: one draw)
 MIN_PER_CLASS = 5  # LogisticRegressionCV's 5 folds need this many of each label
+
+
+def math_threads() -> int:
+    """The BLAS threads of every fit: OMP_NUM_THREADS, else 1. cehrgpt's commands run with the same
+    (models.subprocess_environment), and an unconverged fit's result depends on the thread count, so
+    in-process fits with another count would not reproduce cehrgpt's probe."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 1)
 
 
 def stratified_draw(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -36,9 +44,11 @@ def fit(train_x, train_y: np.ndarray, max_iter: int):
     """The probe's and the baseline's classifier: LogisticRegressionCV chosen by ROC-AUC, seed 42."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegressionCV
+    from threadpoolctl import threadpool_limits
 
     model = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=max_iter)
-    with warnings.catch_warnings():  # cehrgpt's probe stops at 100 iterations unconverged; so does its copy here
+    with warnings.catch_warnings(), threadpool_limits(math_threads()):
+        # cehrgpt's probe stops at 100 iterations unconverged; so does its copy here
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train_x, train_y)
     return model

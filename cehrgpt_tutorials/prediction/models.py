@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cehrgpt_tutorials.errors import PipelineError
+from cehrgpt_tutorials.prediction import few_shot
 
 LOG_TAIL_LINES = 20
 CV_FOLDS = 5  # LogisticRegressionCV's default: each fold needs positives and negatives
@@ -51,7 +52,7 @@ def subprocess_environment() -> dict[str, str]:
     many times slower with 2 threads than with 1 (bench/RESULTS.md, step 7's "Threads").
     """
     environment = dict(os.environ)
-    environment.setdefault("OMP_NUM_THREADS", "1")
+    environment.setdefault("OMP_NUM_THREADS", str(few_shot.math_threads()))
     return environment
 
 
