@@ -250,12 +250,14 @@ def test_restore_counts_the_generated_sequences_it_converts_and_leaves_cdm_untou
     assert counts["generated"] == restored["total"] - int(censored.group(3).replace(",", ""))
     assert counts["converted"] + counts["skipped"] == counts["generated"]
     assert sum(counts["reasons"]) == counts["skipped"]
-    # Whatever the model sampled: the sequences the converter's rules accept (skip_reason, checked
-    # against the converter itself below) are exactly the persons in synthetic_cdm, the generated
-    # ones counted apart from the real ones mixed in (person_id from 100,001), which make sure the
-    # chain has something to load.
-    sequences = ds.dataset(restored["sample"] / "generated_sequences", format="parquet").to_table(
+    # Whatever the model sampled: of the censored sequences (what the converter reads: a sequence the
+    # censoring left out is neither converted nor skipped), those the converter's rules accept
+    # (skip_reason, checked against the converter itself below) are exactly the persons in
+    # synthetic_cdm, the generated ones counted apart from the real ones mixed in (person_id from
+    # 100,001), which make sure the chain has something to load.
+    sequences = ds.dataset(restored["sample"] / "censored_sequences", format="parquet").to_table(
         columns=["person_id", "concept_ids"])
+    assert sequences.num_rows == counts["generated"]
     accepted = {person_id for person_id, tokens in zip(sequences.column("person_id").to_pylist(),
                                                        sequences.column("concept_ids").to_pylist(), strict=True)
                 if skip_reason(tokens, restored["domains"]) is None}
