@@ -27,20 +27,15 @@ Examples (after `source setup_env.sh`):
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
+from cehrgpt_tutorials.environment import usable_cores
 from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir
 from cehrgpt_tutorials.prediction.cohort import COHORT_SQL_DIR, DEFAULT_COHORT_SQL
 from cehrgpt_tutorials.sequences.split import DEFAULT_TEST_FRACTION
-
-
-def usable_cores() -> int:
-    """The cores this process may use (a container's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_arguments(argv=None):

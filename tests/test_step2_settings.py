@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cehrgpt_tutorials import environment
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.pipeline import step2_settings as step2
 from cehrgpt_tutorials.pipeline.shell_settings import (
@@ -112,9 +113,9 @@ def test_input_folder_is_resolved_and_must_hold_the_tables(tmp_path):
 
 
 def test_java_versions_spark_runs_on():
-    assert step2.java_version_of('openjdk version "11.0.20" 2023-07-18\nOpenJDK Runtime') == "11.0.20"
-    assert step2.java_version_of('Picked up JAVA_TOOL_OPTIONS: -Xmx1g\njava version "1.8.0_1"') == ""
-    assert [step2.spark_runs_on_java(v) for v in ("1.8.0_292", "1.8", "8", "11", "11.0.2", "17.0.2", "110", "")] == \
+    assert environment.java_version_of('openjdk version "11.0.20" 2023-07-18\nOpenJDK Runtime') == "11.0.20"
+    assert environment.java_version_of('Picked up JAVA_TOOL_OPTIONS: -Xmx1g\njava version "1.8.0_1"') == ""
+    assert [environment.spark_runs_on_java(v) for v in ("1.8.0_292", "1.8", "8", "11", "11.0.2", "17.0.2", "110", "")] == \
         [True, True, True, True, True, False, False, False]
 
 
@@ -181,13 +182,13 @@ def test_spark_defaults_of_setup_env_are_not_the_users(tmp_path):
     assert step2.read_spark_defaults(tmp_path / "none.conf") == []
     ours = ["# >>> cehrgpt-tutorial (setup_env.sh)", "spark.sql.shuffle.partitions 4", "# <<< cehrgpt-tutorial",
             "spark.driver.memory 2g"]
-    assert step2.outside_tutorial_block(ours) == ["spark.driver.memory 2g"]
+    assert environment.outside_tutorial_block(ours) == ["spark.driver.memory 2g"]
     assert step2.user_partitions("", ours, Path("d.conf")) == ""
     assert step2.user_partitions("", [*ours, "spark.sql.shuffle.partitions 9"], Path("d.conf")) == "set in d.conf"
     assert step2.user_partitions("--conf spark.sql.shuffle.partitions=7", [], Path("d.conf")) == \
         "set in SPARK_SUBMIT_OPTIONS"
     # A block never closed runs to the end of the file, as sed's range did.
-    assert step2.outside_tutorial_block(["a", "# >>> cehrgpt-tutorial", "b"]) == ["a"]
+    assert environment.outside_tutorial_block(["a", "# >>> cehrgpt-tutorial", "b"]) == ["a"]
 
 
 # --- the split, the links, the whole plan --------------------------------------------------------------

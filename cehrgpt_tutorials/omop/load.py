@@ -24,6 +24,7 @@ from pathlib import Path
 from cehrgpt_tutorials.db import connect
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.faults import crash_point
+from cehrgpt_tutorials.files import parquet_files
 from cehrgpt_tutorials.locks import application_name, schema_lock
 from cehrgpt_tutorials.omop.cdm_schema import CDM_TABLES, CDM_VERSION, PRIMARY_KEYS, VOCABULARY_TABLES
 from cehrgpt_tutorials.paths import omop_dir
@@ -56,14 +57,6 @@ class TableSource:
     delimiter: str = ","  # CSV only
 
 
-def parquet_files_in(folder: Path) -> list[Path]:
-    """Data files of a Spark/pandas Parquet folder; _SUCCESS, .crc and hidden files are not data."""
-    return sorted(
-        path for path in folder.rglob("*.parquet")
-        if path.is_file() and not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
-    )
-
-
 def find_table_sources(input_dir: Path) -> tuple[dict[str, TableSource], list[str]]:
     """CDM tables found in input_dir (name -> source) and the names of entries that are not CDM tables."""
     if not input_dir.exists():
@@ -76,7 +69,7 @@ def find_table_sources(input_dir: Path) -> tuple[dict[str, TableSource], list[st
         if entry.name.startswith((".", "_")):
             continue
         if entry.is_dir():
-            files = parquet_files_in(entry)
+            files = parquet_files(entry)
             if not files:
                 if entry.name.lower() in CDM_TABLES:  # e.g. Spark's output for a table with no rows
                     print(f"warning: skipping {entry}: no Parquet files in it", file=sys.stderr)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cehrgpt_tutorials.environment import usable_cores
 from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
 
 HELP_OPTIONS = ("-h", "--help")
@@ -158,7 +159,7 @@ def positive_whole_number(option: str, value: str) -> int:
 def visible_cores(environ: Mapping[str, str] = os.environ) -> int:
     """The cores this process may use, counted as coreutils' nproc counts them (the scripts used it):
     the CPU affinity, replaced by OMP_NUM_THREADS and capped by OMP_THREAD_LIMIT when they are set."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     threads = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if threads.isdigit() and int(threads) > 0:
         cores = int(threads)

@@ -15,12 +15,16 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cehrgpt_tutorials.environment import (
+    java_version,
+    outside_tutorial_block,
+    spark_runs_on_java,
+)
 from cehrgpt_tutorials.errors import PipelineError, fail
 from cehrgpt_tutorials.pipeline.shell_settings import (
     CommandLine,
@@ -43,8 +47,6 @@ INPUT_MB_PER_PARTITION = 512
 # the quick compiler (C1) alone is faster, above it C1 is slower (bench/RESULTS.md, step 2's JIT runs).
 QUICK_JIT_MAX_TABLES_MB = 16
 QUICK_JIT_OPTIONS = "--driver-java-options -XX:TieredStopAtLevel=1"
-# setup_env.sh writes its own settings into spark-defaults.conf between these lines.
-TUTORIAL_BLOCK = (re.compile(">>> cehrgpt-tutorial"), re.compile("<<< cehrgpt-tutorial"))
 
 COMMAND_LINE = CommandLine(
     valued={f"--{name}": name for name in ("input_folder", "output_folder", "start_date", "min_num_of_patients",
@@ -131,30 +133,13 @@ def check_input_folder(folder: str) -> Path:
     return resolved
 
 
-def java_version_of(version_output: str) -> str:
-    """The quoted version on the first line of `java -version` ('openjdk version "11.0.2"' -> 11.0.2)."""
-    first_line = version_output.splitlines()[0] if version_output else ""
-    match = re.match(r'[^"]*"([^"]*)"', first_line)
-    return match.group(1) if match else ""
-
-
-def spark_runs_on_java(version: str) -> bool:
-    """Spark 3.1.2 runs on Java 8 or 11 only; Java 17 fails deep inside it (InaccessibleObjectException)."""
-    return any(version == major or version.startswith(major + ".") for major in ("1.8", "8", "11"))
-
-
 def check_java(environ: Mapping[str, str]) -> tuple[str, str]:
     """(the java program Spark will use, its version), or an error naming what to do."""
     java = f"{environ['JAVA_HOME']}/bin/java" if environ.get("JAVA_HOME") else shutil.which("java") or ""
     if not java or not os.access(java, os.X_OK):
         raise PipelineError(f"no Java found (JAVA_HOME='{environ.get('JAVA_HOME', '')}'): "
                             "run 'source setup_env.sh', which selects Java 11")
-    try:
-        answer = subprocess.run([java, "-version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", check=False).stdout
-    except OSError as error:  # not a program this machine can run: its version is unknown
-        answer = str(error)
-    version = java_version_of(answer)
+    version = java_version(java)
     if not spark_runs_on_java(version):
         raise PipelineError(f"Spark 3.1.2 needs Java 8 or 11, but {java} is Java '{version or 'unknown'}': "
                             "run 'source setup_env.sh'")
@@ -185,19 +170,6 @@ def read_spark_defaults(path: Path) -> list[str]:
         return path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-
-
-def outside_tutorial_block(lines: list[str]) -> list[str]:
-    """The lines a user wrote: setup_env.sh's block (from its >>> line to its <<< line) left out."""
-    kept, inside = [], False
-    for line in lines:
-        if inside:
-            inside = not TUTORIAL_BLOCK[1].search(line)
-        elif TUTORIAL_BLOCK[0].search(line):
-            inside = True
-        else:
-            kept.append(line)
-    return kept
 
 
 def sets(lines: list[str], setting: str) -> bool:

@@ -12,8 +12,6 @@ set -f  # no filename globbing: `--master local[2]` must reach spark-submit as w
 . "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 PYTHON_BIN="${PYSPARK_PYTHON:-python}"
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
-# tutorial MODULE ARG...: a module of this checkout's cehrgpt_tutorials, wherever the script is run from.
-tutorial() { PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m "$@"; }
 
 # Sets INPUT_FOLDER, OUTPUT_FOLDER, START_DATE, TUNING_OPTIONS, SPLIT_SOURCE, ... (see plan()).
 settings=$(tutorial cehrgpt_tutorials.pipeline.step2_settings plan "$0" "$@") || exit $?

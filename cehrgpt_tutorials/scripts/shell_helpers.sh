@@ -15,8 +15,14 @@
 #                         run holds it, one line naming that run and exit 1. Needs PYTHON_BIN.
 #   exit_as_ours STATUS   after one of this project's Python commands failed: it printed its own one-line
 #                         error (status 1), so exit with it; any other status (a signal) gets a line here
+#   tutorial MODULE ARG...  python -m MODULE from this checkout's cehrgpt_tutorials, wherever the script
+#                         runs from (PYTHONPATH for that command only). Needs TUTORIAL_ROOT and PYTHON_BIN.
 #   crash_point NAME      kill -9 of the script's process group when CEHRGPT_CRASH_AT=NAME (the fault
 #                         tests' way to stop a step at an exact moment; see cehrgpt_tutorials/faults.py)
+
+tutorial() {
+    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m "$@"
+}
 
 die() {
     printf 'error: %s\n' "$*" >&2

@@ -25,9 +25,7 @@ set -f  # no filename globbing: a runner argument like '*' reaches the runner as
 . "$(dirname "$0")/shell_helpers.sh" || { echo "error: cannot read shell_helpers.sh beside $0" >&2; exit 1; }
 TUTORIAL_ROOT=$(cd "$(dirname "$0")/../.." && pwd -P) || die "cannot find the tutorial's folder"
 PYTHON_BIN=$(command -v python || command -v python3) || die "no python on PATH: run 'source setup_env.sh'"
-tutorial() {  # python -m MODULE of this checkout's cehrgpt_tutorials (the runner gets PYTHONPATH as it is)
-    PYTHONPATH="$TUTORIAL_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON_BIN" -m "$@"
-}
+# `tutorial` (shell_helpers.sh) runs this checkout's modules; the runner gets PYTHONPATH as it is.
 
 # Sets PROFILE DATA_FOLDER MODEL_DIR FRESH PRINT_ARGS NPROC TOKENIZATION TOKENIZATION_NOTE, and
 # PROFILE_ARGS and RUNNER_EXTRA (quoted words), or prints the usage and exits.
