@@ -11,6 +11,10 @@ next (renormalised the same way over what may follow an event). Their means, aga
 real sequences end (or close the visit) at those points, say which hazard the model overstates; the
 expected visits of a patient following real contexts under the model's own end hazard is the product
 ratio of the two end hazards is about the inverse ratio of the number of visits (a geometric length).
+Both the sequences and the model's [END] probability are also split by the calendar year of the visit
+that just closed (dated as cehrgpt's converter dates it: the year token plus every time token so far):
+real patients end when the data does, so their end hazard is low for decades and high near the
+source's last date; a model without a clock ends patients at the same rate in every year.
 
 Deterministic for a model and a set of sequences, so it compares trainings on identical contexts.
 A measurement for bench/RESULTS.md, not a goal.
@@ -41,13 +45,29 @@ from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noq
 from cehrgpt_tutorials.sequences.codes import read_sequences  # noqa: E402
 from cehrgpt_tutorials.sequences.facts import sequence_facts  # noqa: E402
 from cehrgpt_tutorials.sequences.vocabulary import (  # noqa: E402
+    INPATIENT_TIME,
     TIME,
     VISIT_START,
+    YEAR,
     Vocabulary,
 )
 
 GAP_BUCKETS = np.array([7, 30, 90, 365, 100_000])  # upper bounds, days (LT: 1,095)
 GAP_LABELS = ["0-7 days", "8-30", "31-90", "91-365", "over a year"]
+YEAR_EDGES = np.array([2005, 2009, 2013, 2017, 2018, 2019])  # calendar years of the visit that closed
+YEAR_LABELS = ["before 2005", "2005-2008", "2009-2012", "2013-2016", "2017", "2018", "2019 on"]
+
+
+def end_by_year(visit_years: np.ndarray, ended: np.ndarray, model: np.ndarray | None = None) -> dict:
+    """Per calendar bucket: visits that closed, the share after which the patient ended, the model's mean."""
+    bucket = np.searchsorted(YEAR_EDGES, visit_years, side="right")
+    rows = {}
+    for index, label in enumerate(YEAR_LABELS):
+        inside = bucket == index
+        if inside.any():
+            rows[label] = {"visits": int(inside.sum()), "data": float(ended[inside].mean()),
+                           **({"model": float(model[inside].mean())} if model is not None else {})}
+    return rows
 
 
 def shape(folder: Path, vocabulary: Vocabulary) -> dict:
@@ -57,7 +77,10 @@ def shape(folder: Path, vocabulary: Vocabulary) -> dict:
     visits = np.maximum(facts.visits, 1)
     last_day = np.zeros(facts.count)
     np.maximum.at(last_day, facts.visit_sequence, facts.visit_days)
+    last_visit = np.r_[facts.visit_sequence[1:] != facts.visit_sequence[:-1], True]
+    visit_years = facts.start_year[facts.visit_sequence] + facts.visit_days / 365.25
     return {
+        "end_by_year": end_by_year(visit_years, last_visit),
         "sequences": facts.count,
         "tokens": float(facts.lengths.mean()),
         "visits": float(facts.visits.mean()),
@@ -104,6 +127,9 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
     is_time = kinds == TIME
     gap_model, gap_data = np.zeros(len(GAP_BUCKETS)), np.zeros(len(GAP_BUCKETS))
     bucket_of_token = np.searchsorted(GAP_BUCKETS, np.nan_to_num(numbers, nan=0.0), side="left")
+    year_of = {token: numbers[index] for index, token in enumerate(by_id) if kinds[index] == YEAR}
+    days_of = {token: numbers[index] for index, token in enumerate(by_id) if kinds[index] in (TIME, INPATIENT_TIME)}
+    end_years = []  # calendar year of each [VE] (as the converter dates it)
     by_events = {}  # events so far in the visit -> ([VE] probability sum, [VE] count, contexts)
     with torch.no_grad():
         for index in sorted(chosen):
@@ -111,8 +137,10 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
             outputs = model(input_ids=torch.tensor([tokenizer.encode(tokens)]),
                             ages=torch.tensor([construct_age_sequence(tokens)]))
             probabilities = torch.softmax(outputs.logits[0].float(), dim=-1).numpy()
-            in_visit, events = False, 0
+            in_visit, events, days = False, 0, 0.0
+            year = next((year_of[token] for token in tokens if token in year_of), np.nan)
             for position, token in enumerate(tokens):
+                days += days_of.get(token, 0.0)
                 following = tokens[position + 1] if position + 1 < len(tokens) else END_TOKEN
                 row = probabilities[position]
                 if token == "[VE]":
@@ -120,6 +148,7 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
                     hazard = row[end_id] / row[after_visit_end].sum()
                     end.append(hazard)
                     ended.append(following == END_TOKEN)
+                    end_years.append(year + days / 365.25)
                     if following in vocabulary and is_time[by_id.index(following)]:  # the gap to the next visit
                         gap_model += np.bincount(bucket_of_token[is_time], weights=row[is_time] / row[is_time].sum(),
                                                  minlength=len(GAP_BUCKETS))[: len(GAP_BUCKETS)]
@@ -140,6 +169,7 @@ def hazards(model_dir: Path, folder: Path, count: int, seed: int) -> dict:
         "end_after_visit_end_model": float(np.mean(end)),
         "end_after_visit_end_data": float(np.mean(ended)),
         "end_hazard_ratio": float(np.mean(end) / max(np.mean(ended), 1e-9)),
+        "end_by_year": end_by_year(np.array(end_years), np.array(ended), np.array(end)),
         "visit_end_after_event_model": float(np.mean(close)),
         "visit_end_after_event_data": float(np.mean(closed)),
         "visit_end_hazard_ratio": float(np.mean(close) / max(np.mean(closed), 1e-9)),
@@ -172,14 +202,20 @@ def main() -> None:
                                    arguments.seed)}
     except PipelineError as error:
         fail(str(error))
-    for key in result["real"]:
+    print("patients ending after a visit, by the visit's calendar year (real train / synthetic; visits)")
+    for label in YEAR_LABELS:
+        real, synthetic = (result[side]["end_by_year"].get(label) for side in ("real", "synthetic"))
+        print(f"  {label:<12} real {real['data'] if real else float('nan'):.3f} ({real['visits'] if real else 0:>5})  "
+              f"synthetic {synthetic['data'] if synthetic else float('nan'):.3f} ({synthetic['visits'] if synthetic else 0:>5})")
+    for key in (key for key in result["real"] if key != "end_by_year"):
         real, synthetic = result["real"][key], result["synthetic"][key]
         ratio = f"{synthetic / real:.2f}x" if real and synthetic is not None else ""
         print(f"{key:<28} real {real:>10.3f}  synthetic {synthetic:>10.3f}  {ratio}")
     for key, value in result["model"].items():
         if isinstance(value, dict):
             for label, numbers in value.items():
-                print(f"{key} {label:<12} " + "  ".join(f"{name} {number:.3f}" for name, number in numbers.items()))
+                print(f"{key} {label:<12} " + "  ".join(f"{name} {number:.3f}" for name, number in numbers.items()
+                                                      if name != "visits"))
         else:
             print(f"{key:<40} {value:.4f}")
     if arguments.json:

@@ -210,6 +210,35 @@ def test_visit_end_leak_keeps_the_same_nucleus_as_transformers():
         assert visit_end_leak.nucleus_leak(probabilities, allowed, 0.95) == pytest.approx(expected)
 
 
+def test_sequence_length_splits_patient_ends_by_the_calendar_year_of_their_last_visit(tmp_path):
+    """A patient ends after its last visit; that visit's year is the year token plus the time tokens."""
+    sequence_length = load_bench_module("sequence_length")
+    prompt = ["age:30", "8507", "8527"]
+    visit = ["[VS]", "9202", "320128", "[VE]"]
+    pq.write_table(pa.table({"concept_ids": [
+        ["year:2000", *prompt, *visit, "LT", *visit],  # visits in 2000 and 2003 (LT: 1,095 days), ends in 2003
+        ["year:2018", *prompt, *visit, "D30", *visit, "D400", *visit],  # 2018, 2018, then 2019: ends in 2019
+    ]}), tmp_path / "planted.parquet")
+    shape = sequence_length.shape(tmp_path, sequence_length.Vocabulary())
+    assert shape["end_by_year"] == {"before 2005": {"visits": 2, "data": 0.5}, "2018": {"visits": 2, "data": 0.0},
+                                    "2019 on": {"visits": 1, "data": 1.0}}
+
+
+def test_continuation_compares_a_cut_patients_rest_with_the_visit_before_the_cut():
+    continuation = load_bench_module("continuation")
+    tokens = ["year:2000", "age:30", "8507", "8527", "[VS]", "9202", "320128", "[VE]", "D14",
+              "[VS]", "9202", "320128", "[VE]", "W3", "[VS]", "9202", "4329847", "[VE]"]
+    assert continuation.cut_after_visit(tokens, 0) == continuation.PROMPT_TOKENS
+    cut = continuation.cut_after_visit(tokens, 1)
+    assert tokens[cut - 1] == "[VE]" and tokens[:cut].count("[VS]") == 1
+    before = continuation.visits_of(tokens[:cut])[-1]
+    rest = continuation.remainder_facts(continuation.visits_of(tokens[cut:]),
+                                        continuation.gaps_of(tokens[cut - 1:], {"D14": 14.0, "W3": 21.0}), before)
+    # Visit 2 repeats visit 1's concept (a series goes on), visit 3 does not; the gaps are 14 and 21 days.
+    assert rest == {"visits": 2, "repeats": [True, False], "gaps": [14.0, 21.0]}
+    assert continuation.remainder_facts([], [], before) == {"visits": 0, "repeats": [], "gaps": []}
+
+
 def test_visit_end_leak_names_a_missing_model(pipeline_env, tmp_path):
     result = run_script([str(REPO_ROOT / "bench" / "visit_end_leak.py"), "--model-dir", str(tmp_path / "none")],
                         pipeline_env, timeout=120)
