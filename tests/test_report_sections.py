@@ -23,6 +23,7 @@ from cehrgpt_tutorials.report.fidelity import (
     pearson_r,
     prevalence,
     prevalence_errors,
+    within_25pct_of_real_samples,
 )
 from cehrgpt_tutorials.report.privacy import (
     attribute_config,
@@ -118,6 +119,24 @@ def test_a_concept_never_generated_has_a_prevalence_error_of_minus_100_percent()
     assert errors["worst"][0]["relative_error"] == -1.0 and errors["worst"][0]["name"] == "hyperlipidemia"
     assert [row["concept_id"] for row in errors["under_generated_conditions"]] == ["1003", "1002"]
     assert [row["concept_id"] for row in errors["over_generated_conditions"]] == ["1005"]
+
+
+def test_real_samples_show_how_far_the_within_25pct_share_moves_by_chance_at_the_synthetic_sample_size():
+    vocabulary = Vocabulary()
+    visit = ["[VS]", "9202", "1001", "[VE]"]
+    half = [PROMPT + visit] * 50 + [PROMPT + ["[VS]", "9202", "1002", "[VE]"]] * 50  # 1001 and 1002: 50% each
+    _, real = facts_of(half, vocabulary)
+    real_prevalence = prevalence(real, len(vocabulary))
+    # One patient holds a concept or not: 0% or 100% against 50%, never within +-25%.
+    assert within_25pct_of_real_samples(real, real_prevalence, 1)["p95"] == 0.0
+    # 10,000 patients: 50% +- 0.5 points, always within.
+    many = within_25pct_of_real_samples(real, real_prevalence, 10_000)
+    assert many["p5"] == many["median"] == 1.0 and many["sample_size"] == 10_000
+    # A concept every real patient holds is held by every sample of them.
+    _, everyone = facts_of([PROMPT + visit] * 20, vocabulary)
+    assert within_25pct_of_real_samples(everyone, prevalence(everyone, len(vocabulary)), 3)["p5"] == 1.0
+    _, nobody = facts_of([PROMPT], vocabulary)
+    assert within_25pct_of_real_samples(nobody, prevalence(nobody, len(vocabulary)), 3) is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ def distribution_metrics(real: SequenceFacts, synthetic: SequenceFacts) -> dict[
 PREVALENCE_ERROR_MIN_REAL = 0.05
 PREVALENCE_TOLERANCE = 0.25  # "within +-25% relative"
 WORST_SHOWN = 15
+REAL_SAMPLE_DRAWS = 200
 CONDITIONS_SHOWN = 5
 
 
@@ -218,3 +219,24 @@ def prevalence_errors(
         "under_generated_conditions": [row(p) for p in by_error[:CONDITIONS_SHOWN] if errors[p] < 0],
         "over_generated_conditions": [row(p) for p in by_error[::-1][:CONDITIONS_SHOWN] if errors[p] > 0],
     }
+
+
+def within_25pct_of_real_samples(real: SequenceFacts, real_prevalence: np.ndarray, sample_size: int,
+                                 seed: int = 0) -> dict | None:
+    """The within +-25% share that samples of real training patients get: `sample_size` of them drawn with
+    replacement, scored against all of them, REAL_SAMPLE_DRAWS times. A model that wrote exactly the real
+    patients would score this; the median is what the figure can reach with this many synthetic patients,
+    the 5-95% range how much it moves from one sample to the next."""
+    codes = np.flatnonzero(real_prevalence >= PREVALENCE_ERROR_MIN_REAL)
+    if not len(codes) or sample_size < 1 or real.count < 1:
+        return None
+    held = concept_matrix(real, len(real_prevalence))[:, codes]  # patients x frequent concepts, sparse
+    generator = np.random.default_rng(seed)
+    shares = []
+    for _ in range(REAL_SAMPLE_DRAWS):
+        drawn = np.asarray(held[generator.integers(real.count, size=sample_size)].sum(axis=0)).ravel() / sample_size
+        errors = np.abs(drawn - real_prevalence[codes]) / real_prevalence[codes]
+        shares.append(float(np.mean(errors <= PREVALENCE_TOLERANCE)))
+    low, median, high = np.percentile(shares, [5, 50, 95])
+    return {"sample_size": sample_size, "draws": REAL_SAMPLE_DRAWS, "median": float(median), "p5": float(low),
+            "p95": float(high)}

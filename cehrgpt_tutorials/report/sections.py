@@ -34,7 +34,7 @@ def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
     errors, calendar = report["prevalence_errors"], report["calendar"]
     lines = [
         f"Concepts in >= {percent(errors['min_real_prevalence'])} of real patients within +-25% prevalence: "
-        f"{percent(errors['within_25pct'])} of {errors['concepts']}",
+        f"{percent(errors['within_25pct'])} of {errors['concepts']}{real_samples_note(errors.get('real_samples'))}",
         cdm_fidelity_line(report["cdm_fidelity"]),
         f"Synthetic visits after the source's last date ({calendar['source_end_date']}): "
         f"{percent(calendar['visits_after_source_end_fraction'])}, after today: "
@@ -59,6 +59,14 @@ def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
     return lines
 
 
+def real_samples_note(samples: dict | None) -> str:
+    """The baseline beside the within +-25% share: what as many real training patients drawn at random get."""
+    if not samples:
+        return ""
+    return (f" (as many real training patients drawn at random: {percent(samples['median'])}, 5-95% "
+            f"{percent(samples['p5'])}-{percent(samples['p95'])} over {samples['draws']} draws of {samples['sample_size']:,})")
+
+
 def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
     errors = report["prevalence_errors"]
     lines = [
@@ -66,7 +74,8 @@ def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
         "of real patients",
         "",
         f"{percent(errors['within_25pct'])} have a synthetic prevalence within +-25% of the real one (relative error "
-        f"= (synthetic - real) / real; -100% = never generated). Reading: {READINGS['prevalence_within_25pct']}.",
+        f"= (synthetic - real) / real; -100% = never generated){real_samples_note(errors.get('real_samples'))}. "
+        f"Reading: {READINGS['prevalence_within_25pct']}.",
         "",
     ]
     if "prevalence_errors" in plots:
