@@ -23,7 +23,7 @@ from cehrgpt_tutorials.report.fidelity import (
     pearson_r,
     prevalence,
     prevalence_errors,
-    within_25pct_of_real_samples,
+    within_25pct_of_samples,
 )
 from cehrgpt_tutorials.report.privacy import (
     attribute_config,
@@ -128,15 +128,15 @@ def test_real_samples_show_how_far_the_within_25pct_share_moves_by_chance_at_the
     _, real = facts_of(half, vocabulary)
     real_prevalence = prevalence(real, len(vocabulary))
     # One patient holds a concept or not: 0% or 100% against 50%, never within +-25%.
-    assert within_25pct_of_real_samples(real, real_prevalence, 1)["p95"] == 0.0
+    assert within_25pct_of_samples(real, real_prevalence, 1)["p95"] == 0.0
     # 10,000 patients: 50% +- 0.5 points, always within.
-    many = within_25pct_of_real_samples(real, real_prevalence, 10_000)
+    many = within_25pct_of_samples(real, real_prevalence, 10_000)
     assert many["p5"] == many["median"] == 1.0 and many["sample_size"] == 10_000
     # A concept every real patient holds is held by every sample of them.
     _, everyone = facts_of([PROMPT + visit] * 20, vocabulary)
-    assert within_25pct_of_real_samples(everyone, prevalence(everyone, len(vocabulary)), 3)["p5"] == 1.0
+    assert within_25pct_of_samples(everyone, prevalence(everyone, len(vocabulary)), 3)["p5"] == 1.0
     _, nobody = facts_of([PROMPT], vocabulary)
-    assert within_25pct_of_real_samples(nobody, prevalence(nobody, len(vocabulary)), 3) is None
+    assert within_25pct_of_samples(nobody, prevalence(nobody, len(vocabulary)), 3) is None
 
 
 # --------------------------------------------------------------------------------------------

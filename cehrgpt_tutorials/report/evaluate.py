@@ -24,7 +24,7 @@ from cehrgpt_tutorials.report.fidelity import (
     cooccurrence_r,
     distribution_metrics,
     prevalence_errors,
-    within_25pct_of_real_samples,
+    within_25pct_of_samples,
 )
 from cehrgpt_tutorials.report.inputs import (
     Comparison,
@@ -178,8 +178,9 @@ def validity_keys(compared: Comparison) -> dict:
 def prevalence_keys(compared: Comparison, prevalence: ConceptPrevalence, cdm: CdmPrevalence | None) -> dict:
     """2. Concept prevalence: its correlation, the per-concept errors, and the source CDM's concepts."""
     errors = prevalence_errors(prevalence.real, prevalence.synthetic, compared.vocabulary.tokens, compared.names)
-    errors["real_samples"] = within_25pct_of_real_samples(compared.real.train_facts, prevalence.real,
-                                                          compared.synthetic.count)
+    errors["synthetic_resamples"] = within_25pct_of_samples(compared.synthetic_facts, prevalence.real,
+                                                            compared.synthetic.count)
+    errors["real_samples"] = within_25pct_of_samples(compared.real.train_facts, prevalence.real, compared.synthetic.count)
     against_cdm = cdm_fidelity(cdm, prevalence.real, prevalence.synthetic, compared.vocabulary.code_of)
     return {
         "prevalence_pearson_r": prevalence.pearson_r,

@@ -186,7 +186,7 @@ def distribution_metrics(real: SequenceFacts, synthetic: SequenceFacts) -> dict[
 PREVALENCE_ERROR_MIN_REAL = 0.05
 PREVALENCE_TOLERANCE = 0.25  # "within +-25% relative"
 WORST_SHOWN = 15
-REAL_SAMPLE_DRAWS = 200
+SAMPLE_DRAWS = 200
 CONDITIONS_SHOWN = 5
 
 
@@ -221,22 +221,22 @@ def prevalence_errors(
     }
 
 
-def within_25pct_of_real_samples(real: SequenceFacts, real_prevalence: np.ndarray, sample_size: int,
-                                 seed: int = 0) -> dict | None:
-    """The within +-25% share that samples of real training patients get: `sample_size` of them drawn with
-    replacement, scored against all of them, REAL_SAMPLE_DRAWS times. A model that wrote exactly the real
-    patients would score this; the median is what the figure can reach with this many synthetic patients,
-    the 5-95% range how much it moves from one sample to the next."""
+def within_25pct_of_samples(facts: SequenceFacts, real_prevalence: np.ndarray, sample_size: int,
+                            seed: int = 0) -> dict | None:
+    """The within +-25% share (against real_prevalence) of `sample_size` patients drawn with replacement from
+    `facts`, SAMPLE_DRAWS times: median and 5-95%. Drawn from the real training patients, it is what a
+    model that wrote exactly them would score with this many patients; drawn from the synthetic patients
+    themselves, how much the figure would move with another sample of the same model."""
     codes = np.flatnonzero(real_prevalence >= PREVALENCE_ERROR_MIN_REAL)
-    if not len(codes) or sample_size < 1 or real.count < 1:
+    if not len(codes) or sample_size < 1 or facts.count < 1:
         return None
-    held = concept_matrix(real, len(real_prevalence))[:, codes]  # patients x frequent concepts, sparse
+    held = concept_matrix(facts, len(real_prevalence))[:, codes]  # patients x frequent concepts, sparse
     generator = np.random.default_rng(seed)
     shares = []
-    for _ in range(REAL_SAMPLE_DRAWS):
-        drawn = np.asarray(held[generator.integers(real.count, size=sample_size)].sum(axis=0)).ravel() / sample_size
+    for _ in range(SAMPLE_DRAWS):
+        drawn = np.asarray(held[generator.integers(facts.count, size=sample_size)].sum(axis=0)).ravel() / sample_size
         errors = np.abs(drawn - real_prevalence[codes]) / real_prevalence[codes]
         shares.append(float(np.mean(errors <= PREVALENCE_TOLERANCE)))
     low, median, high = np.percentile(shares, [5, 50, 95])
-    return {"sample_size": sample_size, "draws": REAL_SAMPLE_DRAWS, "median": float(median), "p5": float(low),
+    return {"sample_size": sample_size, "draws": SAMPLE_DRAWS, "median": float(median), "p5": float(low),
             "p95": float(high)}

@@ -34,7 +34,7 @@ def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
     errors, calendar = report["prevalence_errors"], report["calendar"]
     lines = [
         f"Concepts in >= {percent(errors['min_real_prevalence'])} of real patients within +-25% prevalence: "
-        f"{percent(errors['within_25pct'])} of {errors['concepts']}{real_samples_note(errors.get('real_samples'))}",
+        f"{percent(errors['within_25pct'])} of {errors['concepts']}{samples_note(errors)}",
         cdm_fidelity_line(report["cdm_fidelity"]),
         f"Synthetic visits after the source's last date ({calendar['source_end_date']}): "
         f"{percent(calendar['visits_after_source_end_fraction'])}, after today: "
@@ -59,12 +59,16 @@ def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
     return lines
 
 
-def real_samples_note(samples: dict | None) -> str:
-    """The baseline beside the within +-25% share: what as many real training patients drawn at random get."""
-    if not samples:
+def samples_note(errors: dict) -> str:
+    """The spread and the baseline beside the within +-25% share: the synthetic patients resampled (how much
+    another sample of the model would move it) and as many real training patients drawn at random (what a
+    perfect model would score)."""
+    resampled, real = errors.get("synthetic_resamples"), errors.get("real_samples")
+    if not resampled or not real:
         return ""
-    return (f" (as many real training patients drawn at random: {percent(samples['median'])}, 5-95% "
-            f"{percent(samples['p5'])}-{percent(samples['p95'])} over {samples['draws']} draws of {samples['sample_size']:,})")
+    return (f" (5-95% over {resampled['draws']} resamples of the synthetic patients: {percent(resampled['p5'])}-"
+            f"{percent(resampled['p95'])}; {real['sample_size']:,} real training patients drawn at random: "
+            f"{percent(real['median'])}, 5-95% {percent(real['p5'])}-{percent(real['p95'])})")
 
 
 def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
@@ -74,7 +78,7 @@ def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
         "of real patients",
         "",
         f"{percent(errors['within_25pct'])} have a synthetic prevalence within +-25% of the real one (relative error "
-        f"= (synthetic - real) / real; -100% = never generated){real_samples_note(errors.get('real_samples'))}. "
+        f"= (synthetic - real) / real; -100% = never generated){samples_note(errors)}. "
         f"Reading: {READINGS['prevalence_within_25pct']}.",
         "",
     ]
