@@ -9,15 +9,19 @@ half of its visits and lets the step-5 sampler (the constrained one, top-p 1) wr
 continuations of that real prefix. It compares them with the real remainder ("real"): visits, the
 share of next visits that repeat a clinical concept of the visit before (a series going on), and the
 gaps. With --from-prompt, the same patients are also written from their 4-token prompt alone (free
-generation, as step 5 does), beside the real patients whole ("real_whole").
+generation, as step 5 does), beside the real patients whole ("real_whole"). With --series CONCEPT_ID,
+it follows one concept instead: for patients with >= 4 visits holding it, cut after the 2nd such visit
+and after half of them, it counts the such visits the model writes after the cut against the real ones
+(how much of a series the model must see before it keeps it going).
 
 Deterministic for a model, a set of sequences and --seed. A measurement for bench/RESULTS.md.
 
 Reads:  --model-dir (default $CEHR_GPT_MODEL_DIR), --real-dir (default $CEHR_GPT_DATA_DIR/patient_sequence/test)
 Writes: the numbers on stdout; --json FILE too.
 
-Example:
+Examples:
     python bench/continuation.py --futures 5 --json continuation.json
+    python bench/continuation.py --real-dir omop_synthea/patient_sequence/train --series 4107731 --num-patients 12
 """
 
 from __future__ import annotations
@@ -79,26 +83,48 @@ def cut_after_visit(tokens: list[str], visit: int) -> int:
     raise ValueError("fewer visits than asked")
 
 
-def continue_patients(arguments) -> dict:
+class Sampler:
+    """The trained model behind step 5's constrained sampler (top-p 1), writing futures of a prefix."""
+
+    def __init__(self, model_dir: Path, concept_dir: Path | None, seed: int):
+        import torch
+
+        from cehrgpt_tutorials.generate import constrained_generator, load_model
+
+        torch.manual_seed(seed)
+        folders = argparse.Namespace(tokenizer_folder=str(model_dir), model_folder=str(model_dir))
+        self.tokenizer, model = load_model(folders, torch.device("cpu"))
+        self.generator = constrained_generator(model, self.tokenizer, concept_dir)
+        self.context = model.config.n_positions
+        self.known = set(self.tokenizer.get_vocab())
+        vocabulary = Vocabulary()
+        codes = vocabulary.codes(sorted(self.known))
+        self.days = {token: number for token, kind, number in zip(sorted(self.known), vocabulary.fact("kind")[codes],
+                                                                  vocabulary.fact("number")[codes], strict=True)
+                     if kind == TIME}
+
+    def futures(self, prefix: list[str], count: int) -> list[list[str]]:
+        """`count` continuations of prefix, each without the prefix and without [END]/[PAD]."""
+        import torch
+        from cehrgpt.generation.generate_batch_hf_gpt_sequence import generate_single_batch
+
+        output = generate_single_batch(self.generator, self.tokenizer, torch.tensor([self.tokenizer.encode(prefix)] * count),
+                                       max_length=self.context, top_p=1.0, top_k=self.tokenizer.vocab_size)
+        return [[token for token in future if token not in ("[END]", "[PAD]")][len(prefix):]
+                for future in output["sequences"]]
+
+
+def real_sequences(arguments, sampler: Sampler) -> list[list[str]]:
+    """The real sequences the model can read whole (known tokens, no longer than its context)."""
     import pyarrow.parquet as pq
-    import torch
-    from cehrgpt.generation.generate_batch_hf_gpt_sequence import generate_single_batch
 
-    from cehrgpt_tutorials.generate import constrained_generator, load_model
-
-    torch.manual_seed(arguments.seed)
-    folders = argparse.Namespace(tokenizer_folder=str(arguments.model_dir), model_folder=str(arguments.model_dir))
-    tokenizer, model = load_model(folders, torch.device("cpu"))
-    generator = constrained_generator(model, tokenizer, arguments.concept_dir)
-    context = model.config.n_positions
-    vocabulary, known = Vocabulary(), set(tokenizer.get_vocab())
-    codes = vocabulary.codes(sorted(known))
-    days = {token: number for token, kind, number in zip(sorted(known), vocabulary.fact("kind")[codes],
-                                                         vocabulary.fact("number")[codes], strict=True) if kind == TIME}
     sequences = [tokens for path in parquet_files(arguments.real_dir)
                  for tokens in pq.read_table(path, columns=["concept_ids"]).column(0).to_pylist()]
-    chosen = [tokens for tokens in sequences if len(tokens) <= context and set(tokens) <= known
-              and tokens.count("[VS]") >= arguments.min_visits]
+    return [tokens for tokens in sequences if len(tokens) <= sampler.context and set(tokens) <= sampler.known]
+
+
+def continue_patients(arguments, sampler: Sampler) -> dict:
+    chosen = [tokens for tokens in real_sequences(arguments, sampler) if tokens.count("[VS]") >= arguments.min_visits]
     chosen = [chosen[i] for i in sorted(np.random.default_rng(arguments.seed).permutation(len(chosen))[:arguments.num_patients])]
     results = {"real": [], "continued": [], "real_whole": [], "from_prompt": []}
     cuts = [("continued", 0.5)] + ([("from_prompt", 0.0)] if arguments.from_prompt else [])
@@ -109,16 +135,36 @@ def continue_patients(arguments) -> dict:
             cut = cut_after_visit(tokens, visit)
             before = visits_of(tokens[:cut])[-1] if visit else None
             real_name = "real" if name == "continued" else "real_whole"
-            results[real_name].append(remainder_facts(visits_of(tokens[cut:]), gaps_of(tokens[cut - 1:], days), before))
-            prompt = torch.tensor([tokenizer.encode(tokens[:cut])] * arguments.futures)
-            output = generate_single_batch(generator, tokenizer, prompt, max_length=context, top_p=1.0,
-                                           top_k=tokenizer.vocab_size)
-            for future in output["sequences"]:
-                written = [token for token in future if token not in ("[START]", "[END]", "[PAD]")][cut:]
-                results[name].append(remainder_facts(visits_of(written), gaps_of([tokens[cut - 1], *written], days), before))
+            results[real_name].append(remainder_facts(visits_of(tokens[cut:]), gaps_of(tokens[cut - 1:], sampler.days), before))
+            for written in sampler.futures(tokens[:cut], arguments.futures):
+                results[name].append(remainder_facts(visits_of(written), gaps_of([tokens[cut - 1], *written], sampler.days),
+                                                     before))
         print(f"patient {number} of {len(chosen)}", end="\r", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return summarise(results)
+
+
+def visits_with(tokens: list[str], concept: str) -> int:
+    return sum(concept in visit for visit in visits_of(tokens))
+
+
+def continue_series(arguments, sampler: Sampler, concept: str) -> dict:
+    """For the patients with >= 4 visits holding `concept`: cut after the 2nd such visit and after half of
+    them, and count the such visits the model writes after the cut against the real patient's."""
+    holders = [tokens for tokens in real_sequences(arguments, sampler) if visits_with(tokens, concept) >= 4]
+    holders = holders[:arguments.num_patients]
+    result = {"concept": concept, "patients": len(holders),
+              "real_visits_with_it": float(np.mean([visits_with(tokens, concept) for tokens in holders])) if holders else None}
+    for label in ("after_2nd", "after_half"):
+        real, model = [], []
+        for tokens in holders:
+            wanted = 2 if label == "after_2nd" else visits_with(tokens, concept) // 2
+            holding = np.cumsum([concept in visit for visit in visits_of(tokens)])
+            cut = cut_after_visit(tokens, int(np.searchsorted(holding, wanted)) + 1)
+            real.append(visits_with(tokens[cut:], concept))
+            model += [visits_with(written, concept) for written in sampler.futures(tokens[:cut], arguments.futures)]
+        result[label] = {"real": float(np.mean(real)) if real else None, "model": float(np.mean(model)) if model else None}
+    return result
 
 
 def summarise(results: dict) -> dict:
@@ -135,6 +181,12 @@ def summarise(results: dict) -> dict:
     return summary
 
 
+def shown(value) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{key} {shown(inner)}" for key, inner in value.items()) + ")"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=cehr_gpt_model_dir(), help="default: %(default)s")
@@ -147,18 +199,23 @@ def main() -> None:
     parser.add_argument("--futures", type=int, default=5, help="continuations per patient (default: %(default)s)")
     parser.add_argument("--min-visits", type=int, default=4, help="patients with fewer are skipped (default: %(default)s)")
     parser.add_argument("--from-prompt", action="store_true", help="also write each patient from its prompt alone")
+    parser.add_argument("--series", action="append", default=[], metavar="CONCEPT_ID",
+                        help="instead: follow this concept's series (repeatable), e.g. 4107731 (immunotherapy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     arguments = parser.parse_args()
     try:
         if not (arguments.model_dir / "config.json").exists():
             raise PipelineError(f"no trained model in '{arguments.model_dir}' (no config.json)")
-        summary = continue_patients(arguments)
+        sampler = Sampler(arguments.model_dir, arguments.concept_dir, arguments.seed)
+        if arguments.series:
+            summary = {concept: continue_series(arguments, sampler, concept) for concept in arguments.series}
+        else:
+            summary = continue_patients(arguments, sampler)
     except PipelineError as error:
         fail(str(error))
     for name, numbers in summary.items():
-        print(f"{name:<12} " + "  ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
-                                        for key, value in numbers.items()))
+        print(f"{name:<12} " + "  ".join(f"{key} {shown(value)}" for key, value in numbers.items()))
     if arguments.json:
         arguments.json.write_text(json.dumps(summary, indent=2) + "\n")
 

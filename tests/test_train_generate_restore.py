@@ -239,6 +239,29 @@ def test_continuation_compares_a_cut_patients_rest_with_the_visit_before_the_cut
     assert continuation.remainder_facts([], [], before) == {"visits": 0, "repeats": [], "gaps": []}
 
 
+@pytest.mark.slow
+def test_continuation_counts_a_series_left_after_each_cut_of_a_real_patient(trained, pipeline_env, tmp_path):
+    from cehrgpt.models.tokenization_hf_cehrgpt import CehrGptTokenizer
+
+    assert trained["result"].returncode == 0, output_of(trained["result"])
+    vocabulary = CehrGptTokenizer.from_pretrained(trained["model_dir"]).get_vocab()
+    concept = next(token for token in sorted(vocabulary) if token.isdigit() and token not in ("9201", "9202", "9203"))
+    visit = ["[VS]", "9202", concept, "[VE]", "D14"]
+    prompt = next(token for token in sorted(vocabulary) if token.startswith("year:"))
+    age = next(token for token in sorted(vocabulary) if token.startswith("age:"))
+    pq.write_table(pa.table({"concept_ids": [[prompt, age, "8507", "8527", *(visit * 6)][:-1]]}), tmp_path / "one.parquet")
+    report = tmp_path / "series.json"
+    result = run_script([str(REPO_ROOT / "bench" / "continuation.py"), "--model-dir", str(trained["model_dir"]),
+                         "--real-dir", str(tmp_path), "--series", concept, "--futures", "1", "--json", str(report)],
+                        pipeline_env)
+    assert result.returncode == 0, output_of(result)
+    series = json.loads(report.read_text())[concept]
+    # Six visits with the concept: 4 left after the 2nd, 3 after the 3rd (half); the model's counts are its own.
+    assert series["patients"] == 1 and series["real_visits_with_it"] == 6
+    assert series["after_2nd"]["real"] == 4 and series["after_half"]["real"] == 3
+    assert series["after_2nd"]["model"] >= 0 and series["after_half"]["model"] >= 0
+
+
 def test_visit_end_leak_names_a_missing_model(pipeline_env, tmp_path):
     result = run_script([str(REPO_ROOT / "bench" / "visit_end_leak.py"), "--model-dir", str(tmp_path / "none")],
                         pipeline_env, timeout=120)
