@@ -59,7 +59,7 @@ def visits_of(tokens: list[str]) -> list[list[str]]:
 
 
 def remainder_facts(visits: list[list[str]], gaps: list[float], before: list[str] | None) -> dict:
-    """Visits, the share of visits that repeat a clinical concept of the visit before, the gaps."""
+    """Visits, whether each repeats a clinical concept of the visit before it (`before` for the first), the gaps."""
     chain = ([before] if before is not None else []) + visits
     clinical = [{token for token in visit[1:] if token.isdigit()} for visit in chain]  # [0] is the visit type
     repeats = [bool(previous & visit) for previous, visit in zip(clinical, clinical[1:], strict=False)]
