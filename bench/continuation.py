@@ -123,8 +123,8 @@ def real_sequences(arguments, sampler: Sampler) -> list[list[str]]:
     return [tokens for tokens in sequences if len(tokens) <= sampler.context and set(tokens) <= sampler.known]
 
 
-def continue_patients(arguments, sampler: Sampler) -> dict:
-    chosen = [tokens for tokens in real_sequences(arguments, sampler) if tokens.count("[VS]") >= arguments.min_visits]
+def continue_patients(arguments, sampler: Sampler, real: list[list[str]]) -> dict:
+    chosen = [tokens for tokens in real if tokens.count("[VS]") >= arguments.min_visits]
     chosen = [chosen[i] for i in sorted(np.random.default_rng(arguments.seed).permutation(len(chosen))[:arguments.num_patients])]
     results = {"real": [], "continued": [], "real_whole": [], "from_prompt": []}
     cuts = [("continued", 0.5)] + ([("from_prompt", 0.0)] if arguments.from_prompt else [])
@@ -148,22 +148,27 @@ def visits_with(tokens: list[str], concept: str) -> int:
     return sum(concept in visit for visit in visits_of(tokens))
 
 
-def continue_series(arguments, sampler: Sampler, concept: str) -> dict:
+def continue_series(arguments, sampler: Sampler, real: list[list[str]], concept: str) -> dict:
     """For the patients with >= 4 visits holding `concept`: cut after the 2nd such visit and after half of
     them, and count the such visits the model writes after the cut against the real patient's."""
-    holders = [tokens for tokens in real_sequences(arguments, sampler) if visits_with(tokens, concept) >= 4]
-    holders = holders[:arguments.num_patients]
-    result = {"concept": concept, "patients": len(holders),
-              "real_visits_with_it": float(np.mean([visits_with(tokens, concept) for tokens in holders])) if holders else None}
+    holding = {}  # patient index -> running count of visits holding the concept, visit by visit
+    for index, tokens in enumerate(real):
+        if len(holding) >= arguments.num_patients:
+            break
+        running = np.cumsum([concept in visit for visit in visits_of(tokens)])
+        if len(running) and running[-1] >= 4:
+            holding[index] = running
+    result = {"concept": concept, "patients": len(holding),
+              "real_visits_with_it": float(np.mean([running[-1] for running in holding.values()])) if holding else None}
     for label in ("after_2nd", "after_half"):
-        real, model = [], []
-        for tokens in holders:
-            wanted = 2 if label == "after_2nd" else visits_with(tokens, concept) // 2
-            holding = np.cumsum([concept in visit for visit in visits_of(tokens)])
-            cut = cut_after_visit(tokens, int(np.searchsorted(holding, wanted)) + 1)
-            real.append(visits_with(tokens[cut:], concept))
-            model += [visits_with(written, concept) for written in sampler.futures(tokens[:cut], arguments.futures)]
-        result[label] = {"real": float(np.mean(real)) if real else None, "model": float(np.mean(model)) if model else None}
+        rest, model = [], []
+        for index, running in holding.items():
+            wanted = 2 if label == "after_2nd" else int(running[-1]) // 2
+            visit = int(np.searchsorted(running, wanted)) + 1
+            cut = cut_after_visit(real[index], visit)
+            rest.append(int(running[-1] - running[visit - 1]))
+            model += [visits_with(written, concept) for written in sampler.futures(real[index][:cut], arguments.futures)]
+        result[label] = {"real": float(np.mean(rest)) if rest else None, "model": float(np.mean(model)) if model else None}
     return result
 
 
@@ -208,10 +213,11 @@ def main() -> None:
         if not (arguments.model_dir / "config.json").exists():
             raise PipelineError(f"no trained model in '{arguments.model_dir}' (no config.json)")
         sampler = Sampler(arguments.model_dir, arguments.concept_dir, arguments.seed)
+        real = real_sequences(arguments, sampler)
         if arguments.series:
-            summary = {concept: continue_series(arguments, sampler, concept) for concept in arguments.series}
+            summary = {concept: continue_series(arguments, sampler, real, concept) for concept in arguments.series}
         else:
-            summary = continue_patients(arguments, sampler)
+            summary = continue_patients(arguments, sampler, real)
     except PipelineError as error:
         fail(str(error))
     for name, numbers in summary.items():
