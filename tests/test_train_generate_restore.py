@@ -262,6 +262,46 @@ def test_continuation_counts_a_series_left_after_each_cut_of_a_real_patient(trai
     assert series["after_2nd"]["model"] >= 0 and series["after_half"]["model"] >= 0
 
 
+def test_learning_curve_subsets_are_nested_and_the_same_for_the_same_seed():
+    learning_curve = load_bench_module("learning_curve")
+    persons = np.arange(1000, 1200)
+    quarter, half = (set(learning_curve.nested_subset(persons, share, seed=3)) for share in (0.25, 0.5))
+    assert len(quarter) == 50 and len(half) == 100 and quarter < half
+    assert set(learning_curve.nested_subset(persons, 0.5, seed=3)) == half
+    assert set(learning_curve.nested_subset(persons, 0.5, seed=4)) != half
+    assert len(learning_curve.nested_subset(persons, 1.0, seed=3)) == 200
+
+
+@pytest.mark.slow
+def test_learning_curve_samples_the_given_full_model_and_reads_a_finished_fraction_again(
+        trained, demo_patient_sequence, demo_omop_parquet, pipeline_env, tmp_path):
+    assert trained["result"].returncode == 0, output_of(trained["result"])
+    arguments = [str(REPO_ROOT / "bench" / "learning_curve.py"), "--fractions", "1", "--full-model",
+                 str(trained["model_dir"]), "--real-dir", str(demo_patient_sequence / "train"), "--omop-dir",
+                 str(demo_omop_parquet), "--num-patients", "4", "--output", str(tmp_path / "curve")]
+    first = run_script(arguments, pipeline_env)
+    assert first.returncode == 0, output_of(first)
+    fraction = tmp_path / "curve" / "f100"
+    result = json.loads((fraction / "result.json").read_text())
+    training_patients = ds.dataset(demo_patient_sequence / "train", format="parquet").count_rows()
+    assert result["training_patients"] == training_patients and result["train_seconds"] is None
+    assert result["model_dir"] == str(trained["model_dir"]) and not (fraction / "cehrgpt_model").exists()
+    assert result["synthetic_patients"] >= 4
+    sampled_at = (fraction / "generate.log").stat().st_mtime_ns
+    again = run_script(arguments, pipeline_env)
+    assert again.returncode == 0, output_of(again)
+    assert (fraction / "generate.log").stat().st_mtime_ns == sampled_at  # read again, not sampled again
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
+
+
+def test_learning_curve_refuses_a_fraction_outside_zero_to_one(pipeline_env, tmp_path):
+    result = run_script([str(REPO_ROOT / "bench" / "learning_curve.py"), "--fractions", "0.5", "1.5",
+                         "--output", str(tmp_path / "curve")], pipeline_env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("--fractions must lie in (0, 1]: [1.5]")
+    assert not (tmp_path / "curve").exists()
+
+
 def test_visit_end_leak_names_a_missing_model(pipeline_env, tmp_path):
     result = run_script([str(REPO_ROOT / "bench" / "visit_end_leak.py"), "--model-dir", str(tmp_path / "none")],
                         pipeline_env, timeout=120)
