@@ -12,7 +12,7 @@ patients, and step 6's report compares them with all the training patients and w
 uses --full-model when given (the model `make demo` trained on all of them by the same recipe) instead
 of training again. Per fraction it prints the training patients and seconds, the report's
 prevalence_within_25pct with its 5-95% band over resamples of the synthetic patients, what as many
-real training patients drawn at random score (a perfect model), the CDM's frequent concepts within
+patients of a perfect model score (the report's prevalence_within_25pct_perfect_model), the CDM's frequent concepts within
 +-25%, visits per patient (synthetic / real) and the sequence-length KS statistic.
 
 A fraction whose folder holds result.json is read again, not rerun; a model whose training finished is
@@ -89,7 +89,7 @@ def headline(report: dict) -> dict:
         "within_25pct": report["prevalence_within_25pct"],
         "within_25pct_p5": band.get("p5"),
         "within_25pct_p95": band.get("p95"),
-        "within_25pct_real_samples": report["prevalence_within_25pct_real_samples"],
+        "within_25pct_perfect_model": report["prevalence_within_25pct_perfect_model"],
         "frequent_concepts": errors["concepts"],
         "cdm_within_25pct": report.get("cdm_concepts_within_25pct"),
         "visits_ratio": visits["synthetic_mean"] / visits["real_mean"],
@@ -144,7 +144,7 @@ def print_table(results: list[dict]) -> None:
         train = "reused" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}"
         print(f"| {row['training_patients']} ({row['fraction']:g}) | {train} | {percent(row['within_25pct'])} "
               f"({percent(row['within_25pct_p5'])}-{percent(row['within_25pct_p95'])}) of "
-              f"{row['frequent_concepts']} | {percent(row['within_25pct_real_samples'])} | "
+              f"{row['frequent_concepts']} | {percent(row['within_25pct_perfect_model'])} | "
               f"{percent(row['cdm_within_25pct'])} | {row['visits_ratio']:.2f}x | {row['length_ks']:.3f} |")
 
 

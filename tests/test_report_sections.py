@@ -23,6 +23,7 @@ from cehrgpt_tutorials.report.fidelity import (
     pearson_r,
     prevalence,
     prevalence_errors,
+    within_25pct_of_a_perfect_model,
     within_25pct_of_samples,
 )
 from cehrgpt_tutorials.report.privacy import (
@@ -121,7 +122,7 @@ def test_a_concept_never_generated_has_a_prevalence_error_of_minus_100_percent()
     assert [row["concept_id"] for row in errors["over_generated_conditions"]] == ["1005"]
 
 
-def test_real_samples_show_how_far_the_within_25pct_share_moves_by_chance_at_the_synthetic_sample_size():
+def test_resamples_show_how_far_the_within_25pct_share_moves_by_chance_at_the_sample_size():
     vocabulary = Vocabulary()
     visit = ["[VS]", "9202", "1001", "[VE]"]
     half = [PROMPT + visit] * 50 + [PROMPT + ["[VS]", "9202", "1002", "[VE]"]] * 50  # 1001 and 1002: 50% each
@@ -137,6 +138,25 @@ def test_real_samples_show_how_far_the_within_25pct_share_moves_by_chance_at_the
     assert within_25pct_of_samples(everyone, prevalence(everyone, len(vocabulary)), 3)["p5"] == 1.0
     _, nobody = facts_of([PROMPT], vocabulary)
     assert within_25pct_of_samples(nobody, prevalence(nobody, len(vocabulary)), 3) is None
+
+
+def test_a_perfect_model_scores_below_a_copy_of_a_small_training_set_and_not_of_a_large_one():
+    vocabulary = Vocabulary()
+
+    def patients(count):  # ten concepts, each held by every tenth patient: 10% each
+        return facts_of([PROMPT + ["[VS]", "9202", str(1001 + i % 10), "[VE]"] for i in range(count)], vocabulary)[1]
+
+    small, large = patients(40), patients(2000)
+    # 10,000 patients drawn from 40 training patients hold each concept at 10% +- 0.3 points: always within
+    # +-25% of those 40. A model of their population is scored against a training set of 40 drawn from it,
+    # where a concept held by 4 patients is as often held by 2 or 6 (5% or 15%): often not within.
+    assert within_25pct_of_samples(small, prevalence(small, len(vocabulary)), 10_000)["p5"] == 1.0
+    perfect = within_25pct_of_a_perfect_model(small, len(vocabulary), 10_000)
+    assert perfect["median"] < 0.7 and perfect["sample_size"] == 10_000 and perfect["training_set_size"] == 40
+    # 2,000 training patients hold each concept 200 +- 13 times: the perfect model is always within.
+    assert within_25pct_of_a_perfect_model(large, len(vocabulary), 10_000)["p5"] == 1.0
+    _, nobody = facts_of([PROMPT], vocabulary)
+    assert within_25pct_of_a_perfect_model(nobody, len(vocabulary), 3) is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from cehrgpt_tutorials.report.fidelity import (
     cooccurrence_r,
     distribution_metrics,
     prevalence_errors,
+    within_25pct_of_a_perfect_model,
     within_25pct_of_samples,
 )
 from cehrgpt_tutorials.report.inputs import (
@@ -180,12 +181,13 @@ def prevalence_keys(compared: Comparison, prevalence: ConceptPrevalence, cdm: Cd
     errors = prevalence_errors(prevalence.real, prevalence.synthetic, compared.vocabulary.tokens, compared.names)
     errors["synthetic_resamples"] = within_25pct_of_samples(compared.synthetic_facts, prevalence.real,
                                                             compared.synthetic.count)
-    errors["real_samples"] = within_25pct_of_samples(compared.real.train_facts, prevalence.real, compared.synthetic.count)
+    errors["perfect_model"] = within_25pct_of_a_perfect_model(compared.real.train_facts, len(prevalence.real),
+                                                             compared.synthetic.count)
     against_cdm = cdm_fidelity(cdm, prevalence.real, prevalence.synthetic, compared.vocabulary.code_of)
     return {
         "prevalence_pearson_r": prevalence.pearson_r,
         "prevalence_within_25pct": errors["within_25pct"],
-        "prevalence_within_25pct_real_samples": errors["real_samples"]["median"] if errors["real_samples"] else None,
+        "prevalence_within_25pct_perfect_model": errors["perfect_model"]["median"] if errors["perfect_model"] else None,
         "prevalence_errors": errors,
         **report_keys(against_cdm),
         "cdm_fidelity": against_cdm,

@@ -102,8 +102,8 @@ def summary_lines(report: dict) -> list[str]:
         f"| converted_fraction | {percent(report['converted_fraction'])} | {METRICS['converted_fraction']} |",
         f"| heldout_real_sequences | {report['heldout_real_sequences']:,} | real sequences the model never saw, "
         "the reference of the privacy and utility checks |",
-        f"| prevalence_within_25pct (real samples) | {percent(report['prevalence_within_25pct'])} "
-        f"({percent(report.get('prevalence_within_25pct_real_samples'))}) | {METRICS['prevalence_within_25pct']} |",
+        f"| prevalence_within_25pct (perfect model) | {percent(report['prevalence_within_25pct'])} "
+        f"({percent(report.get('prevalence_within_25pct_perfect_model'))}) | {METRICS['prevalence_within_25pct']} |",
         f"| cdm_concepts_within_25pct (real sequences) | {percent(report['cdm_concepts_within_25pct'])} "
         f"({percent(report['cdm_concepts_within_25pct_real_sequences'])}) | {METRICS['cdm_concepts_within_25pct']} |",
         f"| visits_after_source_end_fraction | {percent(report['visits_after_source_end_fraction'])} | "

@@ -27,9 +27,9 @@ METRICS = {
     "converted_fraction": "share of synthetic sequences that cehrgpt's converter turned into OMOP persons "
     "(from --restored-omop-dir, or the run's restored_omop/)",
     "prevalence_within_25pct": "share of the concepts in >= 5% of real training patients whose synthetic "
-    "prevalence is within +-25% (relative) of the real one (prevalence_within_25pct_real_samples: the median "
-    "share that as many real training patients drawn at random get, what a perfect model would score; "
-    "prevalence_errors.synthetic_resamples: the 5-95% band of the synthetic patients resampled)",
+    "prevalence is within +-25% (relative) of the real one (prevalence_within_25pct_perfect_model: the median "
+    "share a perfect model's patients get, as many as the synthetic ones, drawn at random from the real training "
+    "patients and scored against a training set of their size drawn too; prevalence_errors.synthetic_resamples: the 5-95% band of the synthetic patients resampled)",
     "cdm_concepts_within_25pct": "share of the condition, drug and procedure concepts held by >= 5% of the source "
     "CDM's persons (exported OMOP tables) whose synthetic prevalence is within +-25% (relative) of the CDM's "
     "(cdm_concepts_within_25pct_real_sequences: the same for the real training sequences)",
@@ -60,7 +60,7 @@ READINGS = {
     "(say under 0.9): relations between concepts were lost",
     "visits_after_source_end_fraction": "0% in real data; more than a few % means synthetic patients live in "
     "the future (the restore step censors them at the source's last date)",
-    "prevalence_within_25pct": "the synthetic band well below the real samples' band: frequent concepts, which "
+    "prevalence_within_25pct": "the synthetic band well below the perfect model's band: frequent concepts, which "
     "analyses depend on, are mis-generated; the bands overlapping: as close as this many patients can show. Two "
     "runs whose bands overlap are not told apart by this figure",
     "cdm_concepts_within_25pct": "well below the real sequences' figure: the model mis-generates what step 2 kept; "

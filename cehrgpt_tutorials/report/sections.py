@@ -61,14 +61,14 @@ def prevalence_calendar_privacy_utility_lines(report: dict) -> list[str]:
 
 def samples_note(errors: dict) -> str:
     """The spread and the baseline beside the within +-25% share: the synthetic patients resampled (how much
-    another sample of the model would move it) and as many real training patients drawn at random (what a
-    perfect model would score)."""
-    resampled, real = errors.get("synthetic_resamples"), errors.get("real_samples")
-    if not resampled or not real:
+    another sample of the model would move it) and what as many patients of a perfect model would score."""
+    resampled, perfect = errors.get("synthetic_resamples"), errors.get("perfect_model")
+    if not resampled or not perfect:
         return ""
     return (f" (5-95% over {resampled['draws']} resamples of the synthetic patients: {percent(resampled['p5'])}-"
-            f"{percent(resampled['p95'])}; {real['sample_size']:,} real training patients drawn at random: "
-            f"{percent(real['median'])}, 5-95% {percent(real['p5'])}-{percent(real['p95'])})")
+            f"{percent(resampled['p95'])}; {perfect['sample_size']:,} patients of a perfect model, drawn at random "
+            f"from the real training patients and scored against a training set of {perfect['training_set_size']:,} "
+            f"drawn too: {percent(perfect['median'])}, 5-95% {percent(perfect['p5'])}-{percent(perfect['p95'])})")
 
 
 def prevalence_error_lines(report: dict, plots: dict[str, str]) -> list[str]:
