@@ -109,8 +109,9 @@ def run_fraction(fraction: float, arguments: argparse.Namespace) -> dict:
         model_dir = arguments.full_model
     elif unfinished_model_problem(model_dir) is not None:  # not trained yet, or stopped half-way: (re)start it
         print(f"f={fraction:g}: training on {patients} patients", flush=True)
+        seed = [] if arguments.training_seed is None else ["--seed", str(arguments.training_seed)]
         train_seconds = run_logged(["sh", str(SCRIPTS / "train_cehrgpt.sh"), "--profile", arguments.profile, "--data-folder",
-                                    str(patients_dir), "--model-dir", str(model_dir)], folder / "train.log")
+                                    str(patients_dir), "--model-dir", str(model_dir), *seed], folder / "train.log")
     print(f"f={fraction:g}: sampling {arguments.num_patients} patients", flush=True)
     generate_seconds = run_logged(
         ["sh", str(SCRIPTS / "generate_synthetic.sh"), "--num-patients", str(arguments.num_patients),
@@ -164,6 +165,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="train_cehrgpt.sh's training profile (default demo, as `make demo`)")
     parser.add_argument("--num-patients", type=int, default=2000, help="synthetic patients per fraction (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsets, the sampler and the report (default 0)")
+    parser.add_argument("--training-seed", type=int, default=None,
+                        help="the runner's --seed (default: train_cehrgpt.sh's), to see how much another training moves the figures")
     parser.add_argument("--output", type=Path, required=True, help="folder for every fraction's outputs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     arguments = parser.parse_args(argv)
