@@ -28,8 +28,9 @@ METRICS = {
     "(from --restored-omop-dir, or the run's restored_omop/)",
     "prevalence_within_25pct": "share of the concepts in >= 5% of real training patients whose synthetic "
     "prevalence is within +-25% (relative) of the real one (prevalence_within_25pct_perfect_model: the median "
-    "share a perfect model's patients get, as many as the synthetic ones, drawn at random from the real training "
-    "patients and scored against a training set of their size drawn too; prevalence_errors.synthetic_resamples: the 5-95% band of the synthetic patients resampled)",
+    "share a perfect model's patients get, as many as the synthetic ones, drawn at random from the real "
+    "training patients and scored against a training set of their size drawn too; "
+    "prevalence_errors.synthetic_resamples: the 5-95% band of the synthetic patients resampled)",
     "cdm_concepts_within_25pct": "share of the condition, drug and procedure concepts held by >= 5% of the source "
     "CDM's persons (exported OMOP tables) whose synthetic prevalence is within +-25% (relative) of the CDM's "
     "(cdm_concepts_within_25pct_real_sequences: the same for the real training sequences)",
