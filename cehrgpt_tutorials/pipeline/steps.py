@@ -266,7 +266,7 @@ def summary(total_seconds: float | None = None) -> None:
         show("converted_fraction", "converted to OMOP")
         show("prevalence_pearson_r", "prevalence r")
         show("prevalence_within_25pct", "prevalence within 25%")
-        show("prevalence_within_25pct_perfect_model", "within 25%, perfect model")
+        show("prevalence_within_25pct_perfect_model", "perfect model within 25%")
         show("cdm_concepts_within_25pct", "CDM concepts within 25%")
         show("visits_after_source_end_fraction", "visits after source end")
         show("exact_copy_fraction", "exact copies")
