@@ -12,8 +12,9 @@ patients, and step 6's report compares them with all the training patients and w
 uses --full-model when given (the model `make demo` trained on all of them by the same recipe) instead
 of training again. Per fraction it prints the training patients and seconds, the report's
 prevalence_within_25pct with its 5-95% band over resamples of the synthetic patients, what as many
-patients of a perfect model score (the report's prevalence_within_25pct_perfect_model), the CDM's frequent concepts within
-+-25%, visits per patient (synthetic / real) and the sequence-length KS statistic.
+patients of a perfect model score (the report's prevalence_within_25pct_perfect_model), the CDM's
+frequent concepts within +-25%, visits per patient (synthetic / real) and the sequence-length KS
+statistic.
 
 A fraction whose folder holds result.json is read again, not rerun; a model whose training finished is
 not trained again, so an interrupted bench goes on where it stopped. Timings mean something only on a
@@ -47,10 +48,11 @@ sys.path.insert(0, str(REPO_ROOT))
 from cehrgpt_tutorials.errors import fail  # noqa: E402
 from cehrgpt_tutorials.files import atomic_file, parquet_files  # noqa: E402
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, omop_dir  # noqa: E402
+from cehrgpt_tutorials.pipeline.synthetic_options import SAMPLE_FOLDER  # noqa: E402
 from cehrgpt_tutorials.pipeline.training import unfinished_model_problem  # noqa: E402
+from cehrgpt_tutorials.report.metrics import percent  # noqa: E402
 
 SCRIPTS = REPO_ROOT / "cehrgpt_tutorials" / "scripts"
-RUN_NAME = "top_p10000_constrained"  # step 5's folder for its default sampler
 
 
 def nested_subset(person_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -118,7 +120,7 @@ def run_fraction(fraction: float, arguments: argparse.Namespace) -> dict:
          "--model-dir", str(model_dir), "--prompt-data", str(arguments.real_dir),
          "--output-dir", str(folder / "synthetic_data"), "--seed", str(arguments.seed)], folder / "generate.log")
     run_logged([sys.executable, str(REPO_ROOT / "inspect_synthetic.py"), "--synthetic-dir",
-                str(folder / "synthetic_data" / RUN_NAME), "--real-dir", str(arguments.real_dir.parent),
+                str(folder / "synthetic_data" / SAMPLE_FOLDER), "--real-dir", str(arguments.real_dir.parent),
                 "--omop-dir", str(arguments.omop_dir), "--report-dir", str(folder / "report"),
                 "--seed", str(arguments.seed)], folder / "inspect.log")
     report = json.loads((folder / "report" / "report.json").read_text())
@@ -131,10 +133,6 @@ def run_fraction(fraction: float, arguments: argparse.Namespace) -> dict:
 def write_json(path: Path, value) -> None:
     with atomic_file(path) as staging:
         staging.write_text(json.dumps(value, indent=1) + "\n")
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def print_table(results: list[dict]) -> None:
@@ -177,8 +175,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         parser.error(f"--fractions must lie in (0, 1]: {bad}")
     if not parquet_files(arguments.real_dir):
         parser.error(f"--real-dir {arguments.real_dir} holds no Parquet files: run step 2 (make sequences) first")
-    if arguments.full_model is not None and unfinished_model_problem(arguments.full_model) is not None:
-        parser.error(f"--full-model: {unfinished_model_problem(arguments.full_model)}")
+    problem = None if arguments.full_model is None else unfinished_model_problem(arguments.full_model)
+    if problem is not None:
+        parser.error(f"--full-model: {problem}")
     return arguments
 
 

@@ -237,7 +237,7 @@ def test_identical_sets_give_r_one_and_zero_distances(tmp_path):
     assert report["real"]["valid_fraction"] == 1.0
     # The held-out reference is the whole test/ split.
     assert report["heldout_real_sequences"] == 20 and report["nn"]["heldout_queries"] == 20
-    # The bands beside within +-25%: 60 synthetic patients resampled, and 60 real ones drawn.
+    # The bands beside within +-25%: 60 synthetic patients resampled, and a perfect model's 60.
     errors = report["prevalence_errors"]
     for band in (errors["synthetic_resamples"], errors["perfect_model"]):
         assert band["sample_size"] == 60 and 0 < band["p5"] <= band["median"] <= band["p95"] <= 1
