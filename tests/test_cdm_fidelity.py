@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_report import PROMPT, inspect, write_concepts, write_sequences
+from synthetic_data import PROMPT, inspect, write_concepts, write_sequences
 
 import inspect_synthetic
 from cehrgpt_tutorials.report.cdm_fidelity import distinct_pairs

@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 from conftest import output_of, run_sh
-from test_report import BASE, BROKEN, WITH_DEATH
+from synthetic_data import BASE, BROKEN, WITH_DEATH
 
 from cehrgpt_tutorials.generate import GrammarLogitsProcessor, create_arg_parser, grammar_for_tokens, run
 from cehrgpt_tutorials.sequences.codes import sequences_from_lists

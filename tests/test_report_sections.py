@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_report import population as mixed_population
+from synthetic_data import population as mixed_population
 
 from cehrgpt_tutorials.report import privacy
 from cehrgpt_tutorials.report.fidelity import (
