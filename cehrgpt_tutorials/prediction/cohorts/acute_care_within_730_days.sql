@@ -5,7 +5,8 @@
 -- index date is the day after their first such visit (that visit is history, the index date is not).
 -- Outcome: an emergency room (9203) or inpatient (9201) visit in the 730 days from the index date, a
 -- classic outcome of health-services research (avoidable acute care).
--- The columns a cohort SQL returns, and @cdm_schema: see er_visit_within_365_days.sql.
+-- The columns a cohort SQL returns, @cdm_schema, and why the outcome is a LEFT JOIN + GROUP BY: see
+-- er_visit_within_365_days.sql.
 WITH index_visit AS (
     SELECT person_id, MIN(visit_start_date) AS visit_date
     FROM @cdm_schema.visit_occurrence
@@ -16,10 +17,10 @@ WITH index_visit AS (
 SELECT index_visit.person_id AS subject_id,
        index_visit.visit_date + 1 AS cohort_start_date,
        index_visit.visit_date + 730 AS cohort_end_date,
-       (SELECT MIN(acute.visit_start_date)
-        FROM @cdm_schema.visit_occurrence AS acute
-        WHERE acute.person_id = index_visit.person_id
-          AND acute.visit_concept_id IN (9203, 9201)
-          AND acute.visit_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 730
-       ) AS outcome_date
+       MIN(acute.visit_start_date) AS outcome_date
 FROM index_visit
+LEFT JOIN @cdm_schema.visit_occurrence AS acute
+       ON acute.person_id = index_visit.person_id
+      AND acute.visit_concept_id IN (9203, 9201)
+      AND acute.visit_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 730
+GROUP BY index_visit.person_id, index_visit.visit_date

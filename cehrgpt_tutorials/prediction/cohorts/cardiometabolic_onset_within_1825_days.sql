@@ -8,27 +8,28 @@
 -- atrial fibrillation (313217), metabolic syndrome (436940) or myocardial infarction (4329847) in the
 -- 1,825 days from the index date. What researchers want to predict; on the 1,130 demo persons only a
 -- few dozen have it, so its intervals are wide: read them, not the point estimates.
--- The columns a cohort SQL returns, and @cdm_schema: see er_visit_within_365_days.sql.
+-- Set-based: each person's first outcome diagnosis ever (first_onset, one GROUP BY) decides both.
+-- A first onset on or before the index visit leaves the person out (not at risk); one after it is
+-- the outcome if it falls in the time at risk. The columns a cohort SQL returns, @cdm_schema, and
+-- why no subquery per person: see er_visit_within_365_days.sql.
 WITH index_visit AS (
     SELECT person_id, MIN(visit_start_date) AS visit_date
     FROM @cdm_schema.visit_occurrence
     WHERE visit_concept_id = 9202
       AND visit_start_date BETWEEN DATE '2010-01-01' AND DATE '2016-12-31'
     GROUP BY person_id
+),
+first_onset AS (
+    SELECT person_id, MIN(condition_start_date) AS onset_date
+    FROM @cdm_schema.condition_occurrence
+    WHERE condition_concept_id IN (201826, 317576, 381316, 313217, 436940, 4329847)
+    GROUP BY person_id
 )
 SELECT index_visit.person_id AS subject_id,
        index_visit.visit_date + 1 AS cohort_start_date,
        index_visit.visit_date + 1825 AS cohort_end_date,
-       (SELECT MIN(onset.condition_start_date)
-        FROM @cdm_schema.condition_occurrence AS onset
-        WHERE onset.person_id = index_visit.person_id
-          AND onset.condition_concept_id IN (201826, 317576, 381316, 313217, 436940, 4329847)
-          AND onset.condition_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 1825
-       ) AS outcome_date
+       CASE WHEN first_onset.onset_date <= index_visit.visit_date + 1825 THEN first_onset.onset_date END
+           AS outcome_date
 FROM index_visit
-WHERE NOT EXISTS (
-    SELECT 1 FROM @cdm_schema.condition_occurrence AS prior
-    WHERE prior.person_id = index_visit.person_id
-      AND prior.condition_concept_id IN (201826, 317576, 381316, 313217, 436940, 4329847)
-      AND prior.condition_start_date <= index_visit.visit_date
-)
+LEFT JOIN first_onset ON first_onset.person_id = index_visit.person_id
+WHERE first_onset.onset_date IS NULL OR first_onset.onset_date > index_visit.visit_date

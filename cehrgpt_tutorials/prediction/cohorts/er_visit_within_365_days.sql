@@ -15,6 +15,9 @@
 -- The `outcome_concepts:` line names the tokens zero-shot looks for in sampled futures; a line
 -- `zero_shot: off, <why>` leaves zero-shot out for a task.
 -- One row per person and index date; predict.py writes the rows into an OHDSI `cohort` table.
+-- Set-based, so its cost grows with the CDM, not with its square: the outcome is a LEFT JOIN of the
+-- events on person_id and the time at risk, then MIN per person (GROUP BY). A subquery per cohort row
+-- ((SELECT MIN(...) WHERE er.person_id = index_visit.person_id)) reads the events once per person.
 WITH index_visit AS (
     SELECT person_id, MIN(visit_start_date) AS visit_date
     FROM @cdm_schema.visit_occurrence
@@ -25,10 +28,10 @@ WITH index_visit AS (
 SELECT index_visit.person_id AS subject_id,
        index_visit.visit_date + 1 AS cohort_start_date,
        index_visit.visit_date + 365 AS cohort_end_date,
-       (SELECT MIN(er.visit_start_date)
-        FROM @cdm_schema.visit_occurrence AS er
-        WHERE er.person_id = index_visit.person_id
-          AND er.visit_concept_id = 9203
-          AND er.visit_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 365
-       ) AS outcome_date
+       MIN(er.visit_start_date) AS outcome_date
 FROM index_visit
+LEFT JOIN @cdm_schema.visit_occurrence AS er
+       ON er.person_id = index_visit.person_id
+      AND er.visit_concept_id = 9203
+      AND er.visit_start_date BETWEEN index_visit.visit_date + 1 AND index_visit.visit_date + 365
+GROUP BY index_visit.person_id, index_visit.visit_date
