@@ -16,6 +16,8 @@ from synthetic_data import population as mixed_population
 
 from cehrgpt_tutorials.report import privacy
 from cehrgpt_tutorials.report.fidelity import (
+    TOP_PAIRS,
+    concept_prevalence,
     cooccurrence_r,
     distribution_metrics,
     js_distance,
@@ -48,58 +50,159 @@ def facts_of(token_lists, vocabulary):
 
 
 # --------------------------------------------------------------------------------------------
-# Fidelity figures, pinned on fixed input: whatever computes Pearson r, the KS statistic and the
-# Jensen-Shannon distance (by hand or with scipy) must give these numbers and these edge cases.
+# Fidelity figures against oracles computed here, by hand with numpy, not with scipy (which the
+# report uses): whatever computes Pearson r, the KS statistic and the Jensen-Shannon distance must
+# agree with the definitions, and these edge cases.
 # --------------------------------------------------------------------------------------------
 
-PINNED = {"rel": 1e-12, "abs": 1e-15}
+CLOSE = {"rel": 1e-12, "abs": 1e-15}
 
 
-def test_pearson_r_is_pinned_and_undefined_without_spread():
+def pearson_by_hand(x, y) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def ks_by_hand(real, synthetic) -> float:
+    """The largest gap between the two empirical CDFs, over every value either side holds (nan left out)."""
+    real, synthetic = (np.sort(np.asarray(side, dtype=np.float64)) for side in (real, synthetic))
+    real, synthetic = real[~np.isnan(real)], synthetic[~np.isnan(synthetic)]
+    points = np.union1d(real, synthetic)
+    real_cdf = np.searchsorted(real, points, side="right") / len(real)
+    synthetic_cdf = np.searchsorted(synthetic, points, side="right") / len(synthetic)
+    return float(np.abs(real_cdf - synthetic_cdf).max())
+
+
+def js_by_hand(real_counts: dict, synthetic_counts: dict) -> float:
+    """sqrt of the mean Kullback-Leibler divergence (base 2) of each side's shares from their average."""
+    categories = sorted(set(real_counts) | set(synthetic_counts))
+    p = np.array([real_counts.get(c, 0) for c in categories], dtype=np.float64)
+    q = np.array([synthetic_counts.get(c, 0) for c in categories], dtype=np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def divergence(shares):
+        held = shares > 0
+        return float(np.sum(shares[held] * np.log2(shares[held] / m[held])))
+
+    return float(np.sqrt((divergence(p) + divergence(q)) / 2))
+
+
+def test_pearson_r_is_the_correlation_coefficient_and_undefined_without_spread():
     x, y = [0.1, 0.5, 0.2, 0.0, 0.9, 0.33], [0.12, 0.4, 0.25, 0.01, 0.7, 0.3]
-    assert pearson_r(x, y) == pytest.approx(0.9915174666308356, **PINNED)
-    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0, **PINNED)
+    assert pearson_r(x, y) == pytest.approx(pearson_by_hand(x, y), **CLOSE)
+    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0, **CLOSE)
     # Fewer than 2 points, or a constant side: no correlation to report.
     assert pearson_r([1.0], [2.0]) is None
     assert pearson_r([1, 1, 1], [1, 2, 3]) is None
     assert pearson_r([1, 2, 3], [4, 4, 4]) is None
 
 
-def test_ks_statistic_is_pinned_ignores_nan_and_is_undefined_on_an_empty_side():
+def test_ks_statistic_is_the_largest_cdf_gap_ignores_nan_and_is_undefined_on_an_empty_side():
     real, synthetic = np.array([1, 2, 2, 3, 5, 8, np.nan]), np.array([2, 3, 3, 4, 9, np.nan, np.nan])
-    assert ks_statistic(real, synthetic) == pytest.approx(0.3, **PINNED)
+    # At 2: 3 of the 6 real values, 1 of the 5 synthetic ones.
+    assert ks_statistic(real, synthetic) == pytest.approx(3 / 6 - 1 / 5, **CLOSE)
+    assert ks_by_hand(real, synthetic) == pytest.approx(3 / 6 - 1 / 5, **CLOSE)
     assert ks_statistic(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == 0.0
     assert ks_statistic(np.array([]), np.array([1.0])) is None
     assert ks_statistic(np.array([np.nan]), np.array([1.0])) is None
 
 
-def test_js_distance_is_pinned_in_base_2_with_its_categories_and_shares():
+def test_js_distance_is_the_base_2_definition_with_its_categories_and_shares():
     distance, categories, real, synthetic = js_distance(np.array([3, 3, 5, 7, -1, 5, 3]), np.array([3, 5, 5, 9, 9, -1]))
-    assert distance == pytest.approx(0.5774340280875918, **PINNED)
-    assert categories.tolist() == [3, 5, 7, 9]  # most frequent in the real data first; -1 (missing) left out
-    assert real.tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 6, 0.0], **PINNED)
-    assert synthetic.tolist() == pytest.approx([0.2, 0.4, 0.0, 0.4], **PINNED)
+    # Real: three 3s, two 5s, one 7 of 6; synthetic: one 3, two 5s, two 9s of 5 (-1, missing, left out).
+    assert distance == pytest.approx(js_by_hand({3: 3, 5: 2, 7: 1}, {3: 1, 5: 2, 9: 2}), **CLOSE)
+    assert categories.tolist() == [3, 5, 7, 9]  # most frequent in the real data first
+    assert real.tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 6, 0.0], **CLOSE)
+    assert synthetic.tolist() == pytest.approx([0.2, 0.4, 0.0, 0.4], **CLOSE)
     assert js_distance(np.array([1, 2]), np.array([2, 1]))[0] == 0.0
     assert js_distance(np.array([1, 1]), np.array([2]))[0] == 1.0  # disjoint: 1 in base 2
     assert js_distance(np.array([-1, -1]), np.array([1]))[0] is None  # nothing known on one side
 
 
-def test_the_reports_fidelity_figures_are_pinned_on_two_populations():
+def clinical_concepts(tokens: list[str]) -> set[str]:
+    """A mixed_population patient's clinical concepts: concept ids after the prompt, visit types aside."""
+    return {token for position, token in enumerate(tokens)
+            if position >= 4 and token.isdigit() and tokens[position - 1] != "[VS]"}
+
+
+def facts_by_hand(token_lists: list[list[str]]) -> dict[str, list]:
+    """Per-patient numbers and categories of mixed_population patients, read off their tokens."""
+    visit_starts = [[i for i, token in enumerate(tokens) if token == "[VS]"] for tokens in token_lists]
+    return {
+        "sequence_length": [len(tokens) for tokens in token_lists],
+        "visits_per_patient": [len(starts) for starts in visit_starts],
+        # Every D<n> of these patients stands between two visits (their inpatient stays use i-D1).
+        "days_between_visits": [int(token[1:]) for tokens in token_lists for token in tokens
+                                if token[0] == "D" and token[1:].isdigit()],
+        "age_at_first_visit": [int(tokens[1].removeprefix("age:")) for tokens in token_lists],
+        "start_year": [int(tokens[0].removeprefix("year:")) for tokens in token_lists],
+        "concepts_per_patient": [len(clinical_concepts(tokens)) for tokens in token_lists],
+        "visit_types": [tokens[i + 1] for tokens, starts in zip(token_lists, visit_starts, strict=True)
+                        for i in starts],
+        "gender": [tokens[2] for tokens in token_lists],
+        "race": [tokens[3] for tokens in token_lists],
+    }
+
+
+def counts(values: list) -> dict:
+    return {value: values.count(value) for value in set(values)}
+
+
+def pair_prevalence_by_hand(token_lists: list[list[str]]) -> dict[tuple[str, str], float]:
+    """Share of patients holding each pair of clinical concepts (pairs held by nobody left out)."""
+    held: dict[tuple[str, str], int] = {}
+    for tokens in token_lists:
+        concepts = sorted(clinical_concepts(tokens))
+        for i, first in enumerate(concepts):
+            for second in concepts[i + 1:]:
+                held[first, second] = held.get((first, second), 0) + 1
+    return {pair: number / len(token_lists) for pair, number in held.items()}
+
+
+def test_the_reports_fidelity_figures_on_two_populations_match_oracles_from_the_tokens():
+    # 15 and 20 concepts: 20 in all, so every pair of them (190) is among the report's TOP_PAIRS.
+    real_lists = mixed_population(40, seed=1, concepts=range(1001, 1016))
+    synthetic_lists = mixed_population(30, seed=9, concepts=range(1001, 1021))
     vocabulary = Vocabulary()
-    real = facts_of(mixed_population(40, seed=1), vocabulary)[1]
-    synthetic = facts_of(mixed_population(30, seed=9, concepts=range(1001, 1041)), vocabulary)[1]
-    distances = {name: metric["distance"] for name, metric in distribution_metrics(real, synthetic).items()}
-    assert distances == pytest.approx({
-        "sequence_length": 0.175, "visits_per_patient": 0.09166666666666667,
-        "days_between_visits": 0.21785714285714286, "age_at_first_visit": 0.2, "start_year": 0.24166666666666664,
-        "concepts_per_patient": 0.075, "visit_types": 0.1995088535379116, "gender": 0.14906267905254267,
-        "race": 0.37720587867709565,
-    }, **PINNED)  # fmt: skip
-    pairs_r, pairs = cooccurrence_r(real, synthetic, len(vocabulary))
-    assert pairs == 417 and pairs_r == pytest.approx(-0.37143631045824427, **PINNED)
-    real_prevalence, synthetic_prevalence = prevalence(real, len(vocabulary)), prevalence(synthetic, len(vocabulary))
-    seen = (real_prevalence > 0) | (synthetic_prevalence > 0)
-    assert pearson_r(real_prevalence[seen], synthetic_prevalence[seen]) == pytest.approx(0.01212181962058702, **PINNED)
+    real, synthetic = facts_of(real_lists, vocabulary)[1], facts_of(synthetic_lists, vocabulary)[1]
+    real_hand, synthetic_hand = facts_by_hand(real_lists), facts_by_hand(synthetic_lists)
+    metrics = distribution_metrics(real, synthetic)
+    assert set(metrics) == set(real_hand)
+    for name in ("sequence_length", "visits_per_patient", "days_between_visits", "age_at_first_visit",
+                 "start_year", "concepts_per_patient"):
+        assert metrics[name]["distance"] == pytest.approx(ks_by_hand(real_hand[name], synthetic_hand[name]),
+                                                          **CLOSE), name
+        assert metrics[name]["real_mean"] == pytest.approx(np.mean(real_hand[name]), **CLOSE), name
+    for name in ("visit_types", "gender", "race"):
+        expected = js_by_hand(counts(real_hand[name]), counts(synthetic_hand[name]))
+        assert metrics[name]["distance"] == pytest.approx(expected, **CLOSE), name
+    # The figures differ from one another: a metric computed from the wrong column would not match.
+    assert len({round(metric["distance"], 9) for metric in metrics.values()}) >= 7
+
+    real_pairs, synthetic_pairs = pair_prevalence_by_hand(real_lists), pair_prevalence_by_hand(synthetic_lists)
+    pairs = sorted(set(real_pairs) | set(synthetic_pairs))
+    pairs_r, pair_count = cooccurrence_r(real, synthetic, len(vocabulary))
+    assert pair_count == len(pairs)
+    # The report counts pairs in a float32 matrix: equal to float32's precision.
+    assert pairs_r == pytest.approx(pearson_by_hand([real_pairs.get(p, 0.0) for p in pairs],
+                                                    [synthetic_pairs.get(p, 0.0) for p in pairs]), rel=1e-6)
+
+    concepts = sorted(set().union(*map(clinical_concepts, real_lists + synthetic_lists)))
+    real_share = [sum(c in clinical_concepts(t) for t in real_lists) / len(real_lists) for c in concepts]
+    synthetic_share = [sum(c in clinical_concepts(t) for t in synthetic_lists) / len(synthetic_lists) for c in concepts]
+    assert concept_prevalence(real, synthetic, len(vocabulary)).pearson_r == pytest.approx(
+        pearson_by_hand(real_share, synthetic_share), **CLOSE)
+
+
+def test_cooccurrence_keeps_the_top_pairs_of_each_side():
+    # Patient p (1..60) holds concepts k >= p: concept k is held by k patients and pair (j, k) by j.
+    # Far more than TOP_PAIRS pairs; the same patients on both sides: exactly TOP_PAIRS of them, r = 1.
+    nested = [PROMPT + ["[VS]", "9202", *(str(1000 + k) for k in range(p, 61)), "[VE]"] for p in range(1, 61)]
+    vocabulary = Vocabulary()
+    facts = facts_of(nested, vocabulary)[1]
+    pairs_r, pair_count = cooccurrence_r(facts, facts, len(vocabulary))
+    assert pair_count == TOP_PAIRS and pairs_r == pytest.approx(1.0, rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
