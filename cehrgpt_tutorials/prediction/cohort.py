@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,42 @@ def one_line(error) -> str:
     return " ".join(message.strip().splitlines()[0].split()) if message.strip() else type(error).__name__
 
 
+CDM_TABLE_REFERENCE = re.compile(r"@cdm_schema\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def tables_without_person_index(connection, sql: str, cdm_schema: str) -> list[str]:
+    """The tables the cohort SQL reads (@cdm_schema.<table>) that have a person_id column but no index
+    whose first column is person_id (OHDSI's index set has one on every event table; load_omop.py
+    creates it, a user's own CDM may lack it). Views and tables that do not exist are not reported."""
+    names = sorted({name.lower() for name in CDM_TABLE_REFERENCE.findall(re.sub(r"--[^\n]*", "", sql))})
+    if not names:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class AS c "
+            "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attname = 'person_id' AND NOT a.attisdropped "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'm') "
+            "AND NOT EXISTS (SELECT 1 FROM pg_index AS i WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) "
+            "ORDER BY c.relname",
+            (cdm_schema, names),
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def warn_unindexed(connection, sql: str, cdm_schema: str) -> None:
+    """One warning line on stderr when tables the cohort reads have no person_id index."""
+    unindexed = tables_without_person_index(connection, sql, cdm_schema)
+    if unindexed:
+        tables = ", ".join(f"{cdm_schema}.{name}" for name in unindexed)
+        print(f"warning: {tables} {'has' if len(unindexed) == 1 else 'have'} no index on person_id: the cohort "
+              "may be slow on a large CDM (OHDSI's CommonDataModel OMOPCDM_postgresql_5.4_indices.sql creates "
+              "them; load_omop.py does)", file=sys.stderr, flush=True)
+
+
 def query_cohort(connection, sql: str, cdm_schema: str, sql_name: str) -> pd.DataFrame:
     """Run the cohort SQL; return its rows with the person's birth date, checked, with label and age.
+    Warns in one line when the tables it reads have no person_id index (warn_unindexed).
 
     Raises PipelineError with one line for SQL errors, missing columns, no rows and bad rows.
     """
@@ -76,6 +111,7 @@ def query_cohort(connection, sql: str, cdm_schema: str, sql_name: str) -> pd.Dat
     body = render_cohort_sql(sql, cdm_schema)
     cdm = quoted_identifier(cdm_schema, "--cdm-schema")
     try:
+        warn_unindexed(connection, sql, cdm_schema)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT * FROM ({body}) AS cohort_sql LIMIT 0")
             columns = [column.name for column in cursor.description]
