@@ -241,9 +241,7 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     report = inspect(tmp_path, population(40, seed=1), population(30, seed=9))
     assert REQUIRED_KEYS <= set(report)
     assert report["converted_fraction"] is None  # no restored OMOP folder given
-    assert set(report["membership_inference"]) >= {"accuracy", "precision", "recall", "f1", "threshold",
-                                                   "threshold_rule", "control_accuracy", "informative"}
-    assert set(report["attribute_inference"]) >= {"f1_synthetic", "f1_baseline", "f1_control", "informative"}
+    # The attacks' values: test_the_privacy_attacks_score_planted_copies_as_known.
     folder = tmp_path / "synthetic" / "top_p9500" / "report"
     config = yaml.safe_load((folder / "attribute_inference_config.yml").read_text())
     assert len(config["common_attributes"]) == report["attribute_inference"]["common_attributes"]
@@ -271,6 +269,43 @@ def test_report_json_markdown_and_plots_are_written(tmp_path, capsys):
     assert "Number of sequences: 30" in output
     assert "Sequence length: min" in output and "Most common tokens after [VS]: 9202" in output
     assert "First 50 tokens of sequence 0: year:" in output
+
+
+def test_the_privacy_attacks_score_planted_copies_as_known(tmp_path):
+    """Six training patients, each with its own pair of six shared concepts (each held by two patients, so
+    more common than the rest) and one concept of its own; six held-out patients with three concepts nobody
+    else holds; the synthetic set is a copy of the training set. One age, gender and race throughout, so a
+    squared distance is the number of concepts two patients do not share."""
+    pairs = [(0, 1), (2, 3), (4, 5), (1, 2), (3, 4), (5, 0)]
+
+    def holding(concepts: list[int]) -> list[str]:
+        return ["year:2010", "age:40", "8507", "8527", "[VS]", "9202", *map(str, concepts), "[VE]"]
+
+    train = [holding([1001 + a, 1001 + b, 2001 + i]) for i, (a, b) in enumerate(pairs)]
+    heldout = [holding([3001 + 3 * i, 3002 + 3 * i, 3003 + 3 * i]) for i in range(6)]
+    report = inspect(tmp_path, train, train, real_split=heldout)
+    # Every held-out patient is 3 + 3 = 6 from every training patient: the threshold is 6. A copy is at 0
+    # from its original (a member) and at 6 from the held-out patients (not under the threshold).
+    membership = report["membership_inference"]
+    assert {key: membership[key] for key in ("accuracy", "precision", "recall", "f1", "threshold",
+                                             "heldout_under_threshold", "control_accuracy", "control_recall",
+                                             "sample_per_set", "informative")} == {
+        "accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "threshold": 6.0,
+        "heldout_under_threshold": 0.0, "control_accuracy": 1.0, "control_recall": 1.0, "sample_per_set": 6,
+        "informative": True}  # fmt: skip
+    # Known to the attacker: the six shared concepts (2 of 6 patients); sensitive: the six own ones (1 of 6).
+    # A patient's pair finds its copy, which holds its own concept (F1 1); held-out patients hold no
+    # sensitive concept (F1 0); the nearest other training patient holds another own concept (F1 0).
+    attributes = report["attribute_inference"]
+    assert {key: attributes[key] for key in ("f1_synthetic", "f1_baseline", "f1_control", "f1_train_train",
+                                             "informative", "common_attributes", "sensitive_attributes",
+                                             "sample_per_set")} == {
+        "f1_synthetic": 1.0, "f1_baseline": 0.0, "f1_control": 1.0, "f1_train_train": 0.0, "informative": True,
+        "common_attributes": 6, "sensitive_attributes": 6, "sample_per_set": 6}  # fmt: skip
+    config = yaml.safe_load((tmp_path / "synthetic" / "top_p9500" / "report" / "attribute_inference_config.yml")
+                            .read_text())
+    assert sorted(config["common_attributes"]) == [str(1001 + i) for i in range(6)]
+    assert sorted(config["sensitive_attributes"]) == [str(2001 + i) for i in range(6)]
 
 
 def test_the_report_says_when_the_privacy_attacks_cannot_see_copies(tmp_path, capsys):
