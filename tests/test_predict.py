@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, output_of, run_script
+from helpers import error_line, query
 
 from cehrgpt_tutorials.files import parquet_files
 from cehrgpt_tutorials.pipeline.steps import steps_for
@@ -29,13 +30,26 @@ MARKER_BEFORE_INDEX_DATE = "999999002"
 SLICE_SCHEMA = "demo_small"  # the 300 persons of the demo_omop_parquet fixture
 
 
-def test_few_shot_curves_draw_the_same_examples_for_both_methods_and_leave_out_draws_without_enough_positives():
-    import numpy as np
+def test_a_stratified_draw_takes_each_label_at_the_fraction_and_depends_only_on_its_seed():
+    from cehrgpt_tutorials.prediction import few_shot
 
+    labels = np.zeros(400, int)
+    labels[np.random.default_rng(5).permutation(400)[:40]] = 1  # 40 positives, 360 negatives, scattered
+    rows = few_shot.stratified_draw(labels, 0.25, seed=3)
+    assert len(set(rows.tolist())) == len(rows) == 100 and rows.tolist() == sorted(rows.tolist())
+    assert int(labels[rows].sum()) == 10  # a quarter of each label: 10 positives, 90 negatives
+    assert few_shot.stratified_draw(labels, 0.25, seed=3).tolist() == rows.tolist()
+    assert few_shot.stratified_draw(labels, 0.25, seed=4).tolist() != rows.tolist()
+    assert few_shot.stratified_draw(labels, 1.0, seed=3).tolist() == list(range(400))
+    assert int(labels[few_shot.stratified_draw(labels, 0.01, seed=3)].sum()) == 1  # at least one of each label
+
+
+def test_few_shot_curves_score_both_methods_on_the_same_drawn_rows_and_leave_out_draws_without_enough_positives():
     from cehrgpt_tutorials.prediction import few_shot
 
     rng = np.random.default_rng(0)
-    train_y, test_y = (rng.random(400) < 0.1).astype(int), (rng.random(200) < 0.1).astype(int)
+    train_y, test_y = np.zeros(400, int), np.zeros(200, int)
+    train_y[rng.permutation(400)[:40]], test_y[rng.permutation(200)[:20]] = 1, 1  # 10% positives
     informative = lambda labels: labels[:, None] * 1.5 + rng.normal(0, 1, (len(labels), 3))  # noqa: E731
     noise = lambda labels: rng.normal(0, 1, (len(labels), 3))  # noqa: E731
     reversed_order = np.arange(len(train_y))[::-1]
@@ -43,13 +57,20 @@ def test_few_shot_curves_draw_the_same_examples_for_both_methods_and_leave_out_d
                "noise": (noise(train_y), noise(test_y), 1000, np.arange(len(train_y)))}
     points = few_shot.curve(methods, train_y, test_y)
     assert [point["fraction"] for point in points] == [0.1, 0.25, 0.5, 1.0]
+    # 10% is 4 positives: too few to cross-validate, so said and not scored.
     smallest = points[0]
-    assert smallest["train_examples"] == 40 and smallest["train_positives"] == round(0.1 * train_y.sum())
-    if smallest["train_positives"] < few_shot.MIN_PER_CLASS:  # too few to cross-validate: said, not scored
-        assert smallest["draws"] == 0 and smallest["good_roc_auc"] is None
+    assert (smallest["train_examples"], smallest["train_positives"]) == (40, 4)
+    assert (smallest["draws"], smallest["draws_left_out"], smallest["good_roc_auc"]) == (0, 3, None)
     assert points[-1]["draws"] == 1 and points[-1]["good_roc_auc"] > 0.8 and 0.3 < points[-1]["noise_roc_auc"] < 0.7
-    # Same rows drawn for both methods, whatever each one's fit order.
-    assert few_shot.stratified_draw(train_y, 0.25, 3).tolist() == few_shot.stratified_draw(train_y, 0.25, 3).tolist()
+    # Each method's score at a fraction is its fit on the rows the seeded draws give, in its own fit
+    # order: the same rows for both methods.
+    for point in points[1:]:
+        draws = [few_shot.stratified_draw(train_y, point["fraction"], seed) for seed in range(point["draws"])]
+        for name, (train_x, test_x, max_iter, order) in methods.items():
+            scores = [few_shot.fit_and_score(train_x[order[np.isin(order, rows)]], train_y[order[np.isin(order, rows)]],
+                                             test_x, test_y, max_iter) for rows in draws]
+            assert point[f"{name}_roc_auc"] == round(float(np.mean(scores)), 4), (point["fraction"], name)
+            assert point[f"{name}_roc_auc_range"] == [round(min(scores), 4), round(max(scores), 4)]
 
 
 def test_the_reading_of_a_task_is_generated_from_its_numbers():
@@ -231,18 +252,8 @@ def test_without_sql_every_task_of_the_cohort_folder_runs_into_one_report(tiny_m
                           strict=True))
         assert all(labels[(person, time.date())] == value for person, time, value in
                    zip(features["subject_id"], features["prediction_time"], features["boolean_value"], strict=True))
-    cohort_ids = {row[0] for row in query_rows(pg_server, "SELECT DISTINCT cohort_definition_id FROM predict_tasks.cohort")}
+    cohort_ids = {row[0] for row in query(pg_server, "SELECT DISTINCT cohort_definition_id FROM predict_tasks.cohort")}
     assert {1, 2, 5, 6} <= cohort_ids <= {1, 2, 3, 4, 5, 6}  # each task its own pair of ids (never: 3, 4)
-
-
-def query_rows(uri: str, statement: str) -> list[tuple]:
-    import psycopg2
-
-    with psycopg2.connect(uri) as connection, connection.cursor() as cursor:
-        cursor.execute(statement)
-        rows = cursor.fetchall()
-    connection.close()
-    return rows
 
 
 def printed_command(stdout: str, module: str) -> list[str]:
@@ -307,18 +318,49 @@ def test_the_probe_gap_bench_refits_step_7s_own_baseline_on_its_examples(predict
     [task] = json.loads((tmp_path / "gap.json").read_text())
     assert task["task"] == report["task"] and task["test_positives"] == report["test_positives"]
     assert task["auroc_baseline"] == pytest.approx(report["baseline"]["roc_auc"], abs=1e-3)
-    assert 0 <= task["auroc_probe"] <= 1 and 0 <= task["features_decode_top10_concepts_auroc"] <= 1
+    # Its probe and decoding figures, computed here with sklearn from step 7's inputs: the probe is
+    # LogisticRegressionCV (ROC-AUC, seed 42, max_iter 1000) on the standardised cehrgpt features; the
+    # decoding is a logistic regression from them to each of the baseline's 10 heaviest concepts.
+    expected = probe_and_decoding_auroc(output)
+    assert task["auroc_probe"] == pytest.approx(expected["auroc_probe"], abs=1e-4)
+    assert task["features_decode_top10_concepts_auroc"] == pytest.approx(expected["decoding"], abs=1e-4)
+
+
+def probe_and_decoding_auroc(task_dir: Path) -> dict:
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from cehrgpt_tutorials.prediction import few_shot, models
+
+    train = pq.read_table(task_dir / "cohort_sequences" / "train")
+    test = pq.read_table(task_dir / "cohort_sequences" / "test")
+    methods, train_y, test_y = models.few_shot_features(train, test, task_dir)  # step 7's rows, in its order
+    scaler = StandardScaler().fit(methods["probe"][0])
+    probe_train, probe_test = scaler.transform(methods["probe"][0]), scaler.transform(methods["probe"][1])
+    with threadpool_limits(few_shot.math_threads()):
+        probe = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000).fit(probe_train, train_y)
+        baseline = LogisticRegressionCV(scoring="roc_auc", random_state=42, max_iter=1000).fit(methods["baseline"][0],
+                                                                                             train_y)
+    top = np.argsort(-np.abs(baseline.coef_[0][:-1]))[:10]  # the last column is age
+    present = [np.asarray(matrix[:, top].todense()) > 0 for matrix in (methods["baseline"][0], methods["baseline"][1])]
+    scores = []
+    for column in range(10):
+        counts = (present[0][:, column].sum(), present[1][:, column].sum())
+        if min(*counts, len(present[0]) - counts[0], len(present[1]) - counts[1]) >= 3:
+            model = LogisticRegression(max_iter=1000).fit(probe_train, present[0][:, column])
+            scores.append(roc_auc_score(present[1][:, column], model.predict_proba(probe_test)[:, 1]))
+    return {"auroc_probe": roc_auc_score(test_y, probe.predict_proba(probe_test)[:, 1]),
+            "decoding": float(np.mean(scores)) if scores else None}
 
 
 @pytest.mark.slow
 def test_predict_writes_the_target_and_outcome_cohorts_into_the_cohort_table(prediction_run):
-    import psycopg2
-
     assert prediction_run["result"].returncode == 0, output_of(prediction_run["result"])
     cohort = prediction_run["cohort"]
-    with psycopg2.connect(prediction_run["uri"]) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT cohort_definition_id, count(*) FROM predict_test.cohort GROUP BY 1 ORDER BY 1")
-        assert cursor.fetchall() == [(1, len(cohort)), (2, int(cohort["label"].sum()))]
+    assert query(prediction_run["uri"], "SELECT cohort_definition_id, count(*) FROM predict_test.cohort "
+                                        "GROUP BY 1 ORDER BY 1") == [(1, len(cohort)), (2, int(cohort["label"].sum()))]
 
 
 @pytest.mark.slow
@@ -379,9 +421,7 @@ def test_a_bad_cohort_sql_is_a_one_line_error(sql, message, demo_cdm, pipeline_e
     result = run_script(["predict.py", "--dsn", demo_cdm["uri"], "--sql", sql_file, "--outcome-concepts", "9203",
                          "--model-dir", tmp_path / "no_model", "--output-dir", tmp_path / "out"],
                         env=pipeline_env, timeout=120)
-    assert result.returncode == 1, output_of(result)
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
+    assert message in error_line(result, alone=True)
     assert not (tmp_path / "out").exists()
 
 
