@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, run_script
+from helpers import error_line
 
 from cehrgpt_tutorials.sequences import cleaning
 
@@ -373,14 +374,12 @@ def test_empty_files_and_folders(tmp_path, pipeline_env):
     no_files = tmp_path / "nothing_here"
     no_files.mkdir()
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(no_files)], pipeline_env)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"error: no Parquet files under {no_files}"
+    assert error_line(result, alone=True) == f"error: no Parquet files under {no_files}"
 
     missing = tmp_path / "missing"
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(missing)], pipeline_env)
-    assert result.returncode == 1
-    assert result.stderr.startswith(f"error: patient sequence folder {missing} does not exist")
-    assert "Traceback" not in result.stderr and "Removed" not in result.stdout
+    assert error_line(result, alone=True).startswith(f"error: patient sequence folder {missing} does not exist")
+    assert "Removed" not in result.stdout
 
 
 def test_non_sequence_parquet_is_refused_and_nothing_changes(tmp_path, pipeline_env):
@@ -393,25 +392,19 @@ def test_non_sequence_parquet_is_refused_and_nothing_changes(tmp_path, pipeline_
     contents = {path: path.read_bytes() for path in [*paths, stray, wrong_type]}
 
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert "is not a patient sequence file" in lines[0]
+    assert "is not a patient sequence file" in error_line(result, alone=True)
     assert "Removed" not in result.stdout
     assert {path: path.read_bytes() for path in contents} == contents
 
     stray.unlink()
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
-    assert result.returncode == 1
-    assert f"{wrong_type} is not a patient sequence file: concept_ids is string" in result.stderr
+    assert f"{wrong_type} is not a patient sequence file: concept_ids is string" in error_line(result, alone=True)
 
     wrong_type.unlink()
     garbage = folder / "test" / "part-99997.parquet"
     garbage.write_bytes(b"PAR1 this is not really parquet")
     result = run_script(["cleanup_tokens.py", "--patient-sequence-dir", str(folder)], pipeline_env)
-    assert result.returncode == 1
-    assert result.stderr.startswith(f"error: {garbage} is not a readable Parquet file")
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert error_line(result, alone=True).startswith(f"error: {garbage} is not a readable Parquet file")
     assert {path: path.read_bytes() for path in paths} == {path: contents[path] for path in paths}
 
 

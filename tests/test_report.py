@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import run_script
+from helpers import error_line
 from synthetic_data import (
     BASE,
     BROKEN,
@@ -398,11 +400,13 @@ def test_one_named_run_and_a_broken_run(tmp_path, capsys):
     assert inspect_synthetic.main(["--synthetic-dir", str(parent), "--real-dir", str(real_dir)]) == 0
     output = capsys.readouterr().out
     assert "top_k50: skipped:" in output and "is not a patient sequence file" in output
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         inspect_synthetic.main(
             ["--synthetic-dir", str(parent), "--run", "top_x", "--real-dir", str(real_dir)]
         )
-    assert "no run named top_x" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "no run named top_x" in error_line(
+        subprocess.CompletedProcess([], exit_info.value.code, captured.out, captured.err), alone=True)
 
 
 def test_no_valid_sequence_writes_the_report_and_fails(tmp_path, capsys):
@@ -412,8 +416,8 @@ def test_no_valid_sequence_writes_the_report_and_fails(tmp_path, capsys):
     write_sequences(run / "generated_sequences", [BASE[:-1]] * 3, parts=1)  # all truncated
     with pytest.raises(SystemExit) as exit_info:
         inspect_synthetic.main(["--synthetic-dir", str(run), "--real-dir", str(real_dir)])
-    assert exit_info.value.code == 1
-    error = capsys.readouterr().err
+    captured = capsys.readouterr()
+    error = error_line(subprocess.CompletedProcess([], exit_info.value.code, captured.out, captured.err))
     assert "no structurally valid sequence" in error and "not_ending_with_visit_end" in error
     assert json.loads((run / "report" / "report.json").read_text())["valid_fraction"] == 0
 
@@ -427,11 +431,9 @@ def test_missing_folder_fails_with_one_line_and_no_traceback(tmp_path, pipeline_
     completed = run_script(
         ["inspect_synthetic.py", "--synthetic-dir", str(tmp_path / "missing")], pipeline_env, timeout=120
     )
-    assert completed.returncode == 1, completed.stdout + completed.stderr
-    assert completed.stderr.strip().splitlines() == [
+    assert error_line(completed, alone=True) == (
         f"error: synthetic data folder not found: {tmp_path / 'missing'} (generate patients first, or pass --synthetic-dir)"
-    ]
-    assert "Traceback" not in completed.stdout + completed.stderr
+    )
 
 
 @pytest.mark.parametrize("case", ["empty synthetic folder", "missing real folder", "empty real folder"])
@@ -448,9 +450,9 @@ def test_empty_or_missing_inputs_fail_with_one_line(tmp_path, capsys, case):
     }[case]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         inspect_synthetic.main(arguments)
-    assert exit_info.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    captured = capsys.readouterr()
+    assert message in error_line(subprocess.CompletedProcess(arguments, exit_info.value.code, captured.out,
+                                                             captured.err), alone=True)
 
 
 def test_bare_invocation_uses_the_setup_env_folders(tmp_path, pipeline_env):

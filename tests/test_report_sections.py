@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_script
+from helpers import error_line
 from synthetic_data import population as mixed_population
 
 from cehrgpt_tutorials.report import privacy
@@ -503,13 +505,10 @@ def test_censoring_drops_late_sequences_even_when_no_sequence_closes_a_visit(tmp
 
 
 def test_censoring_without_a_source_visit_table_fails_with_one_line(tmp_path, pipeline_env):
-    from conftest import run_script
-
     folder = tmp_path / "generated_sequences"
     folder.mkdir()
     pq.write_table(pa.table({"concept_ids": pa.array([LATE], pa.list_(pa.string()))}), folder / "part-0.parquet")
     result = run_script(["-m", "cehrgpt_tutorials.report.timeline", "censor", str(folder), str(tmp_path / "out"),
                          "--source-visits", str(tmp_path / "nowhere")], pipeline_env, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith(f"error: no visit_occurrence Parquet files in {tmp_path / 'nowhere'}")
+    assert error_line(result, alone=True).startswith(f"error: no visit_occurrence Parquet files in {tmp_path / 'nowhere'}")
     assert not (tmp_path / "out").exists()

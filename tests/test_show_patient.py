@@ -5,11 +5,13 @@ tokens beside the rows the converter restored, and the one-line errors."""
 from __future__ import annotations
 
 import datetime
+import subprocess
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import error_line
 
 from cehrgpt_tutorials.report.plots import TIMELINE_PATIENTS, _timeline_rows
 from cehrgpt_tutorials.sequences.codes import sequences_from_lists
@@ -119,6 +121,13 @@ def show_real(capsys, root, *arguments) -> list[str]:
                 *arguments)
 
 
+def exit_error(stopped, capsys) -> str:
+    """The one error line of a command.main that stopped (pytest.raises(SystemExit)), held to helpers.error_line's
+    rule: exit code 1, one `error:` line and nothing else on stderr."""
+    captured = capsys.readouterr()
+    return error_line(subprocess.CompletedProcess([], stopped.value.code, captured.out, captured.err), alone=True)
+
+
 def line_with(lines: list[str], *parts: str) -> int:
     """The index of the first line holding every part, in order."""
     for index, line in enumerate(lines):
@@ -167,9 +176,7 @@ def test_person_id_finds_a_held_out_patient_and_unknown_ids_fail_in_one_line(rea
     with pytest.raises(SystemExit) as stopped:
         command.main(["--sequence-dir", str(real_data / "data" / "patient_sequence"),
                            "--omop-dir", str(real_data / "omop"), "--person-id", "99"])
-    assert stopped.value.code == 1
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("error: person 99 is not among the sequences in ")
+    assert exit_error(stopped, capsys).startswith("error: person 99 is not among the sequences in ")
 
 
 @pytest.mark.parametrize("missing", ["sequences", "omop", "synthetic", "restored"])
@@ -184,9 +191,7 @@ def test_a_missing_folder_fails_with_one_line(real_data, capsys, missing):
     }[missing]
     with pytest.raises(SystemExit) as stopped:
         command.main(arguments)
-    assert stopped.value.code == 1
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("error: "), error
+    error = exit_error(stopped, capsys)
     expected = {"sequences": "patient sequences not found", "omop": "OMOP tables not found",
                 "synthetic": "synthetic data folder not found", "restored": "no restored OMOP in"}[missing]
     assert expected in error
@@ -271,10 +276,9 @@ def test_synthetic_censored_copies_are_preferred_and_a_skipped_patient_says_so(r
     assert "censored_sequences" in " ".join(lines[:3])
     line_with(lines, "OMOP person 2: none (not restored)")
     line_with(lines, "1001", "-- not restored: the converter skipped this patient")
-    with pytest.raises(SystemExit):  # in generated_sequences, not in the censored copies
+    with pytest.raises(SystemExit) as stopped:  # in generated_sequences, not in the censored copies
         command.main(["--synthetic", "--synthetic-dir", str(run), "--person-id", "3"])
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "censoring left it out" in error
+    assert "censoring left it out" in exit_error(stopped, capsys)
 
 
 def test_timelines_pick_patients_with_three_or_more_visits_by_seed():
