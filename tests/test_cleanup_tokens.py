@@ -284,12 +284,14 @@ def test_dry_run_reports_and_changes_nothing(tmp_path, pipeline_env):
 
 def test_default_folder_comes_from_cehr_gpt_data_dir(tmp_path, pipeline_env):
     data_dir = tmp_path / "data"
-    write_sequence_folder(data_dir / "patient_sequence", crafted_table(LAYOUT_OLDER, rows=3), parts=1)
+    table = crafted_table(LAYOUT_OLDER, rows=3)
+    write_sequence_folder(data_dir / "patient_sequence", table, parts=1)
+    planted = sum(token in MALFORMED for tokens in table["concept_ids"].to_pylist() for token in tokens)
     environment = dict(pipeline_env, CEHR_GPT_DATA_DIR=str(data_dir))
     result = run_script(["cleanup_tokens.py"], environment)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1].startswith("Removed ")
-    assert not result.stdout.strip().endswith("Removed 0 malformed tokens")
+    assert result.stdout.strip().splitlines()[-1] == f"Removed {planted} malformed tokens"
+    assert read_folder(data_dir / "patient_sequence").to_pydict() == expected_after_cleanup(table)
 
 
 def test_column_aligned_in_some_rows_only_is_cut_where_aligned(tmp_path, pipeline_env):
