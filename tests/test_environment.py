@@ -10,23 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, source_setup_env
-
-EXPORTED = [
-    "OMOP_DIR", "CEHR_GPT_DATA_DIR", "CEHR_GPT_MODEL_DIR", "SYNTHETIC_DATA_OUTPUT_DIR",
-    "SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "JAVA_HOME", "USE_TF",
-    "SPARK_MASTER", "SPARK_DRIVER_MEMORY", "SPARK_EXECUTOR_MEMORY", "SPARK_SUBMIT_OPTIONS",
-]
-
-
-def clean_user_env(**overrides: str) -> dict[str, str]:
-    """A new user's shell: none of our variables set yet (the test process itself runs sourced)."""
-    environment = {
-        name: value for name, value in os.environ.items()
-        if name not in EXPORTED and not name.startswith(("SPARK_", "PYSPARK_"))
-        and name not in ("VIRTUAL_ENV", "PYTHONPATH", "CEHRGPT_TUTORIAL_ROOT")
-    }
-    environment.update(overrides)
-    return environment
+from helpers import EXPORTED, clean_user_env
 
 
 def java_major_version(java_home: str) -> int:

@@ -5,7 +5,8 @@ step that hands on a model whose training has not finished.
 Every lock here is a real lock held by a real process (this one), every schema a real PostgreSQL
 schema, every kill a real SIGKILL: of a step's whole process group once an event shows it is where
 the test wants it (frozen with SIGSTOP first, so a fast machine cannot finish before the signal), or
-at an exact moment through cehrgpt_tutorials/faults.py's crash points.
+at an exact moment through cehrgpt_tutorials/faults.py's crash points. The lock and unfinished-model
+tests run on a few crafted sequences: the steps stop before they read them.
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, SCRIPTS, cdm_fingerprint, output_of, run_script, run_sh
-from test_load_omop import error_line, person_csv, query
+from helpers import (
+    error_line,
+    file_contents,
+    frozen,
+    outcome,
+    person_csv,
+    query,
+    start_in_own_group,
+    wait_for,
+)
 
 from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
 from cehrgpt_tutorials.pipeline.training import (
@@ -33,30 +43,38 @@ from cehrgpt_tutorials.pipeline.training import (
     set_aside_incomplete_checkpoints,
 )
 
-
-def tree_digest(folder: Path) -> dict[str, bytes]:
-    """Every file under folder (hidden ones too, lock files aside): relative path -> contents."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(Path(folder).rglob("*"))
-            if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".lock"))}
-
-
-def one_error_line(result) -> str:
-    assert result.returncode == 1, output_of(result)
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # One writer per output: every step stops at once when another run holds what it writes
 # ---------------------------------------------------------------------------------------------
 
 
-def parquet_of(demo_patient_sequence: Path, folder: Path) -> Path:
-    """A folder with one Parquet file of 20 of the demo slice's training sequences."""
+def crafted_sequences(folder: Path, persons: int = 6) -> Path:
+    """A patient_sequence folder as step 2 and 3 write it (train/ and test/, one Parquet file each), of a
+    few short crafted patients: for the steps that stop before they read their input."""
+    tokens = ["year:2011", "age:30", "8507", "8527", "[VS]", "9202", "201826", "[VE]"]
+    for split, first in (("train", 1), ("test", 1000)):
+        (folder / split).mkdir(parents=True)
+        table = pa.table({"person_id": pa.array(range(first, first + persons), pa.int64()),
+                          "concept_ids": pa.array([tokens] * persons, pa.list_(pa.string())),
+                          "dates": pa.array([list(range(len(tokens)))] * persons, pa.list_(pa.int32())),
+                          "num_of_concepts": pa.array([len(tokens)] * persons, pa.int64())})
+        pq.write_table(table, folder / split / "part-00000.parquet")
+    return folder
+
+
+def crafted_omop(folder: Path) -> Path:
+    """Step 2's input tables, one Parquet file of one row each (what a step that stops first is given)."""
+    for table in ("person", "visit_occurrence", "concept", "condition_occurrence", "procedure_occurrence",
+                  "drug_exposure"):
+        (folder / table).mkdir(parents=True)
+        pq.write_table(pa.table({"person_id": pa.array([1], pa.int64())}), folder / table / "part-00000.parquet")
+    return folder
+
+
+def parquet_of(sequences: Path, folder: Path) -> Path:
+    """A folder with one Parquet file of the training sequences in `sequences`."""
     folder.mkdir(parents=True)
-    table = ds.dataset(demo_patient_sequence / "train", format="parquet").head(20)
+    table = ds.dataset(sequences / "train", format="parquet").head(20)
     pq.write_table(table, folder / "part-00000.parquet")
     return folder
 
@@ -114,32 +132,30 @@ STEPS = ["export", "sequences", "cleanup", "train", "generate", "restore", "insp
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_a_second_run_stops_at_once_naming_the_run_that_holds_its_output(step, demo_omop_parquet,
-                                                                         demo_patient_sequence, pg_server,
-                                                                         pipeline_env, tmp_path):
-    fixtures = {"omop": demo_omop_parquet, "sequences": demo_patient_sequence, "uri": pg_server}
+def test_a_second_run_stops_without_waiting_naming_the_run_that_holds_its_output(step, pg_server, pipeline_env,
+                                                                                 tmp_path):
+    fixtures = {"omop": crafted_omop(tmp_path / "input_omop"), "uri": pg_server,
+                "sequences": crafted_sequences(tmp_path / "input_sequences")}
     output, command = locked_step(step, tmp_path, fixtures)
     environment = dict(pipeline_env, OMOP_DIR=str(tmp_path / "omop_synthea"))
-    before = tree_digest(output)
+    before = file_contents(output)
     with output_lock(output, "held by the test"):
-        started = time.monotonic()
+        # The lock is held until this returns: a run that waited for it would never return (the
+        # timeout is the guard), one that went on regardless would change the output or not fail.
         result = subprocess.run(command, env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        seconds = time.monotonic() - started
-    line = one_error_line(result)
+    line = error_line(result)
     assert f"is being written by process {os.getpid()} (" in line, line
     assert str(output.resolve()) in line
-    assert seconds < 30, f"the second run took {seconds:.0f} s to stop"
-    assert tree_digest(output) == before, "the locked output was changed"
+    assert "spark-submit" not in result.stdout and "$ " not in result.stdout, "the step started its work"
+    assert file_contents(output) == before, "the locked output was changed"
 
 
 def test_a_load_into_a_schema_another_load_holds_stops_at_once(demo_csv_dir, pg_server, pipeline_env, tmp_path):
-    from conftest import run_script as run
-
     folder = person_csv(tmp_path / "persons", demo_csv_dir, rows=5)
     holder = psycopg2.connect(pg_server, application_name=application_name("the test"))
     try:
         schema_lock(holder, "t_locked")
-        result = run(["load_omop.py", "--dsn", pg_server, "--input-dir", str(folder), "--schema", "t_locked"],
+        result = run_script(["load_omop.py", "--dsn", pg_server, "--input-dir", str(folder), "--schema", "t_locked"],
                      env=pipeline_env, timeout=120)
     finally:
         holder.close()
@@ -221,26 +237,6 @@ def test_a_replace_keeps_the_tables_it_does_not_load(demo_csv_dir, pg_server, pi
     assert after["person"][0] == 7 and after["condition_occurrence"] == conditions
 
 
-def start_in_own_group(command: list[str], environment: dict, cwd: Path = REPO_ROOT) -> subprocess.Popen:
-    return subprocess.Popen(command, env=environment, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def kill_when(process: subprocess.Popen, event, timeout: float = 300, what: str = "the event") -> None:
-    """SIGKILL the process's whole group as soon as event() is true: frozen first (SIGSTOP), so it is
-    still at that point when the kill lands; fails if the process ends before the event."""
-    deadline = time.monotonic() + timeout
-    while not event():
-        assert process.poll() is None, f"finished before {what}:\n" + process.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGSTOP)
-    assert event(), what
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-
-
 @pytest.mark.parametrize("kill_point", ["mid-copy", "before-swap"])
 def test_a_load_killed_at_any_point_leaves_the_schema_whole_and_the_next_load_cleans_up(
         kill_point, demo_csv_dir, pg_server, pipeline_env, tmp_path):
@@ -282,20 +278,13 @@ def test_a_load_cut_off_from_the_database_is_one_line_keeps_the_schema_and_the_n
     second = clinical_csvs(tmp_path / "second", demo_csv_dir, persons=300)
     assert run_script(load + [str(first)], env=pipeline_env).returncode == 0
     before = cdm_fingerprint(pg_server, schema)
-    process = start_in_own_group([sys.executable, *load, str(second)], pipeline_env)
-    deadline = time.monotonic() + 300
-    while not staging_schemas(pg_server, schema):
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGSTOP)  # frozen while its staging schema is being filled
-    query(pg_server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
-          ("cehrgpt-tutorial load_omop.py%",))
-    os.killpg(process.pid, signal.SIGCONT)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 1, output[-3000:]
-    assert len([line for line in output.splitlines() if line.startswith("error:")]) == 1, output[-3000:]
-    assert f"schema {schema} left unchanged" in output
+    process = start_in_own_group([sys.executable, *load, str(second)], pipeline_env, stderr=subprocess.PIPE)
+    wait_for(lambda: staging_schemas(pg_server, schema), process, "the staging schema")
+    with frozen(process):  # while its staging schema is being filled
+        assert staging_schemas(pg_server, schema)
+        query(pg_server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+              ("cehrgpt-tutorial load_omop.py%",))
+    assert f"schema {schema} left unchanged" in error_line(outcome(process))
     assert cdm_fingerprint(pg_server, schema) == before
     again = run_script(load + [str(second)], env=pipeline_env)
     assert again.returncode == 0, output_of(again)
@@ -413,28 +402,31 @@ def test_a_half_written_checkpoint_is_set_aside_and_training_resumes_from_the_la
     assert not (model_dir / TRAINING_INCOMPLETE).exists()
 
 
-def test_steps_that_read_a_model_refuse_one_whose_training_has_not_finished(demo_patient_sequence, pipeline_env,
-                                                                             tmp_path):
+def test_steps_that_read_a_model_refuse_one_whose_training_has_not_finished(pipeline_env, tmp_path):
+    sequences = crafted_sequences(tmp_path / "patient_sequence")
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")  # what the runner may have written before it was stopped
     (model / TRAINING_INCOMPLETE).write_text("train_cehrgpt.sh started and has not finished\n")
-    generate = run_sh("generate_synthetic.sh", ["--model-dir", model, "--prompt-data", demo_patient_sequence,
+    generate = run_sh("generate_synthetic.sh", ["--model-dir", model, "--prompt-data", sequences,
                                                 "--output-dir", tmp_path / "synthetic"], pipeline_env)
     predict = run_script(["predict.py", "--model-dir", str(model), "--output-dir", str(tmp_path / "prediction"),
-                          "--patient-sequence-dir", str(demo_patient_sequence), "--dsn", "postgresql:///none"],
+                          "--patient-sequence-dir", str(sequences), "--dsn", "postgresql:///none"],
                          env=pipeline_env)
     for result in (generate, predict):
-        line = one_error_line(result)
+        line = error_line(result)
         assert f"the training in {model} has not finished ({TRAINING_INCOMPLETE} is there)" in line, line
     assert not (tmp_path / "synthetic").exists() or not any((tmp_path / "synthetic").iterdir())
+    assert not (tmp_path / "prediction").exists() or not any((tmp_path / "prediction").iterdir())
 
 
-def test_training_marks_its_model_unfinished_until_the_runner_is_done(demo_patient_sequence, pipeline_env, tmp_path):
-    """The marker is written before the runner starts: a runner that dies leaves it there."""
-    sequences = parquet_of(demo_patient_sequence, tmp_path / "data")
+def test_a_training_whose_runner_fails_leaves_its_model_marked_unfinished(pipeline_env, tmp_path):
+    """The marker is written before the runner starts, so a runner that dies leaves it there (its removal
+    once the runner is done: test_training_settings.py and the slow resume test above)."""
+    sequences = parquet_of(crafted_sequences(tmp_path / "patient_sequence"), tmp_path / "data")
     result = run_sh("train_cehrgpt.sh", ["--profile", "tiny", "--data-folder", sequences, "--model-dir",
                                          tmp_path / "model", "--max_steps", "not-a-number"], pipeline_env)
     assert result.returncode != 0
+    assert "not-a-number" in result.stderr, output_of(result)  # the runner's own refusal, not the script's
     assert (tmp_path / "model" / TRAINING_INCOMPLETE).is_file()
 

