@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_script
-from helpers import count, error_line, query
+from helpers import count, error_line, person_csv, query
 
 from cehrgpt_tutorials.omop.cdm_schema import CDM_TABLES, PRIMARY_KEYS
 
@@ -32,14 +32,6 @@ def csv_rows(demo_csv_dir: Path, table: str) -> list[dict[str, str]]:
 
 def load(arguments: list[str], env, uri: str):
     return run_script(["load_omop.py", "--dsn", uri, *arguments], env=env, timeout=300)
-
-
-def person_csv(folder: Path, demo_csv_dir: Path, rows: int) -> Path:
-    """A PERSON.csv with the demo's header and its first `rows` rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = (demo_csv_dir / "PERSON.csv").read_text().splitlines()
-    (folder / "PERSON.csv").write_text("\n".join(lines[: rows + 1]) + "\n")
-    return folder
 
 
 def test_demo_loads_every_record_of_its_csv_files(demo_cdm, demo_csv_dir):
