@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, run_script
-from helpers import error_line, execute, file_contents, frozen, query, signal_when, visible_names
+from helpers import error_line, execute, file_contents, frozen, query, signal_when, visible_names, wait_for
 from psycopg2 import sql
 
 SCHEMA = "cdm_export_test"
@@ -284,15 +284,15 @@ def test_a_refused_or_silent_server_is_one_error_line_not_a_wait(env, tmp_path):
     assert_failed_cleanly(result, "cannot connect", "127.0.0.1", "port 1")
     assert not output.exists()
 
-    # A server that takes the connection and never answers: without a connect timeout libpq would
-    # wait for it for ever (the subprocess timeout is the guard); with it, the export gives up and says so
-    # while this server still holds the connection open.
+    # A server that takes the connection and never answers: libpq alone would wait for it for ever (the
+    # subprocess timeout is the guard); the export's own connect timeout (no PGCONNECT_TIMEOUT set here:
+    # its default) ends the wait, and it says so while this server still holds the connection open.
+    assert not any(name.startswith("PG") for name in env)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
         port = silent.getsockname()[1]
-        result = export(f"host=127.0.0.1 port={port} dbname=omop user=nobody", {**env, "PGCONNECT_TIMEOUT": "2"},
-                        output, timeout=120)
+        result = export(f"host=127.0.0.1 port={port} dbname=omop user=nobody", env, output, timeout=60)
     assert_failed_cleanly(result, "cannot connect", "127.0.0.1", f"port {port}", "timeout expired")
     assert not output.exists()
 
@@ -411,9 +411,9 @@ def test_interrupted_mid_table_keeps_previous_export(database, env, tmp_path, ho
 
 def test_rows_committed_during_export_are_all_in_or_all_out(database, env, tmp_path):
     """A person + visit pair committed before the export is in both tables; one committed once the
-    export has begun (its snapshot taken, its 2 connections open) is in neither, though both tables are
-    read after it: without one shared snapshot, a table whose read starts later would hold the new visit
-    and not its person (person is padded, so the larger one, read before visit_occurrence).
+    export has begun (its snapshot taken, a second connection opened) is in neither, though every table
+    is read after it: without one shared snapshot, a connection whose reads start later would export the
+    new pair in some tables and not in others (a visit without its person).
     """
     before, during = 1_000_000, 1_000_001
 
@@ -421,20 +421,28 @@ def test_rows_committed_during_export_are_all_in_or_all_out(database, env, tmp_p
         execute(database, f"INSERT INTO {SCHEMA}.person VALUES (%s, 'new'); "
                           f"INSERT INTO {SCHEMA}.visit_occurrence VALUES (%s, %s)", person_id, person_id, person_id)
 
+    watcher = psycopg2.connect(database)
+    watcher.autocommit = True
+
+    def export_backends() -> int:
+        """The export's connections (coordinator first; it has taken the snapshot before a worker opens)."""
+        with watcher.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cehrgpt-export_omop'")
+            return cursor.fetchone()[0]
+
     commit_pair(before)
     try:
+        # 3 tables, 3 connections: no table is read before the last one is open and set up, so a pair
+        # committed once the second is there commits before any read (the strongest test of sharing);
+        # wherever it commits after the first statement, the shared snapshot must leave it out.
         process = start_export(database, env, tmp_path / "out", "--tables", "big,person,visit_occurrence",
-                               "--jobs", "2")
-        # Printed once every table is resolved in the snapshot and the second connection shares it.
-        for line in process.stdout:
-            if line.startswith("exporting "):
-                break
-        else:
-            raise AssertionError("no 'exporting' line: " + process.communicate()[1][-3000:])
+                               "--jobs", "3")
+        wait_for(lambda: export_backends() >= 2, process, "the export's second connection", timeout=120)
         with frozen(process, group=False):  # nothing of it runs while the pair commits
             commit_pair(during)
         stdout, stderr = process.communicate(timeout=300)
     finally:
+        watcher.close()
         execute(database, f"DELETE FROM {SCHEMA}.visit_occurrence WHERE person_id >= {before};"
                           f"DELETE FROM {SCHEMA}.person WHERE person_id >= {before}")
     assert process.returncode == 0, stderr
