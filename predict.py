@@ -35,6 +35,7 @@ from cehrgpt_tutorials.environment import usable_cores
 from cehrgpt_tutorials.errors import PipelineError, describe_os_error, fail
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir
 from cehrgpt_tutorials.prediction.cohort import COHORT_SQL_DIR, DEFAULT_COHORT_SQL
+from cehrgpt_tutorials.prediction.models import FEATURE_BATCH_SIZE, FINE_TUNE_BATCH_SIZE
 from cehrgpt_tutorials.sequences.split import DEFAULT_TEST_FRACTION
 
 
@@ -72,6 +73,16 @@ def parse_arguments(argv=None):
                         help="most epochs of fine-tuning; it stops earlier once the validation loss stops falling "
                              "(default 5)")
     parser.add_argument("--no-fine-tune", action="store_true", help="skip fine-tuning the model on the task")
+    parser.add_argument("--max-train-examples", type=int, default=20_000,
+                        help="most train examples per task, drawn seeded and stratified by outcome, the same for "
+                             "every method (default 20000: a large CDM in hours; the demo has fewer)")
+    parser.add_argument("--max-test-examples", type=int, default=5_000,
+                        help="most test examples per task, drawn the same way (default 5000)")
+    parser.add_argument("--feature-batch-size", type=int, default=FEATURE_BATCH_SIZE,
+                        help="examples per forward pass of feature extraction and of fine-tuning's evaluation "
+                             "(default %(default)s; raise it on a GPU)")
+    parser.add_argument("--fine-tune-batch-size", type=int, default=FINE_TUNE_BATCH_SIZE,
+                        help="examples per fine-tuning step (default %(default)s; raise it on a GPU)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                         help="only for sequences without train/ and test/: the held-out share, decided as in step 2 "
@@ -82,7 +93,8 @@ def parse_arguments(argv=None):
     arguments.patient_sequence_dir = arguments.patient_sequence_dir or cehr_gpt_data_dir() / "patient_sequence"
     arguments.model_dir = arguments.model_dir or cehr_gpt_model_dir()
     arguments.output_dir = arguments.output_dir or cehr_gpt_data_dir() / "prediction"
-    for name in ("trajectories", "max_new_tokens", "n_boot", "workers", "fine_tune_epochs"):
+    for name in ("trajectories", "max_new_tokens", "n_boot", "workers", "fine_tune_epochs", "max_train_examples",
+                 "max_test_examples", "feature_batch_size", "fine_tune_batch_size"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return arguments

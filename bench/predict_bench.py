@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from cehrgpt_tutorials.db import connect  # noqa: E402
 from cehrgpt_tutorials.paths import cehr_gpt_data_dir, cehr_gpt_model_dir  # noqa: E402
 from cehrgpt_tutorials.prediction import cohort as cohorts  # noqa: E402
-from cehrgpt_tutorials.prediction import models  # noqa: E402
+from cehrgpt_tutorials.prediction import histories, models  # noqa: E402
 from cehrgpt_tutorials.prediction.pipeline import model_context  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> None:
         cohort = cohorts.query_cohort(connection, cohorts.DEFAULT_COHORT_SQL.read_text(), "cdm", "default")
     finally:
         connection.close()
-    test = cohorts.build_histories(cohort, sequences).test
+    test = histories.build_histories(cohort, sequences).test
     test = test.slice(0, min(arguments.patients, test.num_rows))
     cores = len(os.sched_getaffinity(0))
     results = {"patients": test.num_rows, "cores": cores, "max_new_tokens": arguments.max_new_tokens,

@@ -39,6 +39,7 @@ FINE_TUNE_VALIDATION = 0.15  # the share of the train examples' patients that ea
 # within the few epochs of --fine-tune-epochs (bench/RESULTS.md, "fine-tuning in `make predict`").
 FINE_TUNE_LEARNING_RATE = 3e-4
 FINE_TUNE_BATCH_SIZE = 8
+FEATURE_BATCH_SIZE = 16  # examples per forward pass without gradients (features, evaluation)
 ZERO_SHOT_TASK = "outcome_in_window"
 # The folder name cehrgpt's time_to_event script derives from --sampling_strategy TopPStrategy --top_p 1.0.
 ZERO_SHOT_SAMPLING_FOLDER = "top_p10000"
@@ -139,7 +140,8 @@ def count_rows(folder: Path) -> int:
 
 
 def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int,
-                 expected: dict[str, int], same_examples: Path | None = None) -> Path:
+                 expected: dict[str, int], same_examples: Path | None = None,
+                 batch_size: int = FEATURE_BATCH_SIZE) -> Path:
     """Features of every example, then a logistic regression on the train examples' features.
 
     Returns the folder of the test predictions. The work folder is new for every run: the feature
@@ -153,7 +155,7 @@ def linear_probe(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Pat
         relabelled_features(same_examples / "cehrgpt_features", features_dir, train_dir, test_dir)
         print(f"  the same examples as {same_examples.name}: its cehrgpt features, with this task's labels", flush=True)
     else:
-        compute_features(train_dir, test_dir, model_dir, work_dir, context)
+        compute_features(train_dir, test_dir, model_dir, work_dir, context, batch_size)
     for split in ("train", "test"):
         rows = count_rows(features_dir / "features_with_label" / f"{split}_features")
         if rows != expected[split]:
@@ -192,7 +194,8 @@ def relabelled_features(source: Path, target: Path, train_dir: Path, test_dir: P
                        folder / "part-00000.parquet")
 
 
-def compute_features(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int) -> None:
+def compute_features(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int,
+                     batch_size: int = FEATURE_BATCH_SIZE) -> None:
     features_dir = work_dir / "cehrgpt_features"
     run_logged([
         sys.executable, "-m", "cehrgpt.tools.linear_prob.compute_cehrgpt_features",
@@ -200,7 +203,7 @@ def compute_features(train_dir: Path, test_dir: Path, model_dir: Path, work_dir:
         "--dataset_prepared_path", features_dir / "dataset_prepared",
         "--model_name_or_path", model_dir, "--tokenizer_name_or_path", model_dir,
         "--output_dir", features_dir, "--max_position_embeddings", context,
-        "--per_device_eval_batch_size", 16, "--preprocessing_num_workers", 1,
+        "--per_device_eval_batch_size", batch_size, "--preprocessing_num_workers", 1,
         "--dataloader_num_workers", 0, "--report_to", "none",
     ], work_dir / "logs" / "compute_cehrgpt_features.log", "cehrgpt feature extraction")
 
@@ -211,7 +214,8 @@ def compute_features(train_dir: Path, test_dir: Path, model_dir: Path, work_dir:
 
 
 def fine_tune(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, context: int, epochs: int,
-              expected: dict[str, int]) -> Path:
+              expected: dict[str, int], batch_size: int = FINE_TUNE_BATCH_SIZE,
+              eval_batch_size: int = FEATURE_BATCH_SIZE) -> Path:
     """cehrgpt's fine-tuning runner on the train examples, then its predictions of the test ones.
 
     Returns the folder of the test predictions. The runner's pitfalls in cehrgpt 0.1.9:
@@ -240,7 +244,7 @@ def fine_tune(train_dir: Path, test_dir: Path, model_dir: Path, work_dir: Path, 
         "--dataset_prepared_path", out / "dataset_prepared", "--output_dir", model_out,
         "--validation_split_percentage", FINE_TUNE_VALIDATION, "--do_train", "true", "--do_predict", "true",
         "--num_train_epochs", epochs, "--learning_rate", FINE_TUNE_LEARNING_RATE,
-        "--per_device_train_batch_size", FINE_TUNE_BATCH_SIZE, "--per_device_eval_batch_size", 16,
+        "--per_device_train_batch_size", batch_size, "--per_device_eval_batch_size", eval_batch_size,
         "--eval_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end", "true",
         "--save_total_limit", 1, "--max_position_embeddings", context,
         "--preprocessing_num_workers", 1, "--dataloader_num_workers", 0, "--report_to", "none",
@@ -271,27 +275,30 @@ def fine_tune_epochs(model_out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def concept_tokens(tokens) -> list[str]:
-    """The concept ids of a history (conditions, drugs, procedures, visit types, gender, race):
-    its numeric tokens. Time tokens, [VS]/[VE], year:/age: tokens are structure, not concepts."""
-    return [token for token in tokens if token.isdigit()]
-
-
 def bag_of_concepts(tables, vocabulary: dict[str, int] | None = None):
-    """log(1 + count) of each vocabulary concept per example, plus age; vocabulary from the first call."""
+    """log(1 + count) of each vocabulary concept per example, plus age; vocabulary from the first call.
+
+    A history's concepts (conditions, drugs, procedures, visit types, gender, race) are its numeric
+    tokens; time tokens, [VS]/[VE], year:/age: tokens are structure, not concepts. Counted column-wise
+    on the flattened token lists, into a sparse matrix."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from scipy import sparse
 
-    token_lists = [concept_tokens(tokens) for tokens in tables.column("concept_ids").to_pylist()]
+    tokens = tables.column("concept_ids").combine_chunks()
+    flat = pc.list_flatten(tokens)
+    rows = pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False)
+    concept = pc.match_substring_regex(flat, r"^[0-9]+$").to_numpy(zero_copy_only=False)
+    flat, rows = flat.filter(pa.array(concept)), rows[concept]
     if vocabulary is None:
-        vocabulary = {token: i for i, token in enumerate(sorted({t for tokens in token_lists for t in tokens}))}
-    rows, cols, values = [], [], []
-    for row, tokens in enumerate(token_lists):
-        counts = pd.Series([vocabulary[t] for t in tokens if t in vocabulary], dtype=int).value_counts()
-        rows.extend([row] * len(counts))
-        cols.extend(counts.index.tolist())
-        values.extend(np.log1p(counts.to_numpy()).tolist())
-    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(token_lists), len(vocabulary)))
-    return matrix, vocabulary
+        vocabulary = {token: i for i, token in enumerate(sorted(pc.unique(flat).to_pylist()))}
+    columns = pc.index_in(flat, value_set=pa.array(sorted(vocabulary, key=vocabulary.get), pa.string()))
+    known = columns.is_valid().to_numpy(zero_copy_only=False)
+    columns = columns.filter(pa.array(known)).to_numpy(zero_copy_only=False)
+    counts = sparse.csr_matrix((np.ones(len(columns)), (rows[known], columns)),
+                               shape=(tables.num_rows, len(vocabulary)))  # duplicates summed: counts
+    counts.data = np.log1p(counts.data)
+    return counts, vocabulary
 
 
 def baseline_design(train, test):

@@ -21,7 +21,7 @@ from cehrgpt_tutorials.files import atomic_directory
 from cehrgpt_tutorials.locks import application_name, output_lock, schema_lock
 from cehrgpt_tutorials.pipeline.training import training_not_finished, unfinished_model_problem
 from cehrgpt_tutorials.prediction import cohort as cohorts
-from cehrgpt_tutorials.prediction import few_shot, models, report
+from cehrgpt_tutorials.prediction import few_shot, histories, models, report
 from cehrgpt_tutorials.prediction.models import TooFewExamples
 
 REPORT_NAME = "predict_report.json"
@@ -182,18 +182,19 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
     work.mkdir(parents=True, exist_ok=True)
     with timed_stage(seconds, "histories", "2/8 histories: each patient's sequence before the index date, "
                                            f"from {arguments.patient_sequence_dir}"):
-        histories, paths = split_histories(arguments, cohort, work)
+        examples, paths = split_histories(arguments, cohort, work)
     plan = ZeroShotPlan(zero_shot, outcome_tokens, time_at_risk(cohort), arguments.max_new_tokens)
-    predictions = run_predictors(arguments, histories, paths, work, context, plan, examples_seen, seconds)
+    predictions = run_predictors(arguments, examples, paths, work, context, plan, examples_seen, seconds)
     with timed_stage(seconds, "few_shot", "7/8 few-shot: the linear probe and the baseline on 10%, 25%, 50% and "
                                           "100% of the train examples"):
-        shots = few_shot_curves(task, histories, work)
+        shots = few_shot_curves(task, examples, work)
     with timed_stage(seconds, "report", "8/8 bootstrap intervals and report"):
         summaries = method_summaries(arguments, predictions, work, plan)
-        all_positives, visible = cohorts.outcome_seen_in_future(cohort, arguments.patient_sequence_dir,
-                                                                outcome_tokens or ["-"], arguments.test_fraction)
-    train_labels = histories.train.column("label").to_pylist()
-    test_labels = histories.test.column("label").to_pylist()
+        all_positives, visible = histories.outcome_seen_in_future(
+            cohort.iloc[examples.considered_rows], arguments.patient_sequence_dir, outcome_tokens or ["-"],
+            arguments.test_fraction)
+    train_labels = examples.train.column("label").to_pylist()
+    test_labels = examples.test.column("label").to_pylist()
     result = {
         "task": task.name,
         "task_description": first_comment_line(task.sql),
@@ -202,9 +203,10 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
         "cohort_ids": [task.cohort_id, task.cohort_id + 1],
         "cohort_rows": len(cohort),
         "positives": int(cohort["label"].sum()),
-        "dropped_no_sequence": histories.no_sequence,
-        "dropped_no_history": histories.no_history,
-        "split_source": histories.split_source,
+        "dropped_no_sequence": examples.no_sequence,
+        "dropped_no_history": examples.no_history,
+        "split_source": examples.split_source,
+        "capped": examples.capped,
         "train_patients": len(train_labels),
         "train_positives": int(sum(train_labels)),
         "test_patients": len(test_labels),
@@ -215,6 +217,7 @@ def run_task(arguments, task: Task, work: Path, examples_seen: dict[str, Path]) 
         "zero_shot_skipped": "" if zero_shot else (task.zero_shot_off or "--no-zero-shot"),
         "model_dir": str(arguments.model_dir),
         "context": context,
+        "device": compute_device(),
         **summaries,
         "few_shot": shots,
         "seconds": {key: round(value, 1) for key, value in seconds.items()},
@@ -269,53 +272,67 @@ def time_at_risk(cohort) -> int:
     return lengths.most_common(1)[0][0]
 
 
+def compute_device() -> str:
+    """Where cehrgpt's commands run their models: the GPU torch sees, else the CPU."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+
+
 def split_histories(arguments, cohort, work: Path):
-    """Stage 2: each cohort row's history strictly before its index date, split by person and written as
-    the examples cehrgpt's tools read; returns the histories and the train/test folders."""
-    histories = cohorts.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction)
-    paths = cohorts.write_histories(histories, work / "cohort_sequences")
-    train_labels = histories.train.column("label").to_pylist()
-    test_labels = histories.test.column("label").to_pylist()
+    """Stage 2: each cohort row's history strictly before its index date, split by person, capped at
+    --max-train-examples / --max-test-examples, and written as the examples cehrgpt's tools read;
+    returns the examples and the train/test folders."""
+    caps = {"train": arguments.max_train_examples, "test": arguments.max_test_examples}
+    examples = histories.build_histories(cohort, arguments.patient_sequence_dir, arguments.test_fraction, caps)
+    paths = histories.write_histories(examples, work / "cohort_sequences")
+    train_labels = examples.train.column("label").to_pylist()
+    test_labels = examples.test.column("label").to_pylist()
+    for split, cap in examples.capped.items():
+        print(f"  {split}: {cap['cap']:,} of its {cap['cohort_rows']:,} cohort rows drawn (--max-{split}-examples; "
+              "seeded, stratified by outcome)")
     print(f"  train {len(train_labels):,} ({sum(train_labels)} positives), test {len(test_labels):,} "
-          f"({sum(test_labels)} positives); split: {histories.split_source}")
-    print(f"  left out: {histories.no_sequence} without a patient sequence, {histories.no_history} without a "
+          f"({sum(test_labels)} positives); split: {examples.split_source}")
+    print(f"  left out: {examples.no_sequence} without a patient sequence, {examples.no_history} without a "
           f"visit before the index date; examples: {work.name}/cohort_sequences/{{train,test}}")
     models.check_trainable(train_labels, "train")
     models.check_evaluable(test_labels, "test")
-    return histories, paths
+    return examples, paths
 
 
-def run_predictors(arguments, histories, paths: dict, work: Path, context: int, plan: ZeroShotPlan,
+def run_predictors(arguments, examples, paths: dict, work: Path, context: int, plan: ZeroShotPlan,
                    examples_seen: dict[str, Path], seconds: dict[str, float]) -> dict[str, Path]:
     """Stages 3-6, the four predictors on the same examples; returns each one's predictions folder."""
-    expected = {"train": histories.train.num_rows, "test": histories.test.num_rows}
+    expected = {"train": examples.train.num_rows, "test": examples.test.num_rows}
     with timed_stage(seconds, "baseline", "3/8 baseline: logistic regression on bag-of-concepts counts before the "
                                           "index date (+ age)"):
-        predictions = {"baseline": models.baseline(histories.train, histories.test, work)}
+        predictions = {"baseline": models.baseline(examples.train, examples.test, work)}
     with timed_stage(seconds, "linear_probe", "4/8 cehrgpt features + linear probe"):
         # Tasks with the same index dates have the same examples (only the labels differ): features once.
-        fingerprint = cohorts.examples_fingerprint(histories)
+        fingerprint = histories.examples_fingerprint(examples)
         predictions["linear_probe"] = models.linear_probe(paths["train"], paths["test"], arguments.model_dir, work,
-                                                          context, expected, examples_seen.get(fingerprint))
+                                                          context, expected, examples_seen.get(fingerprint),
+                                                          arguments.feature_batch_size)
         examples_seen.setdefault(fingerprint, work)
     if not arguments.no_fine_tune:
         with timed_stage(seconds, "fine_tune", "5/8 fine-tuning: the pretrained model + a classification head, up "
                                                f"to {arguments.fine_tune_epochs} epochs on the train examples"):
             predictions["fine_tune"] = models.fine_tune(paths["train"], paths["test"], arguments.model_dir, work,
-                                                        context, arguments.fine_tune_epochs, expected)
+                                                        context, arguments.fine_tune_epochs, expected,
+                                                        arguments.fine_tune_batch_size, arguments.feature_batch_size)
     if plan.enabled:
         with timed_stage(seconds, "zero_shot", f"6/8 zero-shot: {arguments.trajectories} sampled futures of up to "
                                                f"{plan.max_new_tokens} tokens per test patient"):
             predictions["zero_shot"] = models.zero_shot(
-                histories.test, arguments.model_dir, work, plan.outcome_tokens, plan.window_days,
+                examples.test, arguments.model_dir, work, plan.outcome_tokens, plan.window_days,
                 arguments.trajectories, plan.max_new_tokens, context, arguments.workers)
     return predictions
 
 
-def few_shot_curves(task: Task, histories, work: Path) -> list[dict]:
+def few_shot_curves(task: Task, examples, work: Path) -> list[dict]:
     """Stage 7: the probe and the baseline on fewer training examples, same test examples; plotted."""
-    shots = few_shot.curve(*models.few_shot_features(histories.train, histories.test, work))
-    test_labels = histories.test.column("label").to_pylist()
+    shots = few_shot.curve(*models.few_shot_features(examples.train, examples.test, work))
+    test_labels = examples.test.column("label").to_pylist()
     few_shot.plot(shots, {"probe": report.METHODS["linear_probe"], "baseline": report.METHODS["baseline"]},
                   work / "few_shot.png", f"{task.name}: {sum(test_labels)} positives among {len(test_labels)} test examples")
     return shots

@@ -139,6 +139,8 @@ def cohort_lines(report: dict) -> list[str]:
         f"{report['dropped_no_sequence']} without a patient sequence and {report['dropped_no_history']} without a "
         "visit before the index date are left out",
         f"- split: {report['split_source']}",
+        *[f"- **capped**: {split} {cap['cap']:,} of its {cap['cohort_rows']:,} cohort rows, drawn with a seed and "
+          f"stratified by outcome (--max-{split}-examples)" for split, cap in report.get("capped", {}).items()],
         f"- train: {report['train_patients']:,} examples ({report['train_positives']} positives); "
         f"test (never seen by the pretrained model): **{report['test_patients']:,} examples, "
         f"{report['test_positives']} positives**",
@@ -146,7 +148,7 @@ def cohort_lines(report: dict) -> list[str]:
         f"outcome token ({', '.join(report['outcome_tokens']) or 'none given'}) in their sequence inside the time at "
         "risk" + (": **the model never sees most of these outcomes: zero-shot cannot find them**"
                   if report["outcome_visible_fraction"] < 0.5 else ""),
-        f"- model: `{report['model_dir']}` (context {report['context']})",
+        f"- model: `{report['model_dir']}` (context {report['context']}), run on {report.get('device', 'cpu')}",
         "",
     ]
 
