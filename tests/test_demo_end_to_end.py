@@ -2,27 +2,29 @@
 
 One real run of every step (embedded PostgreSQL -> export -> Spark -> cleanup -> train -> generate ->
 restore -> inspect), then the properties that matter: each step printed the learner's command and
-left its marker, the synthetic CDM sits in its own schema beside an untouched cdm, the report has
-its headline numbers, a re-run skips everything, and a failing step stops the run with its log and
-is resumed from there.
+left its marker, the synthetic CDM sits in its own schema beside an untouched cdm, the report counts
+the sequences, those converted and the exact copies as the outputs show them, a re-run redoes nothing,
+and a failing step stops the run with its log and is resumed from there. Generation is seeded
+(GENERATION_SEED), so the patients the tiny model writes, and whether one converts, are the same every run.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import psycopg2
+import pyarrow.dataset as ds
 import pytest
 from conftest import cdm_fingerprint, run_script
+from helpers import file_stats, query
 
 from cehrgpt_tutorials.pipeline.steps import demo_steps
 
 pytestmark = pytest.mark.slow
 
 SLICE_PERSONS = 300
-NUM_PATIENTS = 40  # the tiny model writes about 1 valid patient in 5; 40 makes "none converted" vanishingly rare
+NUM_PATIENTS = 40  # the tiny model writes about 1 convertible patient in 5
+GENERATION_SEED = 7  # the same 40 patients every run: whether one converts is not left to chance
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,7 @@ def demo_env(pipeline_env, tmp_path_factory):
         DEMO_MAX_PERSONS=str(SLICE_PERSONS),
         TRAIN_PROFILE="tiny",
         NUM_PATIENTS=str(NUM_PATIENTS),
+        GENERATION_SEED=str(GENERATION_SEED),
     )
 
 
@@ -60,10 +63,19 @@ def server_uri(demo_env) -> str:
     return start_embedded_server(Path(demo_env["OMOP_DIR"]) / "pgdata")
 
 
-def query(demo_env, sql: str):
-    with psycopg2.connect(server_uri(demo_env)) as connection, connection.cursor() as cursor:
-        cursor.execute(sql)
-        return cursor.fetchall()
+def sample_folder(demo_env) -> Path:
+    return Path(demo_env["SYNTHETIC_DATA_OUTPUT_DIR"]) / "top_p10000_constrained"
+
+
+def outputs_as_written(demo_env) -> dict:
+    """Every output file of the demo (size, mtime), the database's own files, the logs and the lock files
+    aside, and the rows of both CDM schemas."""
+    omop = Path(demo_env["OMOP_DIR"])
+    files = {name: stat for name, stat in file_stats(omop).items()
+             if name.split("/")[0] not in ("pgdata", "logs")
+             and not (Path(name).name.startswith(".") and name.endswith(".lock"))}
+    uri = server_uri(demo_env)
+    return {"files": files, "cdm": cdm_fingerprint(uri), "synthetic_cdm": cdm_fingerprint(uri, "synthetic_cdm")}
 
 
 def test_every_step_runs_in_order_with_its_command(first_run, demo_env):
@@ -72,6 +84,10 @@ def test_every_step_runs_in_order_with_its_command(first_run, demo_env):
     positions = []
     for step in demo_steps(demo_env):
         assert f"$ {step.command}" in output, f"step {step.name} did not print its command"
+        if step.name == "generate":  # the seed reaches the generator's command
+            assert step.command.endswith(f" --seed {GENERATION_SEED}")
+            assert [line for line in output.splitlines() if line.startswith("$ ")
+                    and "-m cehrgpt_tutorials.generate " in line and line.endswith(f" --seed {GENERATION_SEED}")]
         positions.append(output.index(f"$ {step.command}"))
         assert (Path(demo_env["OMOP_DIR"]) / ".demo" / f"{step.name}.done").exists()
         assert f"--- {step.name} done in" in output
@@ -81,37 +97,49 @@ def test_every_step_runs_in_order_with_its_command(first_run, demo_env):
 
 def test_synthetic_cdm_beside_an_untouched_cdm(first_run, demo_env):
     assert first_run.returncode == 0
-    assert query(demo_env, "SELECT count(*) FROM cdm.person") == [(SLICE_PERSONS,)]
+    uri = server_uri(demo_env)
+    assert query(uri, "SELECT count(*) FROM cdm.person") == [(SLICE_PERSONS,)]
     # Every table of cdm, row for row, as it was after the database step.
     assert len(first_run.cdm_before) >= 10
-    assert cdm_fingerprint(server_uri(demo_env)) == first_run.cdm_before, "the chain changed schema cdm"
-    synthetic_persons = query(demo_env, "SELECT count(*) FROM synthetic_cdm.person")[0][0]
+    assert cdm_fingerprint(uri) == first_run.cdm_before, "the chain changed schema cdm"
+    synthetic_persons = query(uri, "SELECT count(*) FROM synthetic_cdm.person")[0][0]
     assert synthetic_persons > 0
-    assert query(demo_env, "SELECT count(*) FROM synthetic_cdm.visit_occurrence")[0][0] > 0
+    assert query(uri, "SELECT count(*) FROM synthetic_cdm.visit_occurrence")[0][0] > 0
 
 
-def test_report_has_the_headline_numbers(first_run, demo_env):
+def test_report_counts_the_generated_sequences_those_converted_and_the_exact_copies(first_run, demo_env):
     assert first_run.returncode == 0
     reports = list(Path(demo_env["SYNTHETIC_DATA_OUTPUT_DIR"]).glob("*/report/report.json"))
-    assert len(reports) == 1
+    assert reports == [sample_folder(demo_env) / "report" / "report.json"]
     report = json.loads(reports[0].read_text())
-    assert report["num_sequences"] >= NUM_PATIENTS
-    for key in ("valid_fraction", "converted_fraction", "prevalence_pearson_r", "exact_copy_fraction"):
-        assert key in report
-    assert 0.0 < report["converted_fraction"] <= 1.0
+    generated = ds.dataset(sample_folder(demo_env) / "generated_sequences", format="parquet").to_table(
+        columns=["person_id", "concept_ids"])
+    assert report["num_sequences"] == generated.num_rows >= NUM_PATIENTS
+    # Converted: the share of the generated sequences whose person is in schema synthetic_cdm.
+    persons = {row[0] for row in query(server_uri(demo_env), "SELECT person_id FROM synthetic_cdm.person")}
+    person_ids = generated.column("person_id").to_pylist()
+    assert len(set(person_ids)) == len(person_ids)
+    assert report["converted_fraction"] == pytest.approx(sum(p in persons for p in person_ids) / len(person_ids))
+    assert report["converted_fraction"] > 0
+    # Exact copies: generated sequences identical, token for token, to a real training sequence.
+    real = ds.dataset(Path(demo_env["CEHR_GPT_DATA_DIR"]) / "patient_sequence" / "train", format="parquet")
+    training = {tuple(tokens) for tokens in real.to_table(columns=["concept_ids"]).column(0).to_pylist()}
+    copies = sum(tuple(tokens) in training for tokens in generated.column("concept_ids").to_pylist())
+    assert (report["exact_copies"], report["exact_copy_fraction"]) == (copies, pytest.approx(copies / generated.num_rows))
     assert (reports[0].parent / "report.md").exists()
 
 
 def test_second_run_skips_everything(first_run, demo_env):
     assert first_run.returncode == 0
-    started = time.monotonic()
+    before = outputs_as_written(demo_env)
+    assert before["files"] and before["synthetic_cdm"]
     second = run_script(["-m", "cehrgpt_tutorials.pipeline.steps", "run", "all"], demo_env, timeout=300)
-    seconds = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already done, skipped") == len(demo_steps(demo_env))
     assert "$ " not in second.stdout  # no step command ran
     assert "=== Summary" in second.stdout
-    assert seconds < 60
+    # Nothing was redone: no output file written again, no table of either CDM changed.
+    assert outputs_as_written(demo_env) == before
 
 
 def test_failing_step_stops_with_its_log_and_resumes_there(first_run, demo_env, tmp_path):

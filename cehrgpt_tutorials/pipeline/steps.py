@@ -13,8 +13,9 @@ interrupted or failed demo resumes at the failed step. Redoing a step invalidate
     python -m cehrgpt_tutorials.pipeline.steps clean            # make clean: stop the database, delete outputs
 
 Knobs for a smaller run (the end-to-end test uses them): DEMO_MAX_PERSONS (load only the first N
-persons), TRAIN_PROFILE (demo | seed | tiny), NUM_PATIENTS (synthetic patients to generate), and
-MIN_NUM_OF_PATIENTS (step 2's concept threshold; by default step 2 chooses it from the data).
+persons), TRAIN_PROFILE (demo | seed | tiny), NUM_PATIENTS (synthetic patients to generate),
+GENERATION_SEED (the generator's --seed: the same patients every run) and MIN_NUM_OF_PATIENTS (step 2's
+concept threshold; by default step 2 chooses it from the data).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def demo_steps(environment: dict[str, str] | None = None) -> list[Step]:
     max_persons = environment.get("DEMO_MAX_PERSONS", "")
     profile = environment.get("TRAIN_PROFILE", "demo")
     num_patients = environment.get("NUM_PATIENTS", "")
+    generation_seed = environment.get("GENERATION_SEED", "")
     threshold = environment.get("MIN_NUM_OF_PATIENTS", "")
     load_demo = "python load_omop.py --demo" + (f" --max-persons {max_persons}" if max_persons else "")
     generate = "sh cehrgpt_tutorials/scripts/generate_synthetic.sh" + (
         f" --num-patients {num_patients}" if num_patients else ""
-    )
+    ) + (f" --seed {generation_seed}" if generation_seed else "")
     return [
         Step("demo-db", "Load the demo OMOP CDM into PostgreSQL", load_demo,
              "starts the embedded PostgreSQL server and loads Synthea's 1,130 patients into schema cdm; "
