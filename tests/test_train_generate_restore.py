@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT, TINY_STEPS, cdm_fingerprint, output_of, run_script, run_sh
+from helpers import query
 
 from cehrgpt_tutorials.omop.plausibility import CHECKS as PLAUSIBILITY_CHECKS
 from cehrgpt_tutorials.omop.restore import (
@@ -40,6 +41,7 @@ BATCH_SIZE = 4
 CONTEXT_WINDOW = 40  # an untrained model never stops by itself: keep its sequences short
 REAL_SEQUENCES = 30
 NOTHING_CONVERTED = 3
+GENERATION_SEED = 1  # generate_synthetic.sh passes --seed to the generator: the same sample every run
 
 
 def load_bench_module(name: str):
@@ -77,7 +79,7 @@ def generated(trained, demo_patient_sequence, pipeline_env, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("synthetic")
     arguments = ["--model-dir", trained["model_dir"], "--prompt-data", demo_patient_sequence,
                  "--output-dir", output_dir, "--num-patients", PATIENTS_ASKED, "--batch-size", BATCH_SIZE,
-                 "--context-window", CONTEXT_WINDOW, "--sampler", "raw"]
+                 "--context-window", CONTEXT_WINDOW, "--sampler", "raw", "--seed", GENERATION_SEED]
     # cehrgpt's own sampler: the untrained model's sequences then break the grammar and fail conversion,
     # which the pipeline test below needs (the constrained default is tested in test_grammar.py).
     result = run_sh("generate_synthetic.sh", arguments, pipeline_env)
@@ -105,9 +107,19 @@ def test_training_prints_the_runner_command_and_writes_a_model_that_reloads(trai
 
 
 @pytest.mark.slow
-def test_a_rerun_resumes_from_the_last_checkpoint(trained, pipeline_env):
-    # At info verbosity the Trainer says where it continues from.
-    rerun = run_sh("train_cehrgpt.sh", trained["arguments"], dict(pipeline_env, TRANSFORMERS_VERBOSITY="info"))
+def test_a_rerun_resumes_from_the_last_checkpoint(trained, pipeline_env, tmp_path):
+    # The rerun must use the very arguments of the session's run (its stamp records the model folder,
+    # so a copy elsewhere would not be "the same run"): it runs in that folder, and the folder as it was
+    # is put back afterwards from a copy, for the tests that read it after this one.
+    model_dir = trained["model_dir"]
+    kept = tmp_path / "model_as_trained"
+    shutil.copytree(model_dir, kept, symlinks=True)
+    try:
+        # At info verbosity the Trainer says where it continues from.
+        rerun = run_sh("train_cehrgpt.sh", trained["arguments"], dict(pipeline_env, TRANSFORMERS_VERBOSITY="info"))
+    finally:
+        shutil.rmtree(model_dir)
+        kept.rename(model_dir)
     assert rerun.returncode == 0, output_of(rerun)
     assert "resuming: same data and arguments" in rerun.stdout
     assert "will skip to saved global_step" in rerun.stdout + rerun.stderr
@@ -115,13 +127,15 @@ def test_a_rerun_resumes_from_the_last_checkpoint(trained, pipeline_env):
 
 
 @pytest.mark.slow
-def test_generation_writes_at_least_the_patients_asked_and_replaces_a_previous_sample(generated, pipeline_env):
+def test_generation_writes_whole_batches_reaching_the_patients_asked_and_replaces_a_previous_sample(
+        generated, pipeline_env):
     result = generated["result"]
     assert result.returncode == 0, output_of(result)
     folder = generated["folder"]
     assert f"sequences: {folder}" in result.stdout
     table = ds.dataset(folder, format="parquet").to_table()
-    assert table.num_rows >= PATIENTS_ASKED
+    assert table.num_rows == BATCH_SIZE * -(-PATIENTS_ASKED // BATCH_SIZE)  # the fewest whole batches: 2 of 4
+    assert f"generated {table.num_rows} sequences (asked {PATIENTS_ASKED})" in result.stdout
     assert {"concept_ids", "person_id", "is_numeric_types", "number_as_values", "concept_as_values",
             "concept_value_masks", "units"} <= set(table.column_names)
     assert all(len(ids) <= CONTEXT_WINDOW for ids in table.column("concept_ids").to_pylist())
@@ -129,12 +143,15 @@ def test_generation_writes_at_least_the_patients_asked_and_replaces_a_previous_s
     # Prompts come from the training split only: the held-out test/ patients stay unseen.
     assert f"--demographic_data_path {generated['arguments'][3]}/train" in result.stdout
 
-    # A second run replaces the sample instead of adding files to it.
+    # A second run replaces the sample instead of adding files to it; with the same seed, by the same
+    # sequences.
     first_files = set(folder.iterdir())
     again = run_sh("generate_synthetic.sh", generated["arguments"], pipeline_env)
     assert again.returncode == 0, output_of(again)
     assert ds.dataset(folder, format="parquet").count_rows() == table.num_rows
     assert not first_files & set(folder.iterdir())
+    sequences = sorted(ds.dataset(folder, format="parquet").to_table().column("concept_ids").to_pylist())
+    assert sequences == sorted(table.column("concept_ids").to_pylist())
 
 
 @pytest.mark.slow
@@ -256,10 +273,52 @@ def test_continuation_counts_a_series_left_after_each_cut_of_a_real_patient(trai
                         pipeline_env)
     assert result.returncode == 0, output_of(result)
     series = json.loads(report.read_text())[concept]
-    # Six visits with the concept: 4 left after the 2nd, 3 after the 3rd (half); the model's counts are its own.
+    # Six visits with the concept: 4 left after the 2nd, 3 after the 3rd (half).
     assert series["patients"] == 1 and series["real_visits_with_it"] == 6
     assert series["after_2nd"]["real"] == 4 and series["after_half"]["real"] == 3
-    assert series["after_2nd"]["model"] >= 0 and series["after_half"]["model"] >= 0
+    # The model's: the visits holding the concept in what the same seeded sampler writes after each cut
+    # (the prompt and 2, then 3, whole visits), sampled and counted here.
+    tokens = pq.read_table(tmp_path / "one.parquet").column("concept_ids").to_pylist()[0]
+    ends = [index + 1 for index, token in enumerate(tokens) if token == "[VE]"]
+    after_2nd, after_half = written_visits_with(trained["model_dir"], concept, [tokens[:ends[1]], tokens[:ends[2]]],
+                                                pipeline_env)
+    assert (series["after_2nd"]["model"], series["after_half"]["model"]) == (after_2nd, after_half)
+
+
+# bench/continuation.py's sampler (seed 0, its default), continuing each prefix once in turn, as the
+# bench does; the part after the prefix is cut off and its visits holding the concept counted here.
+CONTINUE = """
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1] + "/bench")
+from continuation import Sampler
+from cehrgpt.generation.generate_batch_hf_gpt_sequence import generate_single_batch
+from cehrgpt_tutorials.paths import omop_dir
+concepts = omop_dir() / "concept"
+sampler = Sampler(sys.argv[2], concepts if concepts.exists() else None, 0)
+concept, counts = sys.argv[3], []
+for prefix in json.loads(sys.argv[4]):
+    output = generate_single_batch(sampler.generator, sampler.tokenizer, torch.tensor([sampler.tokenizer.encode(prefix)]),
+                                   max_length=sampler.context, top_p=1.0, top_k=sampler.tokenizer.vocab_size)
+    written = [token for token in output["sequences"][0] if token not in ("[END]", "[PAD]")][len(prefix):]
+    visits, visit = 0, None
+    for token in written:
+        if token == "[VS]":
+            visit = []
+        elif token == "[VE]" and visit is not None:
+            visits += concept in visit
+            visit = None
+        elif visit is not None:
+            visit.append(token)
+    counts.append(visits)
+print(json.dumps(counts))
+"""
+
+
+def written_visits_with(model_dir: Path, concept: str, prefixes: list[list[str]], environment) -> list[float]:
+    result = run_script(["-c", CONTINUE, str(REPO_ROOT), str(model_dir), concept, json.dumps(prefixes)], environment)
+    assert result.returncode == 0, output_of(result)
+    return [float(count) for count in json.loads(result.stdout.splitlines()[-1])]
 
 
 def test_learning_curve_subsets_are_nested_and_the_same_for_the_same_seed():
@@ -354,24 +413,20 @@ def test_restore_counts_the_generated_sequences_it_converts_and_leaves_cdm_untou
                                                        sequences.column("concept_ids").to_pylist(), strict=True)
                 if skip_reason(tokens, restored["domains"]) is None}
     generated_ids = set(restored["generated"].column("person_id").to_pylist())
-    with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT person_id FROM synthetic_cdm.person")
-        person_ids = {row[0] for row in cursor.fetchall()}
+    person_ids = {row[0] for row in query(restored["uri"], "SELECT person_id FROM synthetic_cdm.person")}
     assert person_ids & generated_ids == accepted & generated_ids, "generated sequences converted or not as counted"
     assert person_ids - generated_ids == accepted - generated_ids
     assert person_ids - generated_ids, "no real sequence converted: the chain loaded nothing"
     assert counts["converted"] == len(accepted)
     assert counts["skipped"] == sequences.num_rows - len(accepted)
 
-    with psycopg2.connect(restored["uri"]) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT count(*), count(DISTINCT person_id) FROM synthetic_cdm.person")
-        persons, distinct = cursor.fetchone()
-        cursor.execute("SELECT count(*), count(observation_period_id), count(DISTINCT person_id) "
-                       "FROM synthetic_cdm.observation_period")
-        periods, period_ids, period_persons = cursor.fetchone()
-        cursor.execute("SELECT count(*) FROM synthetic_cdm.visit_occurrence v "
-                       "LEFT JOIN synthetic_cdm.person p USING (person_id) WHERE p.person_id IS NULL")
-        orphan_visits = cursor.fetchone()[0]
+    [(persons, distinct)] = query(restored["uri"], "SELECT count(*), count(DISTINCT person_id) FROM synthetic_cdm.person")
+    [(periods, period_ids, period_persons)] = query(
+        restored["uri"], "SELECT count(*), count(observation_period_id), count(DISTINCT person_id) "
+                         "FROM synthetic_cdm.observation_period")
+    [(orphan_visits,)] = query(restored["uri"], "SELECT count(*) FROM synthetic_cdm.visit_occurrence v "
+                                                "LEFT JOIN synthetic_cdm.person p USING (person_id) "
+                                                "WHERE p.person_id IS NULL")
     assert persons == distinct == counts["converted"]
     assert periods == period_ids >= 1 and period_persons <= persons
     assert orphan_visits == 0
