@@ -12,14 +12,15 @@
 #    The vocabulary stays where it is (the example queries take concept names from cdm);
 # 3. runs plausibility checks (Data-Quality-Dashboard style: visits outside observation periods, events
 #    before birth or > 30 days after death, visits after the source's last date, events whose person
-#    or visit does not exist) on synthetic_cdm and cdm, and prints both counts;
+#    or visit does not exist) on synthetic_cdm and cdm, and prints both counts; cdm's are computed once
+#    and reused while cdm is unchanged (real_cdm_plausibility.json beside SAMPLE_FOLDER);
 # 4. prints the psql URI and two example queries comparing cdm and synthetic_cdm, with answers.
 # It never writes into the real CDM's schema: a --schema equal to --source-schema is refused.
 #
 # Reads:  SAMPLE_FOLDER/generated_sequences (default $SYNTHETIC_DATA_OUTPUT_DIR/top_p10000_constrained)
 #         SOURCE_OMOP_FOLDER/concept ... (default $OMOP_DIR, step 1's export)
-# Writes: SAMPLE_FOLDER/censored_sequences/ (unless --no-censor), SAMPLE_FOLDER/restored_omop/<table>/
-#         and schema synthetic_cdm in the database
+# Writes: SAMPLE_FOLDER/censored_sequences/ (unless --no-censor), SAMPLE_FOLDER/restored_omop/<table>/,
+#         SAMPLE_FOLDER/../real_cdm_plausibility.json and schema synthetic_cdm in the database
 #         (--dsn, else the PG* variables, else the embedded demo server).
 #
 # Example (after `source setup_env.sh`):
@@ -69,7 +70,9 @@ printf '$ %s%s\n' "$(print_command "$@")" "${DSN:+ --dsn <your dsn>}"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
 "$@" || exit_as_ours $?
 
-set -- "$PYTHON_BIN" -m cehrgpt_tutorials.omop.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA"
+# In the synthetic data folder, not the sample's: every sample restored against the same CDM shares it.
+set -- "$PYTHON_BIN" -m cehrgpt_tutorials.omop.plausibility --schema "$SCHEMA" --source-schema "$SOURCE_SCHEMA" \
+    --cache "$(dirname "$SAMPLE_FOLDER")/real_cdm_plausibility.json"
 [ -n "$DSN" ] && set -- "$@" --dsn "$DSN"
 "$@" || exit_as_ours $?
 
