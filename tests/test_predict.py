@@ -24,6 +24,7 @@ from helpers import error_line, query
 from cehrgpt_tutorials.files import parquet_files
 from cehrgpt_tutorials.pipeline.steps import steps_for
 from cehrgpt_tutorials.prediction import cohort as cohorts
+from cehrgpt_tutorials.prediction import histories
 
 MARKER_ON_INDEX_DATE = "999999001"  # numeric, so the bag-of-concepts baseline would count it too
 MARKER_BEFORE_INDEX_DATE = "999999002"
@@ -97,10 +98,10 @@ def test_history_ends_with_the_last_whole_visit_before_the_index_date():
     day = 86_400
     tokens = ["year:2010", "age:30", "8507", "8527", "[VS]", "9202", "1", "[VE]", "D5", "[VS]", "9201", "2", "[VE]"]
     times = [0, 0, 0, 0, 0, 0, 0, 0, 5 * day, 5 * day, 5 * day, 9 * day, 9 * day]  # the 2nd visit spans days 5-9
-    assert cohorts.history_end(tokens, times, 1 * day) == 8  # first visit only, no trailing time token
-    assert cohorts.history_end(tokens, times, 6 * day) == 8  # the visit under way on the index date is left out
-    assert cohorts.history_end(tokens, times, 10 * day) == len(tokens)
-    assert cohorts.history_end(tokens, times, 0) == 0  # nothing before: no history
+    assert histories.history_end(tokens, times, 1 * day) == 8  # first visit only, no trailing time token
+    assert histories.history_end(tokens, times, 6 * day) == 8  # the visit under way on the index date is left out
+    assert histories.history_end(tokens, times, 10 * day) == len(tokens)
+    assert histories.history_end(tokens, times, 0) == 0  # nothing before: no history
 
 
 def test_make_predict_runs_the_demo_up_to_training_then_predict_and_make_demo_leaves_it_out():
@@ -131,10 +132,10 @@ def plant_markers(source, target, cohort) -> dict[int, datetime.date]:
             if start is None:
                 continue
             tokens, times = row["concept_ids"], row["epoch_times"]
-            index_seconds = cohorts.index_seconds(start)
+            index_seconds = histories.index_seconds(start)
             later = [i for i, t in enumerate(times) if t >= index_seconds]
             on_index = later[0] if later else len(tokens)
-            end = cohorts.history_end(tokens, times, index_seconds)
+            end = histories.history_end(tokens, times, index_seconds)
             inserts = [(on_index, MARKER_ON_INDEX_DATE, int(index_seconds))]
             if end:  # inside the last whole visit before the index date, just before its [VE]
                 inserts.append((end - 1, MARKER_BEFORE_INDEX_DATE, times[end - 1]))

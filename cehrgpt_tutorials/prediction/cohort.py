@@ -1,10 +1,10 @@
-"""The prediction task: a cohort defined in SQL, its labels, and each patient's history before the index date.
+"""The prediction task: a cohort defined in SQL and its labels, checked, and written to the cohort table.
 
 A cohort SQL (see cohorts/er_visit_within_365_days.sql) returns one row per person and index date:
 subject_id, cohort_start_date (the index date), cohort_end_date (the end of the time at risk) and
 outcome_date (the first outcome in the time at risk, or NULL). The rows go into an OHDSI-style
 `cohort` table (target cohort and outcome cohort), and each row becomes a labelled example whose
-history is the person's patient sequence cut strictly before the index date.
+history is the person's patient sequence cut strictly before the index date (histories.py).
 """
 
 from __future__ import annotations
@@ -12,34 +12,16 @@ from __future__ import annotations
 import datetime
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cehrgpt_tutorials.errors import PipelineError
-from cehrgpt_tutorials.files import parquet_files
-from cehrgpt_tutorials.sequences.split import DEFAULT_TEST_FRACTION, is_test_person
-from cehrgpt_tutorials.sequences.tokens import (
-    SEQUENCE_TOKEN_COLUMN,
-    VISIT_END_TOKEN,
-    VISIT_START_TOKEN,
-    is_list_type,
-)
 
 COHORT_SQL_DIR = Path(__file__).resolve().parent / "cohorts"
 DEFAULT_COHORT_SQL = COHORT_SQL_DIR / "er_visit_within_365_days.sql"
 COHORT_COLUMNS = ("subject_id", "cohort_start_date", "cohort_end_date", "outcome_date")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECONDS_PER_DAY = 86_400
-
-
-def _new_column_types():
-    import pyarrow as pa
-
-    return {"person_id": pa.int64(), "index_date": pa.timestamp("us"), "label": pa.int64(), "age": pa.int64(),
-            "num_of_concepts": pa.int64(), "num_of_visits": pa.int64()}
 
 
 def quoted_identifier(name: str, what: str) -> str:
@@ -208,202 +190,3 @@ def write_cohort_table(connection, cohort: pd.DataFrame, schema: str, cohort_id:
             execute_values(cursor, f"INSERT INTO {table} VALUES %s", target + outcome, page_size=5000)
     except psycopg2.Error as error:
         raise PipelineError(f"cannot write the cohort table {schema}.cohort: {one_line(error)}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Histories: each cohort row's patient sequence, cut strictly before its index date
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Histories:
-    """The labelled examples of each split, as pyarrow tables in cehrgpt's cohort input format."""
-
-    train: object  # pyarrow.Table
-    test: object
-    no_sequence: int  # cohort rows whose person has no patient sequence
-    no_history: int  # cohort rows with no complete visit before the index date
-    split_source: str  # where the split came from, for the report
-
-
-def read_patient_sequences(folder: Path, person_ids, test_fraction: float):
-    """The patient sequences of person_ids, with a 'split' column ("train"/"test").
-
-    With step 2's held-out split the folder has train/ and test/ and those decide; a folder without
-    them (made before the split existed) is split with the same function step 2 uses.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    folder = Path(folder)
-    wanted = pa.array(sorted({int(p) for p in person_ids}), pa.int64())
-    parts = [(name, folder / name) for name in ("train", "test") if (folder / name).is_dir()]
-    split_by_folders = len(parts) == 2
-    if not split_by_folders:
-        parts = [("", folder)]
-    tables = []
-    for split, path in parts:
-        files = parquet_files(path)
-        if not files:
-            raise PipelineError(f"no patient sequences (.parquet) under {path}: run step 2 or pass --patient-sequence-dir")
-        dataset = ds.dataset([str(f) for f in files], format="parquet")
-        if SEQUENCE_TOKEN_COLUMN not in dataset.schema.names or "epoch_times" not in dataset.schema.names:
-            raise PipelineError(f"{path} is not cehrbert_data's patient_sequence (no concept_ids/epoch_times columns)")
-        table = dataset.to_table(filter=pc.field("person_id").cast(pa.int64()).isin(wanted))
-        if "split" in table.column_names:  # cehrbert_data writes the split into the rows too; ours decides
-            table = table.drop_columns(["split"])
-        if split:
-            table = table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
-        else:
-            test = is_test_person(table.column("person_id").to_numpy().astype(np.int64), test_fraction)
-            table = table.append_column("split", pa.array(np.where(test, "test", "train"), pa.string()))
-        tables.append(table)
-    source = (f"{folder}/train and /test (step 2's split)" if split_by_folders else
-              f"is_test_person(person_id, {test_fraction}) on {folder} (no train/ and test/ there: the model "
-              "may have been trained on every patient)")
-    return pa.concat_tables(tables, promote_options="default"), source
-
-
-def history_end(tokens, epoch_times, index_seconds: float) -> int:
-    """How many leading tokens form the history strictly before the index time (0 = none).
-
-    Cut at the first token dated on or after the index date, then back to the last [VE] before the
-    cut, so the history is whole visits only: no half visit, no trailing time token, nothing that
-    happened on or after the index date (every kept token is dated before it).
-    """
-    epoch_times = np.asarray(epoch_times)
-    late = np.flatnonzero(epoch_times >= index_seconds)
-    cut = int(late[0]) if len(late) else len(epoch_times)
-    visit_ends = [i for i in range(cut) if tokens[i] == VISIT_END_TOKEN]
-    return visit_ends[-1] + 1 if visit_ends else 0
-
-
-def filled_ages(ages: list) -> list:
-    """Ages with gaps filled from the token before (else after). cehrbert_data writes no age for its
-    artificial visits (Visit/0); one null makes pyarrow read a split's whole ages column as floats,
-    and cehrgpt's feature script then cannot join its train and validation parts ("The features
-    can't be aligned because the key ages ...")."""
-    if all(age is not None for age in ages):
-        return ages
-    known = [age for age in ages if age is not None]
-    previous = known[0] if known else -1
-    filled = []
-    for age in ages:
-        previous = previous if age is None else age
-        filled.append(previous)
-    return filled
-
-
-def index_seconds(day: datetime.date) -> float:
-    """Midnight UTC of the index date in POSIX seconds, the clock of cehrbert_data's epoch_times."""
-    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.timezone.utc).timestamp()
-
-
-def build_histories(cohort: pd.DataFrame, patient_sequence_dir: Path,
-                    test_fraction: float = DEFAULT_TEST_FRACTION) -> Histories:
-    """One example per cohort row: person_id, index_date, label, age and the sequence columns cut
-    before the index date (every list column parallel to concept_ids is cut at the same place; list
-    columns that are not parallel are left out, since nothing tells which of their items are early)."""
-    import pyarrow as pa
-
-    new_column_types = _new_column_types()
-    sequences, split_source = read_patient_sequences(patient_sequence_dir, cohort["subject_id"], test_fraction)
-    rows = sequences.to_pylist()
-    by_person = {int(row["person_id"]): row for row in rows}
-    list_columns = [f.name for f in sequences.schema if is_list_type(f.type)]
-    examples = {"train": [], "test": []}
-    no_sequence = no_history = 0
-    for subject_id, start, label, age in zip(cohort["subject_id"], cohort["cohort_start_date"],
-                                             cohort["label"], cohort["age_at_index"], strict=True):
-        row = by_person.get(int(subject_id))
-        if row is None:
-            no_sequence += 1
-            continue
-        tokens = row[SEQUENCE_TOKEN_COLUMN]
-        end = history_end(tokens, row["epoch_times"], index_seconds(start))
-        if end == 0:
-            no_history += 1
-            continue
-        example = {
-            "person_id": int(subject_id),
-            "index_date": datetime.datetime.combine(start, datetime.time()),
-            "label": int(label),
-            "age": int(age),
-        }
-        for column in list_columns:
-            values = row[column]
-            if values is not None and len(values) == len(tokens):
-                example[column] = values[:end]
-        if "ages" in example:
-            example["ages"] = filled_ages(example["ages"])
-        example["num_of_concepts"] = end
-        example["num_of_visits"] = sum(1 for token in tokens[:end] if token == VISIT_START_TOKEN)
-        examples[row["split"]].append(example)
-    tables = {}
-    for split, items in examples.items():
-        if not items:
-            raise PipelineError(f"no cohort example with a history falls in the {split} split "
-                                f"({len(cohort)} cohort rows, {no_sequence} without a sequence, {no_history} without "
-                                "a visit before the index date)")
-        # Only the columns every example has (a parallel column that is misaligned in one row is dropped),
-        # with the types step 2 wrote.
-        shared = [name for name in items[0] if all(name in item for item in items)]
-        schema = pa.schema([sequences.schema.field(name) if name in sequences.schema.names and name in list_columns
-                            else pa.field(name, new_column_types[name]) for name in shared])
-        tables[split] = pa.Table.from_pylist([{name: item[name] for name in shared} for item in items], schema=schema)
-    return Histories(train=tables["train"], test=tables["test"], no_sequence=no_sequence,
-                     no_history=no_history, split_source=split_source)
-
-
-def examples_fingerprint(histories: Histories) -> str:
-    """A digest of the examples without their labels: equal for two tasks with the same persons, index
-    dates and histories (their features are the same)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for table in (histories.train, histories.test):
-        unlabelled = table.drop_columns([name for name in ("label", "time_to_event") if name in table.column_names])
-        for batch in unlabelled.to_batches():
-            for column in batch.columns:
-                digest.update(str(column.to_pylist()).encode())
-        digest.update(b"|")
-    return digest.hexdigest()
-
-
-def write_histories(histories: Histories, folder: Path) -> dict[str, Path]:
-    """Write train/ and test/ Parquet folders (what cehrgpt's feature and zero-shot tools read)."""
-    import pyarrow.parquet as pq
-
-    paths = {}
-    for split in ("train", "test"):
-        path = Path(folder) / split
-        path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(getattr(histories, split), path / "part-00000.parquet")
-        paths[split] = path
-    return paths
-
-
-def outcome_seen_in_future(cohort: pd.DataFrame, patient_sequence_dir: Path, outcome_tokens: list[str],
-                           test_fraction: float = DEFAULT_TEST_FRACTION) -> tuple[int, int]:
-    """(positives, positives whose outcome token appears in their sequence inside the time at risk).
-
-    For the report only, never a model input: how many outcomes the sequences (and so the model's
-    training data) show at all. cehrbert_data keeps a visit only with a concept of its concept list,
-    so an outcome the SQL finds can be missing from the sequences.
-    """
-    positives = cohort[cohort["label"] == 1]
-    sequences, _ = read_patient_sequences(patient_sequence_dir, positives["subject_id"], test_fraction)
-    columns = ["person_id", SEQUENCE_TOKEN_COLUMN, "epoch_times"]
-    by_person = {int(row["person_id"]): row for row in sequences.select(columns).to_pylist()}
-    wanted = set(outcome_tokens)
-    seen = 0
-    for subject_id, start, end in zip(positives["subject_id"], positives["cohort_start_date"],
-                                      positives["cohort_end_date"], strict=True):
-        row = by_person.get(int(subject_id))
-        if row is None:
-            continue
-        low, high = index_seconds(start), index_seconds(end) + SECONDS_PER_DAY
-        seen += any(token in wanted and low <= when < high
-                    for token, when in zip(row[SEQUENCE_TOKEN_COLUMN], row["epoch_times"], strict=True))
-    return len(positives), seen
