@@ -379,7 +379,7 @@ def test_training_defaults_train_on_step_2s_train_split_with_the_demo_profile(tu
 
 @pytest.mark.parametrize(("words", "message"), [
     (["--tokenization", "fast", "--profile", "huge"], "--tokenization must be auto, prepare or runner, got 'fast'"),
-    (["--profile", "huge", "--data-folder", "/nonexistent"], "unknown profile 'huge' (demo, seed or tiny)"),
+    (["--profile", "huge", "--data-folder", "/nonexistent"], "unknown profile 'huge' (demo, seed, tiny or official)"),
     (["--data-folder", "/nonexistent/sequences"], "no patient sequences at '/nonexistent/sequences'"),
     (["--model-dir", ""], "--model-dir is empty"),
     (["--model-dir", "/"], "--model-dir is the root folder /"),

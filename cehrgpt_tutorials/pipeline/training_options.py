@@ -34,11 +34,12 @@ TOKENIZATIONS = ("auto", "prepare", "runner")
 # faster per worker); below it, its second Python start (~3 s) costs more than it saves
 # (bench/RESULTS.md: 11.4 s against 7.9 s on the demo, 64 s against 107 s at 100x).
 PREPARE_MIN_MB = 16
-VALUE_OPTIONS = {"--profile": " (demo, seed or tiny)", "--data-folder": "", "--model-dir": "", "--nproc": "",
+PROFILE_NAMES = f"{', '.join(list(PROFILES)[:-1])} or {list(PROFILES)[-1]}"
+VALUE_OPTIONS = {"--profile": f" ({PROFILE_NAMES})", "--data-folder": "", "--model-dir": "", "--nproc": "",
                  "--tokenization": " (auto, prepare or runner)"}
 
 USAGE = """\
-Usage: {script} [--profile demo|seed|tiny] [--data-folder DIR] [--model-dir DIR] [--fresh] [--nproc N]
+Usage: {script} [--profile {profile_choices}] [--data-folder DIR] [--model-dir DIR] [--fresh] [--nproc N]
           [--tokenization auto|prepare|runner] [RUNNER_ARGS...]
 
 Pretrains CEHR-GPT with cehrgpt.runners.hf_cehrgpt_pretrain_runner and prints the exact command.
@@ -68,7 +69,8 @@ def usage(script: str) -> str:
     lines = [f"{name}{' (default)' if name == DEFAULT_PROFILE else ''}: {profile.summary}"
              for name, profile in PROFILES.items()]
     profiles = f"\n{' ' * 22}".join(line.replace("\n", f"\n{' ' * 28}") for line in lines)
-    return USAGE.format(script=script, profiles=profiles, prepare_min_mb=PREPARE_MIN_MB)
+    return USAGE.format(script=script, profiles=profiles, prepare_min_mb=PREPARE_MIN_MB,
+                        profile_choices="|".join(PROFILES))
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def training_plan(words: list[str]) -> TrainingPlan | None:
     mode = one_of("--tokenization", line.values.get("--tokenization", "auto"), TOKENIZATIONS)
     profile = line.values.get("--profile", DEFAULT_PROFILE)
     if profile not in PROFILES:
-        raise PipelineError(f"unknown profile '{profile}' ({', '.join(list(PROFILES)[:-1])} or {list(PROFILES)[-1]})")
+        raise PipelineError(f"unknown profile '{profile}' ({PROFILE_NAMES})")
     data_folder = training_data_folder(line.values.get("--data-folder", ""))
     fresh, print_args = "--fresh" in line.flags, "--print-args" in line.flags
     model_dir = training_model_dir(line.values.get("--model-dir", str(cehr_gpt_model_dir())), fresh, print_args)
