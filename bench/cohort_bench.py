@@ -16,6 +16,9 @@ For each K:
   indexes    load.create_indexes, exactly as load_omop.py builds them in its staging schema (timed)
   indexed    each task's new SQL (the goal: <= 60 s per task at 100x, exponent 10x -> 100x <= 1.1) and
              old SQL (K <= --old-up-to)
+  load       with --load-times K: scale_k<K> written as CSV files, then load_omop.py on them (schema
+             load_k<K>, dropped after): the index cost inside a real load (the build above is CREATE
+             TABLE AS, far faster than a load from files)
 Every statement runs under statement_timeout (--timeout, --old-timeout): a run that hits it prints
 "> N s" and the exponents that need it are not computed. Old and new rows are compared wherever both
 finished. The old SQL is tests/test_cohort_sql.py's OLD_SQL (the text before the rewrite, the test's
@@ -28,6 +31,7 @@ ones. --drop stops the server and deletes --work: the way to get the disk back.
 Example:
     source setup_env.sh && flock /tmp/heavy.lock python bench/cohort_bench.py --times 1 10 100 --keep
     python bench/cohort_bench.py --times 1 10 --old-up-to 1        # the new SQL only past 1x, minutes
+    python bench/cohort_bench.py --times 100 --old-up-to 0 --load-times 100 --keep   # + the real load at 100x
     python bench/cohort_bench.py --drop                            # stop its server, delete --work
 """
 
@@ -38,6 +42,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +142,41 @@ def same_rows(first: dict, second: dict) -> bool | None:
     return first["cohort"].reset_index(drop=True).equals(second["cohort"].reset_index(drop=True))
 
 
+LOAD_LINE = re.compile(r"^loaded ([\d,]+) rows into schema \S+ in ([\d.]+) s", re.MULTILINE)
+INDEX_LINE = re.compile(r"^indexes: (\d+) created in ([\d.]+) s", re.MULTILINE)
+
+
+def time_load(connection, uri: str, times: int, work: Path, environment: dict) -> dict:
+    """scale_k<times> written as CSV files (COPY TO STDOUT), then load_omop.py on them into schema
+    load_k<times>: the real load's time, its index line among it. The files and the schema are deleted after."""
+    schema, folder = f"scale_k{times}", work / f"csv_k{times}"
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with connection, connection.cursor() as cursor:
+        for table in VOCABULARY_TABLES + PERSON_TABLES:
+            cursor.execute("SELECT to_regclass(%s)", (f"{schema}.{table}",))
+            if cursor.fetchone()[0] is not None:
+                with open(folder / f"{table}.csv", "w", encoding="utf-8") as handle:
+                    cursor.copy_expert(f"COPY {schema}.{table} TO STDOUT WITH (FORMAT csv, HEADER)", handle)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    load = subprocess.run([sys.executable, "load_omop.py", "--input-dir", str(folder), "--schema", f"load_k{times}",
+                           "--replace", "--dsn", uri], cwd=REPO_ROOT, env=environment,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    with connection, connection.cursor() as cursor:
+        cursor.execute(f"DROP SCHEMA IF EXISTS load_k{times} CASCADE")
+    if load.returncode != 0:
+        raise SystemExit(f"error: load_omop.py on {folder} failed: {load.stderr.strip().splitlines()[-1:]}")
+    loaded, indexed = LOAD_LINE.search(load.stdout), INDEX_LINE.search(load.stdout)
+    result = {"csv_s": export_seconds, "load_wall_s": wall, "load_s": float(loaded.group(2)),
+              "load_index_s": float(indexed.group(2))}
+    print(f"  load_omop.py on its CSV files: {indexed.group(0)}; {loaded.group(0)} (process {wall:.1f} s; "
+          f"the CSV files written in {export_seconds:.1f} s)", flush=True)
+    return result
+
+
 def run_scale(connection, uri: str, times: int, arguments, old: dict[str, str]) -> dict:
     schema = f"scale_k{times}"
     print(f"\n== {times}x: schema {schema}", flush=True)
@@ -169,6 +209,8 @@ def run_scale(connection, uri: str, times: int, arguments, old: dict[str, str]) 
         pairs = [runs.get((phase, variant, task)) for phase in ("no index", "indexed") for variant in ("old", "new")]
         present = [run for run in pairs if run is not None and run["cohort"] is not None]
         result.setdefault("same_rows", {})[task] = all(same_rows(present[0], run) for run in present[1:])
+    if times in arguments.load_times:
+        result.update(time_load(connection, uri, times, arguments.work.resolve(), arguments.environment))
     result["seconds"] = {f"{phase}/{variant}/{task}": run["seconds"] for (phase, variant, task), run in runs.items()}
     result["warned"] = {f"{phase}/{variant}/{task}": run["warned"] for (phase, variant, task), run in runs.items()}
     return result
@@ -209,6 +251,13 @@ def print_summary(results: list[dict], arguments) -> None:
         same = ", ".join(f"{SHORT[task]} {'yes' if same else 'NO'}" for task, same in result["same_rows"].items())
         print(f"{result['times']:>4}x {result['persons']:>9,} {result['rows']:>12,} {build} {result['analyze_s']:10.1f} "
               f"{result['indexes']:>8} {result['index_s']:8.1f} {share}  {same}")
+    loads = [result for result in results if "load_s" in result]
+    if loads:
+        print("\n== load_omop.py on the replicated CDM's CSV files (--load-times): the index cost in the real load")
+        print(f"{'K':>5} {'load s':>8} {'of it indexes s':>16} {'indexes / load':>15} {'process s':>10}")
+        for result in loads:
+            print(f"{result['times']:>4}x {result['load_s']:8.1f} {result['load_index_s']:16.1f} "
+                  f"{result['load_index_s'] / result['load_s']:15.0%} {result['load_wall_s']:10.1f}")
     indexed = [f"indexed/new/{task}" for task in TASKS]
     if ks and max(ks) == 100:
         top = results[ks.index(100)]
@@ -239,6 +288,9 @@ def main() -> None:
                         help="time the old SQL only at K <= this (default 10: it is quadratic, hours at 100x)")
     parser.add_argument("--old-timeout", type=int, default=900, help="statement_timeout for the old SQL, seconds (900)")
     parser.add_argument("--timeout", type=int, default=600, help="statement_timeout for the new SQL, seconds (600)")
+    parser.add_argument("--load-times", type=int, nargs="*", default=[],
+                        help="K values at which to also time load_omop.py on scale_k<K> written as CSV files (the "
+                             "index cost within the real load; 100x: ~3 GB of CSV for a few minutes)")
     arguments = parser.parse_args()
     work = arguments.work.resolve()
     pgdata = work / "pgdata"
@@ -257,6 +309,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("PGHOST", "PGDATABASE", "PGSERVICE", "CEHRGPT_PGDATA")}
+    arguments.environment = environment
     old = old_sql()
     uri = start_embedded_server(pgdata)
     results = []
