@@ -37,6 +37,7 @@ from cehrgpt_tutorials.paths import cehr_gpt_model_dir  # noqa: E402
 from cehrgpt_tutorials.pipeline.synthetic_options import BATCH_SIZE  # noqa: E402
 
 GENERATE_SECONDS = re.compile(r"model\.generate took ([\d.]+)s")
+STEPS = re.compile(r"over (\d+) steps")  # the constrained sampler's processor: one call per decoding step
 GENERATED_ROWS = re.compile(r"^generated (\d+) sequences", re.M)
 
 
@@ -56,8 +57,20 @@ def run_once(batch_size: int, repeat: int, arguments) -> dict:
     generate, rows = GENERATE_SECONDS.search(result.stdout), GENERATED_ROWS.search(result.stdout)
     if result.returncode != 0 or not generate or not rows:
         fail(f"generate_synthetic.sh --batch-size {batch_size} failed (exit {result.returncode}); log: {folder / 'log.txt'}")
+    steps = STEPS.search(result.stdout)
     return {"batch_size": batch_size, "repeat": repeat, "patients": int(rows.group(1)), "wall_s": wall,
-            "generate_s": float(generate.group(1)), "load_before": load}
+            "generate_s": float(generate.group(1)), "load_before": load, "tokens": generated_tokens(folder),
+            "steps": int(steps.group(1)) if steps else None}
+
+
+def generated_tokens(folder: Path) -> int:
+    """Tokens in the sample's sequences (prompts included)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    [sequences] = folder.glob("*/generated_sequences")
+    return pc.sum(pc.list_value_length(ds.dataset(sequences, format="parquet").to_table(
+        columns=["concept_ids"]).column(0))).as_py()
 
 
 def summarize(results: list[dict], baseline: int) -> None:
@@ -71,15 +84,21 @@ def summarize(results: list[dict], baseline: int) -> None:
     base = by_size.get(baseline)
     print(f"\n{os.cpu_count()} CPUs; load average before each run: "
           + ", ".join(f"{run['load_before']:.1f}" for run in results))
+    # A batch decodes until its longest sequence ends: steps x batch size slots, of which the tokens
+    # written are the useful share.
     print(f"{'batch size':>10} {'runs':>4} {'patients':>8} {'generate() s':>12} {'wall s':>8} "
-          f"{'patients/s (generate)':>21} {'patients/s (wall)':>17} {'vs baseline':>11}")
+          f"{'patients/s (generate)':>21} {'patients/s (wall)':>17} {'vs baseline':>11} {'tokens/s':>8} "
+          f"{'tokens / slots':>14}")
     for size in sorted(by_size):
         runs = by_size[size]
         ratio = f"{rate(runs, 'generate_s') / rate(base, 'generate_s'):.2f}x" if base else "n/a"
+        tokens = sum(r["tokens"] for r in runs)
+        slots = sum(r["steps"] * size for r in runs) if all(r["steps"] for r in runs) else None
         print(f"{size:>10} {len(runs):>4} {runs[0]['patients']:>8} "
               f"{sum(r['generate_s'] for r in runs) / len(runs):>12.1f} {sum(r['wall_s'] for r in runs) / len(runs):>8.1f} "
               f"{rate(runs, 'generate_s'):>21.2f} {rate(runs, 'wall_s'):>17.2f} "
-              f"{ratio + (' (baseline)' if size == baseline else ''):>11}")
+              f"{ratio + (' (baseline)' if size == baseline else ''):>11} "
+              f"{tokens / sum(r['generate_s'] for r in runs):>8.0f} {f'{tokens / slots:.0%}' if slots else 'n/a':>14}")
 
 
 def main() -> None:
@@ -92,7 +111,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampler", choices=("constrained", "raw"), default="constrained")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "bench" / "out" / "generation")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of the runs in --output-dir's results.json again, generating nothing")
     arguments = parser.parse_args()
+    if arguments.table_only:
+        results = json.loads((arguments.output_dir / "results.json").read_text())
+        for result in results:  # runs recorded before the token count was
+            folder = arguments.output_dir / f"b{result['batch_size']}_r{result['repeat']}"
+            result.setdefault("tokens", generated_tokens(folder))
+            steps = STEPS.search((folder / "log.txt").read_text())
+            result.setdefault("steps", int(steps.group(1)) if steps else None)
+        summarize(results, BATCH_SIZE)
+        return
     if not (arguments.model_dir / "config.json").is_file():
         fail(f"no trained model in {arguments.model_dir} (no config.json): run `make train` first")
     uneven = [size for size in arguments.batch_sizes if size <= 0 or arguments.patients % size]

@@ -183,7 +183,7 @@ def real_side_at_scale(arguments) -> list[dict]:
             cache.unlink(missing_ok=True)
             base = [sys.executable, "-m", "cehrgpt_tutorials.omop.plausibility", "--schema", schema,
                     "--source-schema", schema, "--dsn", uri]
-            row = {"times": times, "event_rows": sum(counts.values())}
+            row = {"times": times, "rows": sum(counts.values())}
             for label, command in (("no cache", base), ("computing the cache", [*base, "--cache", cache]),
                                    ("reusing the cache", [*base, "--cache", cache])):
                 started = time.monotonic()
@@ -194,7 +194,7 @@ def real_side_at_scale(arguments) -> list[dict]:
                 row[label] = {"seconds": time.monotonic() - started,
                               "real_checks_s": float(real.group(2)) if real and real.group(2) else None,
                               "fingerprint_s": float(real.group(3)) if real else None}
-            print(f"{times}x ({row['event_rows']:,} rows): " + "; ".join(
+            print(f"{times}x ({row['rows']:,} rows in its tables): " + "; ".join(
                 f"{label} {row[label]['seconds']:.1f} s" for label in ("no cache", "computing the cache",
                                                                       "reusing the cache"))
                   + f" (checks {row['computing the cache']['real_checks_s']:.2f} s, fingerprint "
