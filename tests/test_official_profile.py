@@ -39,7 +39,7 @@ def test_the_official_profile_trains_packed_batches_and_resumes_after_an_interru
     arguments = ["--profile", "official", "--data-folder", sequences, "--model-dir", model_dir,
                  "--hidden_size", "48", "--num_hidden_layers", "1", "--n_head", "2", "--max_tokens_per_batch", "2048",
                  "--max_steps", "4", "--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", "1",
-                 "--save_steps", "1"]
+                 "--save_steps", "1", "--early_stopping_patience", "10"]  # every step runs: 4 of them
     environment = dict(pipeline_env, TRANSFORMERS_VERBOSITY="info")
     process = start_in_own_group(["sh", SCRIPTS / "train_cehrgpt.sh", *arguments], environment,
                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
