@@ -186,7 +186,6 @@ def summarize(sequences_folder: Path, omop_folder: Path, concept_folder: Path | 
     """Print the counts and reasons; return how many sequences converted."""
     sequences = read_sequences(sequences_folder)
     generated = sequences.num_rows
-    domain_map = load_domain_map(concept_folder or Path(omop_folder) / "concept")
     converted_ids = converted_person_ids(omop_folder)
     converted = len(converted_ids)
     skipped = generated - converted
@@ -194,6 +193,8 @@ def summarize(sequences_folder: Path, omop_folder: Path, concept_folder: Path | 
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}
     if skipped and person_ids_are_distinct(sequences):
+        # Only when there is a reason to find: a full Athena vocabulary is millions of concepts.
+        domain_map = load_domain_map(concept_folder or Path(omop_folder) / "concept")
         for person_id, concept_ids in zip(sequences.column("person_id").to_pylist(),
                                           sequences.column("concept_ids").to_pylist(), strict=True):
             if person_id in converted_ids:
