@@ -124,6 +124,7 @@ def test_spark_submit_runs_a_python_udf_and_keeps_datetimes_on_their_date(tmp_pa
     assert "GAP 0" in result.stdout
 
 
+@pytest.mark.slow  # imports the cehrgpt runner (torch, transformers)
 def test_pretrain_runner_imports_under_the_environment(tmp_path):
     env = source_setup_env(base=clean_user_env(SPARK_CONF_DIR=str(tmp_path / "conf")))
     result = subprocess.run(

@@ -420,6 +420,7 @@ def test_steps_that_read_a_model_refuse_one_whose_training_has_not_finished(pipe
     assert not (tmp_path / "prediction").exists() or not any((tmp_path / "prediction").iterdir())
 
 
+@pytest.mark.slow  # starts the cehrgpt runner
 def test_a_training_whose_runner_fails_leaves_its_model_marked_unfinished(pipeline_env, tmp_path):
     """The marker is written before the runner starts, so a runner that dies leaves it there (its removal
     once the runner is done: test_training_settings.py and the slow resume test above)."""

@@ -98,6 +98,7 @@ def test_the_runner_words_are_taken_after_its_module_less_the_distributed_option
     assert runner_arguments(command) == ["--data_folder", "x", "--use_cpu", "true"]
 
 
+@pytest.mark.slow  # starts the cehrgpt runner
 def test_a_streaming_run_is_left_to_the_runner_and_nothing_is_written(tmp_path):
     (tmp_path / "sequences").mkdir()
     model_dir = tmp_path / "model"
@@ -158,6 +159,7 @@ def sparse_sequence_folder(folder, megabytes: int):
     return folder
 
 
+@pytest.mark.slow  # starts the cehrgpt runner
 def test_auto_tokenization_prepares_from_sixteen_megabytes_of_sequences(pipeline_env, tmp_path):
     """The second Python start costs ~3 s: on the demo's 0.6 MB of sequences it was slower, at 10x (7.8 MB)
     even, at 100x (79 MB) 64 s against the runner's 107 s before the first step (2 workers)."""

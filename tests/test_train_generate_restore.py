@@ -553,6 +553,7 @@ def fake_sequence_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # starts the cehrgpt runner
 @pytest.mark.parametrize("profile", ["demo", "seed", "tiny", "official"])
 def test_every_profile_is_a_valid_runner_configuration(profile, pipeline_env, tmp_path):
     result = run_sh("train_cehrgpt.sh", ["--profile", profile, "--data-folder", fake_sequence_folder(tmp_path),
