@@ -193,7 +193,7 @@ def history_ends(tokens, epoch_times, index_times: np.ndarray) -> np.ndarray:
     rows, positions = flat_positions(lengths)
     flat_times = pc.list_flatten(epoch_times).to_numpy(zero_copy_only=False).astype(float)
     late = flat_times >= index_times[rows]
-    # The first late position of each row: reversed, the last item per row is the first one.
+    # The first late position of each row (items are in row order: where the row number changes).
     cut = lengths.copy()
     late_rows, late_positions = rows[late], positions[late]
     if len(late_rows):
