@@ -361,9 +361,14 @@ def start_export(database: str, env: dict, output: Path, *arguments: str) -> sub
     )
 
 
-def partial_table(output: Path, table: str) -> Path | None:
-    """The hidden temporary folder of `table` once it holds a part file (the export is mid-table)."""
-    return next((entry for entry in output.glob(f".{table}.tmp-*") if any(entry.glob("part-*.parquet"))), None)
+def partial_table(output: Path, table: str, at_most: int | None = None) -> Path | None:
+    """The hidden temporary folder of `table` once it holds a part file (the export is mid-table), and
+    with at_most, no more than that many: the rest of the table is still to come."""
+    for entry in output.glob(f".{table}.tmp-*"):
+        parts = len(list(entry.glob("part-*.parquet")))
+        if parts and (at_most is None or parts <= at_most):
+            return entry
+    return None
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
@@ -373,13 +378,18 @@ def test_interrupted_mid_table_keeps_previous_export(database, env, tmp_path, ho
     assert first.returncode == 0, first.stderr
     previous = file_contents(output / "big")
 
-    process = start_export(database, env, output, "--tables", "big", "--rows-per-file", "5000", "--jobs", "1")
-    # Frozen first and checked again, so that on a busy machine it cannot finish the table before the
-    # signal lands: the table is still in its temporary folder when it does.
+    rows_per_file = 2500
+    process = start_export(database, env, output, "--tables", "big", "--rows-per-file", str(rows_per_file),
+                           "--jobs", "1")
+    # Frozen first and checked again, with at most half of the table's part files written: the signal
+    # lands with the rest of the table still to stream, so the export is interrupted mid-table however
+    # busy the machine. (Frozen after its last part file, the worker thread could swap the table in
+    # before the main thread, which alone handles signals, tells it to stop.)
     seen = []
 
     def mid_table() -> bool:
-        seen[:] = [partial_table(output, "big")]  # the last look is the one made while frozen
+        # the last look is the one made while frozen
+        seen[:] = [partial_table(output, "big", at_most=BIG_ROWS // rows_per_file // 2)]
         return seen[0] is not None
 
     signal_when(process, mid_table, getattr(signal, how), "a part file of big in its temporary folder",
