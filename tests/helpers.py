@@ -86,15 +86,6 @@ def wait_for(event: Callable[[], bool], process: subprocess.Popen, what: str, ti
         time.sleep(0.02)
 
 
-def signal_frozen(process: subprocess.Popen, signum: int, group: bool = True) -> None:
-    """Send signum while the process (its whole group by default) is stopped, then let it go on: it
-    cannot run past the point it had reached before the signal is delivered."""
-    send = (lambda number: os.killpg(process.pid, number)) if group else process.send_signal
-    send(signal.SIGSTOP)
-    send(signum)
-    send(signal.SIGCONT)
-
-
 def kill_when(process: subprocess.Popen, event: Callable[[], bool], timeout: float = 300,
               what: str = "the event") -> None:
     """SIGKILL the process's whole group as soon as event() is true: frozen first, and event() checked
